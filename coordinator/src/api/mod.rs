@@ -1,0 +1,228 @@
+//! The coordinator's HTTP API: the public REST API under `/api/v1` (Hightouch's
+//! shapes), the lease API workers use under `/internal/v1`, `/healthz` and
+//! `/metrics`. With `EBB_API_TOKEN` set, `/api` and `/internal` require
+//! `Authorization: Bearer <token>`.
+
+pub mod views;
+
+use crate::leases::LocalLeases;
+use crate::run::{Coordinator, TriggerError, TriggerOptions};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ebb_worker::limits::{LeaseProvider, LeaseRelease, LeaseRequest, RateLimitedReport};
+use serde::Deserialize;
+use std::sync::Arc;
+use views::{ErrorBody, List, RunRowView, RunView, SyncView, TriggerAnswer, TriggerBody};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub coordinator: Arc<Coordinator>,
+    pub leases: LocalLeases,
+    pub token: Option<String>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/syncs", get(list_syncs))
+        .route("/api/v1/syncs/{id}/trigger", post(trigger))
+        .route("/api/v1/syncs/{id}/runs", get(list_runs))
+        .route("/api/v1/runs/{id}", get(show_run))
+        .route("/api/v1/runs/{id}/rows", get(run_rows))
+        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/internal/v1/leases", post(lease))
+        .route("/internal/v1/leases/release", post(release))
+        .route("/internal/v1/leases/rate-limited", post(rate_limited))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .with_state(state)
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        tracing::error!(%error, "state store error");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+    }
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <token> (the coordinator's EBB_API_TOKEN)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.coordinator.metrics.render(),
+    )
+}
+
+async fn list_syncs(State(state): State<ApiState>) -> Json<List<SyncView>> {
+    let config = state.coordinator.config();
+    let data = config
+        .syncs
+        .iter()
+        .map(|(name, sync)| SyncView {
+            id: name.clone(),
+            model: sync.model.clone(),
+            destination: sync.destination.clone(),
+            mode: sync.mode.as_str().to_string(),
+            schedule: sync
+                .schedule
+                .as_ref()
+                .map(|s| format!("every {}", humantime::format_duration(s.every))),
+        })
+        .collect();
+    Json(List { data })
+}
+
+async fn trigger(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<TriggerBody>>,
+) -> Result<Json<TriggerAnswer>, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let options = TriggerOptions {
+        full_resync: body.full_resync,
+        reset_cdc: body.reset_cdc,
+        schedule_tick: None,
+        trigger: "api".into(),
+    };
+    match state.coordinator.trigger(&id, options).await {
+        Ok(run) => Ok(Json(TriggerAnswer { id: run.id })),
+        Err(error @ TriggerError::UnknownSync(_)) => Err(ApiError(StatusCode::NOT_FOUND, error.to_string())),
+        Err(
+            error @ (TriggerError::AlreadyRunning { .. }
+            | TriggerError::PrimaryKeyChanged { .. }
+            | TriggerError::TickTaken),
+        ) => Err(ApiError(StatusCode::CONFLICT, error.to_string())),
+        Err(error @ TriggerError::Conflicting) => Err(ApiError(StatusCode::BAD_REQUEST, error.to_string())),
+        Err(TriggerError::Store(error)) => Err(error.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list_runs(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<List<RunView>>, ApiError> {
+    if !state.coordinator.config().syncs.contains_key(&id) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no sync named {id:?}")));
+    }
+    let runs = state
+        .coordinator
+        .store()
+        .runs(
+            &id,
+            page.limit.unwrap_or(20).clamp(1, 500),
+            page.offset.unwrap_or(0).max(0),
+        )
+        .await?;
+    let data = runs
+        .iter()
+        .map(|run| RunView::new(run, state.coordinator.rows_done(&run.id)))
+        .collect();
+    Ok(Json(List { data }))
+}
+
+async fn show_run(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunView>, ApiError> {
+    let run = state
+        .coordinator
+        .store()
+        .run(&id)
+        .await?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id:?}")))?;
+    Ok(Json(RunView::new(&run, state.coordinator.rows_done(&id))))
+}
+
+#[derive(Deserialize)]
+struct RowsQuery {
+    kind: Option<String>,
+    key: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn run_rows(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<RowsQuery>,
+) -> Result<Json<List<RunRowView>>, ApiError> {
+    let rows = state
+        .coordinator
+        .store()
+        .run_rows(
+            &id,
+            query.kind.as_deref(),
+            query.key.as_deref(),
+            query.limit.unwrap_or(100).clamp(1, 10_000),
+        )
+        .await?;
+    Ok(Json(List {
+        data: rows.into_iter().map(RunRowView::from).collect(),
+    }))
+}
+
+async fn cancel_run(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunView>, ApiError> {
+    let run = state
+        .coordinator
+        .cancel(&id)
+        .await?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id:?}")))?;
+    Ok(Json(RunView::new(&run, 0)))
+}
+
+async fn lease(State(state): State<ApiState>, Json(request): Json<LeaseRequest>) -> Result<Response, ApiError> {
+    let grant = state
+        .leases
+        .lease(&request)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(Json(grant).into_response())
+}
+
+async fn release(State(state): State<ApiState>, Json(release): Json<LeaseRelease>) -> Json<serde_json::Value> {
+    let _ = state.leases.release(&release).await;
+    Json(serde_json::json!({}))
+}
+
+async fn rate_limited(State(state): State<ApiState>, Json(report): Json<RateLimitedReport>) -> Json<serde_json::Value> {
+    tracing::info!(destination = %report.destination, retry_after_ms = report.retry_after_ms, "destination rate limited the fleet");
+    let _ = state.leases.rate_limited(&report).await;
+    Json(serde_json::json!({}))
+}

@@ -1,0 +1,161 @@
+//! What the CLI talks to: an embedded runtime in this process, or a coordinator's
+//! REST API. Both answer with the API's own shapes.
+
+use crate::api::views::{List, RunRowView, RunView, TriggerAnswer, TriggerBody};
+use crate::run::TriggerOptions;
+use crate::runtime::Runtime;
+use anyhow::{anyhow, bail, Context};
+
+pub enum Backend {
+    Embedded(Runtime),
+    Remote {
+        base_url: String,
+        token: Option<String>,
+        client: reqwest::Client,
+    },
+}
+
+impl Backend {
+    pub fn remote(base_url: &str, token: Option<String>) -> Backend {
+        Backend::Remote {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn get<T: for<'de> serde::Deserialize<'de>>(&self, path: &str) -> anyhow::Result<T> {
+        let Backend::Remote {
+            base_url,
+            token,
+            client,
+        } = self
+        else {
+            unreachable!("remote only")
+        };
+        let mut request = client.get(format!("{base_url}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {base_url} (is it running? see --api-url)"))?;
+        answer(response).await
+    }
+
+    pub async fn trigger(&self, sync: &str, body: TriggerBody) -> anyhow::Result<String> {
+        match self {
+            Backend::Embedded(runtime) => {
+                let coordinator = runtime.coordinator.as_ref().expect("embedded runs a coordinator");
+                let options = TriggerOptions {
+                    full_resync: body.full_resync,
+                    reset_cdc: body.reset_cdc,
+                    schedule_tick: None,
+                    trigger: "manual".into(),
+                };
+                Ok(coordinator.trigger(sync, options).await?.id)
+            }
+            Backend::Remote {
+                base_url,
+                token,
+                client,
+            } => {
+                let mut request = client
+                    .post(format!("{base_url}/api/v1/syncs/{sync}/trigger"))
+                    .json(&body);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the coordinator at {base_url}"))?;
+                Ok(answer::<TriggerAnswer>(response).await?.id)
+            }
+        }
+    }
+
+    pub async fn run(&self, run_id: &str) -> anyhow::Result<RunView> {
+        match self {
+            Backend::Embedded(runtime) => {
+                let coordinator = runtime.coordinator.as_ref().expect("embedded runs a coordinator");
+                let run = coordinator
+                    .store()
+                    .run(run_id)
+                    .await?
+                    .ok_or_else(|| anyhow!("no run {run_id:?}"))?;
+                Ok(RunView::new(&run, coordinator.rows_done(run_id)))
+            }
+            Backend::Remote { .. } => self.get(&format!("/api/v1/runs/{run_id}")).await,
+        }
+    }
+
+    pub async fn runs(&self, sync: &str, limit: i64) -> anyhow::Result<Vec<RunView>> {
+        match self {
+            Backend::Embedded(runtime) => {
+                let coordinator = runtime.coordinator.as_ref().expect("embedded runs a coordinator");
+                if !coordinator.config().syncs.contains_key(sync) {
+                    bail!("no sync named {sync:?}");
+                }
+                let runs = coordinator.store().runs(sync, limit, 0).await?;
+                Ok(runs.iter().map(|r| RunView::new(r, 0)).collect())
+            }
+            Backend::Remote { .. } => Ok(self
+                .get::<List<RunView>>(&format!("/api/v1/syncs/{sync}/runs?limit={limit}"))
+                .await?
+                .data),
+        }
+    }
+
+    pub async fn rows(
+        &self,
+        run_id: &str,
+        kind: Option<&str>,
+        key: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<RunRowView>> {
+        match self {
+            Backend::Embedded(runtime) => {
+                let coordinator = runtime.coordinator.as_ref().expect("embedded runs a coordinator");
+                let rows = coordinator.store().run_rows(run_id, kind, key, limit).await?;
+                Ok(rows.into_iter().map(RunRowView::from).collect())
+            }
+            Backend::Remote { .. } => {
+                let mut path = format!("/api/v1/runs/{run_id}/rows?limit={limit}");
+                if let Some(kind) = kind {
+                    path.push_str(&format!("&kind={kind}"));
+                }
+                if let Some(key) = key {
+                    path.push_str(&format!("&key={}", url_encode(key)));
+                }
+                Ok(self.get::<List<RunRowView>>(&path).await?.data)
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        if let Backend::Embedded(runtime) = self {
+            runtime.shutdown(std::time::Duration::from_secs(10)).await;
+        }
+    }
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn answer<T: for<'de> serde::Deserialize<'de>>(response: reqwest::Response) -> anyhow::Result<T> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response.json().await?);
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let message = body["error"].as_str().unwrap_or("no detail");
+    bail!("coordinator answered {status}: {message}")
+}

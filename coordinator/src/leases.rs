@@ -1,0 +1,194 @@
+//! Fleet-wide rate-limit leases: the coordinator splits each destination's
+//! request rate and concurrency among the workers delivering to it.
+//!
+//! The split is conservative: a worker's share is its fair part of the limit,
+//! but never more than what the other holders leave unclaimed. A newcomer may
+//! start with little or nothing and grows as the others shrink to their fair
+//! part on their next renewal (every 500 ms), so the shares granted at any
+//! instant never add up to more than the limit. A lease not renewed within its
+//! TTL (a crashed worker) frees its share. Pure logic, with time passed in.
+
+use ebb_worker::limits::{LeaseGrant, LeaseProvider, LeaseRelease, LeaseRequest, RateLimitedReport};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// Shares add up to this part of a rate limit: the margin absorbs the jitter
+/// between a worker's limiter and the moment its request reaches the server.
+pub const RATE_HEADROOM: f64 = 0.95;
+
+#[derive(Debug, Clone)]
+struct Holder {
+    rate: f64,
+    concurrency: u32,
+    expires: Instant,
+}
+
+#[derive(Debug, Default)]
+struct DestinationLeases {
+    holders: BTreeMap<String, Holder>,
+    paused_until: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    destinations: HashMap<String, DestinationLeases>,
+}
+
+impl LeaseTable {
+    pub fn lease(&mut self, request: &LeaseRequest, now: Instant) -> LeaseGrant {
+        let leases = self.destinations.entry(request.destination.clone()).or_default();
+        leases.holders.retain(|_, h| h.expires > now);
+        let previous = leases.holders.remove(&request.holder);
+        let holders = leases.holders.len() + 1;
+        let position = leases.holders.keys().filter(|k| **k < request.holder).count();
+        let others_rate: f64 = leases.holders.values().map(|h| h.rate).sum();
+        let others_concurrency: u32 = leases.holders.values().map(|h| h.concurrency).sum();
+
+        let rate = request.limits.rate_limit.map(|limit| {
+            let budget = limit * RATE_HEADROOM;
+            let fair = budget / holders as f64;
+            fair.min((budget - others_rate).max(0.0))
+        });
+        let concurrency = request.limits.max_concurrency.map(|limit| {
+            let fair = limit / holders as u32 + u32::from((position as u32) < limit % holders as u32);
+            fair.min(limit.saturating_sub(others_concurrency))
+        });
+        let _ = previous;
+        leases.holders.insert(
+            request.holder.clone(),
+            Holder {
+                rate: rate.unwrap_or(0.0),
+                concurrency: concurrency.unwrap_or(0),
+                expires: now + LEASE_TTL,
+            },
+        );
+        let paused_for = leases
+            .paused_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+            .unwrap_or_default();
+        LeaseGrant {
+            rate,
+            concurrency,
+            paused_for_ms: paused_for.as_millis() as u64,
+            ttl_ms: LEASE_TTL.as_millis() as u64,
+        }
+    }
+
+    pub fn release(&mut self, release: &LeaseRelease) {
+        if let Some(leases) = self.destinations.get_mut(&release.destination) {
+            leases.holders.remove(&release.holder);
+        }
+    }
+
+    /// A `429` pauses every holder of the destination until `retry_after` passes.
+    pub fn rate_limited(&mut self, report: &RateLimitedReport, now: Instant) {
+        let leases = self.destinations.entry(report.destination.clone()).or_default();
+        let until = now + Duration::from_millis(report.retry_after_ms);
+        leases.paused_until = Some(leases.paused_until.map_or(until, |u| u.max(until)));
+    }
+}
+
+/// The lease table as a `LeaseProvider`: in-process for standalone workers, and
+/// behind the coordinator's `/internal/v1/leases` API for remote ones.
+#[derive(Clone, Default)]
+pub struct LocalLeases(pub Arc<Mutex<LeaseTable>>);
+
+#[async_trait::async_trait]
+impl LeaseProvider for LocalLeases {
+    async fn lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
+        Ok(self.0.lock().unwrap().lease(request, Instant::now()))
+    }
+
+    async fn release(&self, release: &LeaseRelease) -> Result<(), String> {
+        self.0.lock().unwrap().release(release);
+        Ok(())
+    }
+
+    async fn rate_limited(&self, report: &RateLimitedReport) -> Result<(), String> {
+        self.0.lock().unwrap().rate_limited(report, Instant::now());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_shared::config::DeliveryLimits;
+
+    fn request(worker: &str) -> LeaseRequest {
+        LeaseRequest {
+            holder: worker.to_string(),
+            destination: "crm".to_string(),
+            limits: DeliveryLimits {
+                rate_limit: Some(20.0),
+                max_concurrency: Some(4),
+            },
+        }
+    }
+
+    #[test]
+    fn granted_shares_never_exceed_the_limit_and_converge_to_fair() {
+        let mut table = LeaseTable::default();
+        let now = Instant::now();
+        let mut grants: BTreeMap<String, LeaseGrant> = BTreeMap::new();
+        let workers = ["w1", "w2", "w3"];
+        for round in 0..6 {
+            for worker in workers.iter().take(1 + round.min(2)) {
+                grants.insert(worker.to_string(), table.lease(&request(worker), now));
+                let total_rate: f64 = grants.values().map(|g| g.rate.unwrap()).sum();
+                let total_concurrency: u32 = grants.values().map(|g| g.concurrency.unwrap()).sum();
+                assert!(total_rate <= 20.0 * RATE_HEADROOM + 1e-9, "round {round}: {total_rate}");
+                assert!(total_concurrency <= 4, "round {round}: {total_concurrency}");
+            }
+        }
+        for grant in grants.values() {
+            assert!((grant.rate.unwrap() - 19.0 / 3.0).abs() < 1e-9, "{grant:?}");
+        }
+        let concurrency: Vec<u32> = grants.values().map(|g| g.concurrency.unwrap()).collect();
+        assert_eq!(concurrency, vec![2, 1, 1]);
+    }
+
+    #[test]
+    fn expired_and_released_leases_free_their_share() {
+        let mut table = LeaseTable::default();
+        let now = Instant::now();
+        table.lease(&request("w1"), now);
+        table.lease(&request("w2"), now);
+        table.release(&LeaseRelease {
+            holder: "w2".into(),
+            destination: "crm".into(),
+        });
+        assert_eq!(table.lease(&request("w1"), now).rate, Some(19.0));
+        table.lease(&request("w3"), now);
+        let later = now + LEASE_TTL + Duration::from_millis(1);
+        assert_eq!(
+            table.lease(&request("w3"), later).rate,
+            Some(19.0),
+            "w1 stopped renewing"
+        );
+    }
+
+    #[test]
+    fn a_429_pauses_every_holder() {
+        let mut table = LeaseTable::default();
+        let now = Instant::now();
+        table.lease(&request("w1"), now);
+        table.rate_limited(
+            &RateLimitedReport {
+                destination: "crm".into(),
+                retry_after_ms: 3000,
+            },
+            now,
+        );
+        let grant = table.lease(&request("w2"), now + Duration::from_secs(1));
+        assert_eq!(grant.paused_for_ms, 2000);
+        assert_eq!(
+            table.lease(&request("w2"), now + Duration::from_secs(4)).paused_for_ms,
+            0
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! The coordinator drives runs: it creates them, publishes their tasks, accepts
+//! the workers' results and commits them. It never touches row data: extraction
+//! and diffing happen on workers, and what comes back is counts, object keys and
+//! capped samples of keys (invariant 1).
+
+use super::planner::{plan_shards, previous_for, rows_per_shard};
+use super::state::{RunEvent, RunStatus};
+use crate::metrics::Metrics;
+use crate::store::{pointer_base, CommitOutcome, NewRun, RunRecord, ShardPlanRow, StateStore, StoreError};
+use ebb_shared::config::{Config, SyncSpec};
+use ebb_shared::hashing::{HashRange, BUCKET_COUNT};
+use ebb_shared::protocol::{
+    self, ExtractReport, ResultMessage, ShardReport, ShardTask, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
+};
+use ebb_shared::queue::{MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Default)]
+pub struct TriggerOptions {
+    pub full_resync: bool,
+    pub reset_cdc: bool,
+    /// Set by the scheduler: the interval tick this run is for.
+    pub schedule_tick: Option<i64>,
+    /// `manual`, `api` or `schedule`.
+    pub trigger: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("{0}")]
+    UnknownSync(String),
+    #[error("sync {sync:?} already has run {run_id} in flight")]
+    AlreadyRunning { sync: String, run_id: String },
+    #[error("this schedule tick already has its run")]
+    TickTaken,
+    #[error("choose either a full resync or a CDC reset, not both")]
+    Conflicting,
+    #[error(
+        "model {model:?} of sync {sync:?} changed its primary key from {from:?} to {to:?}: \
+         the last snapshot no longer matches its rows; trigger a full resync (--full-resync) or a CDC reset (--reset-cdc)"
+    )]
+    PrimaryKeyChanged {
+        sync: String,
+        model: String,
+        from: String,
+        to: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Coordinator {
+    store: StateStore,
+    queue: Arc<dyn MessageQueue>,
+    config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// Rows answered so far per run and shard, from progress reports. Kept in
+    /// memory only: it feeds progress bars, never decisions.
+    progress: Mutex<HashMap<String, HashMap<u32, u64>>>,
+}
+
+impl Coordinator {
+    pub fn new(store: StateStore, queue: Arc<dyn MessageQueue>, config: Arc<Config>) -> Arc<Coordinator> {
+        Arc::new(Coordinator {
+            store,
+            queue,
+            config,
+            metrics: Arc::new(Metrics::default()),
+            progress: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Rows answered so far in a run's shards.
+    pub fn rows_done(&self, run_id: &str) -> u64 {
+        self.progress
+            .lock()
+            .unwrap()
+            .get(run_id)
+            .map_or(0, |shards| shards.values().sum())
+    }
+
+    /// Starts a run of `sync`: records it as queued and publishes its extract task.
+    pub async fn trigger(&self, sync: &str, options: TriggerOptions) -> Result<RunRecord, TriggerError> {
+        let spec = self
+            .config
+            .sync_spec(sync)
+            .map_err(|e| TriggerError::UnknownSync(e.to_string()))?;
+        if options.full_resync && options.reset_cdc {
+            return Err(TriggerError::Conflicting);
+        }
+        self.store.ensure_sync(sync, &spec.model.primary_key).await?;
+        if let Some(synced_key) = self.store.synced_primary_key(sync).await? {
+            if synced_key != spec.model.primary_key && !options.full_resync && !options.reset_cdc {
+                return Err(TriggerError::PrimaryKeyChanged {
+                    sync: sync.to_string(),
+                    model: spec.model_name.clone(),
+                    from: synced_key,
+                    to: spec.model.primary_key.clone(),
+                });
+            }
+        }
+        let new_run = NewRun {
+            id: uuid::Uuid::now_v7().to_string(),
+            sync: sync.to_string(),
+            trigger: if options.trigger.is_empty() {
+                "manual".into()
+            } else {
+                options.trigger.clone()
+            },
+            schedule_tick: options.schedule_tick,
+            full_resync: options.full_resync,
+            reset_cdc: options.reset_cdc,
+        };
+        let run = match self.store.create_run(&new_run).await? {
+            Ok(run) => run,
+            Err(Some(run_id)) => {
+                return Err(TriggerError::AlreadyRunning {
+                    sync: sync.to_string(),
+                    run_id,
+                })
+            }
+            Err(None) => return Err(TriggerError::TickTaken),
+        };
+        self.metrics.runs_started.inc();
+        self.metrics.runs_active.inc();
+        tracing::info!(run = %run.id, sync, trigger = %run.trigger, "run queued");
+        let task = TaskMessage {
+            version: PROTOCOL_VERSION,
+            task_id: format!("{}/extract", run.id),
+            run_id: run.id.clone(),
+            sync: spec,
+            kind: TaskKind::Extract,
+        };
+        match self.publish_task(&task).await {
+            Ok(()) => {
+                self.store
+                    .transition(&run.id, RunStatus::Queued, RunStatus::Querying, None)
+                    .await?;
+            }
+            Err(error) => {
+                self.fail_run(&run.id, &format!("could not queue the extract task: {error}"))
+                    .await?;
+            }
+        }
+        Ok(self.store.run(&run.id).await?.unwrap_or(run))
+    }
+
+    async fn publish_task(&self, task: &TaskMessage) -> Result<(), QueueError> {
+        self.queue
+            .publish(QueueName::Tasks, OutgoingMessage::new(protocol::encode(task)))
+            .await
+    }
+
+    /// Cancels a run in flight. Tasks already handed out finish; their results
+    /// are still committed, since they say what the destination received.
+    pub async fn cancel(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.end_run(run_id, RunEvent::Cancelled, Some("cancelled by request"))
+            .await?;
+        self.store.run(run_id).await
+    }
+
+    /// Fails a run if it is still in flight; a no-op on a finished run.
+    pub async fn fail_run(&self, run_id: &str, error: &str) -> Result<(), StoreError> {
+        tracing::warn!(run = run_id, error, "run failed");
+        self.end_run(run_id, RunEvent::Failed, Some(error)).await
+    }
+
+    async fn end_run(&self, run_id: &str, event: RunEvent, error: Option<&str>) -> Result<(), StoreError> {
+        // The status may move under us (a result arriving); retry on the new one.
+        for _ in 0..5 {
+            let Some(run) = self.store.run(run_id).await? else {
+                return Ok(());
+            };
+            let Ok(next) = run.status.next(event) else {
+                return Ok(());
+            };
+            if self.store.transition(run_id, run.status, next, error).await? {
+                self.run_ended(run_id, next);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn run_ended(&self, run_id: &str, status: RunStatus) {
+        self.metrics.runs_active.dec();
+        self.metrics
+            .runs_finished
+            .get_or_create(&vec![("status".to_string(), status.as_str().to_string())])
+            .inc();
+        self.progress.lock().unwrap().remove(run_id);
+        tracing::info!(run = run_id, %status, "run finished");
+    }
+
+    /// Marks runs left in flight by a previous process as interrupted: with an
+    /// in-process queue their tasks died with it; a run still queued never got
+    /// its first task out.
+    pub async fn interrupt_orphaned_runs(&self, queue_is_durable: bool) -> Result<(), StoreError> {
+        for run in self.store.active_runs().await? {
+            if !queue_is_durable || run.status == RunStatus::Queued {
+                let message = "the coordinator stopped while this run was in flight";
+                if let Ok(next) = run.status.next(RunEvent::Interrupted) {
+                    self.store.transition(&run.id, run.status, next, Some(message)).await?;
+                    tracing::warn!(run = %run.id, "run interrupted by a coordinator restart");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts results until `shutdown`; a result is acknowledged only once it
+    /// is committed, so a coordinator crash replays it (commits are idempotent).
+    pub async fn consume_results(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<(), QueueError> {
+        let mut results = self.queue.consume(QueueName::Results, 32).await?;
+        loop {
+            let delivery = tokio::select! {
+                delivery = results.next() => delivery,
+                _ = shutdown.changed() => None,
+            };
+            let Some(delivery) = delivery else {
+                return Ok(());
+            };
+            let message: ResultMessage = match protocol::decode(&delivery.payload) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!(%error, "dropping an undecodable result");
+                    let _ = delivery.ack().await;
+                    continue;
+                }
+            };
+            match self.accept(message).await {
+                Ok(()) => {
+                    let _ = delivery.ack().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not record a result; it will be delivered again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = delivery.requeue().await;
+                }
+            }
+        }
+    }
+
+    /// Fails the runs of tasks that went to the dead-letter queue.
+    pub async fn consume_dead_tasks(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<(), QueueError> {
+        let mut dead = self.queue.consume(QueueName::DeadTasks, 4).await?;
+        loop {
+            let delivery = tokio::select! {
+                delivery = dead.next() => delivery,
+                _ = shutdown.changed() => None,
+            };
+            let Some(delivery) = delivery else {
+                return Ok(());
+            };
+            if let Ok(task) = protocol::decode::<TaskMessage>(&delivery.payload) {
+                let error = format!(
+                    "task {} was given up after {DELIVERY_LIMIT} deliveries: every worker that took it stopped \
+                     before finishing (crash, out of memory or timeout); see the workers' logs",
+                    task.task_id
+                );
+                if let Err(e) = self.fail_run(&task.run_id, &error).await {
+                    tracing::error!(%e, "could not fail the run of a dead task");
+                    let _ = delivery.requeue().await;
+                    continue;
+                }
+            }
+            let _ = delivery.ack().await;
+        }
+    }
+
+    async fn accept(&self, message: ResultMessage) -> Result<(), StoreError> {
+        let kind = match &message.outcome {
+            TaskOutcome::Extracted(_) => "extracted",
+            TaskOutcome::ShardDone(_) => "shard_done",
+            TaskOutcome::Progress(_) => "progress",
+            TaskOutcome::Failed(_) => "failed",
+        };
+        self.metrics
+            .results_received
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
+        match message.outcome {
+            TaskOutcome::Progress(progress) => {
+                self.progress
+                    .lock()
+                    .unwrap()
+                    .entry(message.run_id)
+                    .or_default()
+                    .insert(progress.index, progress.done);
+                Ok(())
+            }
+            TaskOutcome::Failed(failure) => {
+                let error = format!(
+                    "{} (task {}, worker {})",
+                    failure.error, message.task_id, message.worker_id
+                );
+                self.fail_run(&message.run_id, &error).await
+            }
+            TaskOutcome::Extracted(report) => self.on_extracted(&message.run_id, report).await,
+            TaskOutcome::ShardDone(report) => self.on_shard_done(&message.run_id, report).await,
+        }
+    }
+
+    async fn on_extracted(&self, run_id: &str, report: ExtractReport) -> Result<(), StoreError> {
+        let Some(run) = self.store.run(run_id).await? else {
+            return Ok(());
+        };
+        if run.status != RunStatus::Querying {
+            tracing::info!(run = run_id, status = %run.status, "ignoring a late or repeated extraction result");
+            return Ok(());
+        }
+        let spec = match self.config.sync_spec(&run.sync) {
+            Ok(spec) => spec,
+            Err(error) => return self.fail_run(run_id, &error.to_string()).await,
+        };
+        let pointers = self.store.pointers(&run.sync).await?;
+        let tasks = shard_tasks(&spec, &run, &report, &pointers);
+        let rows: Vec<ShardPlanRow> = tasks
+            .iter()
+            .map(|(task, base)| ShardPlanRow {
+                index: task.index,
+                range: task.range,
+                base: base.clone(),
+            })
+            .collect();
+        if !self
+            .store
+            .begin_processing(run_id, report.rows_queried, report.null_keys, &[], &rows)
+            .await?
+        {
+            return Ok(());
+        }
+        tracing::info!(
+            run = run_id,
+            rows = report.rows_queried,
+            null_keys = report.null_keys,
+            shards = tasks.len(),
+            "extraction done; shards queued"
+        );
+        for (shard, _) in tasks {
+            let task = TaskMessage {
+                version: PROTOCOL_VERSION,
+                task_id: format!("{run_id}/shard-{}", shard.index),
+                run_id: run_id.to_string(),
+                sync: spec.clone(),
+                kind: TaskKind::Shard(shard),
+            };
+            if let Err(error) = self.publish_task(&task).await {
+                return self
+                    .fail_run(run_id, &format!("could not queue shard tasks: {error}"))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_shard_done(&self, run_id: &str, report: ShardReport) -> Result<(), StoreError> {
+        let Some(run) = self.store.run(run_id).await? else {
+            return Ok(());
+        };
+        match self.store.commit_shard(run_id, &run.sync, &report).await? {
+            CommitOutcome::Committed(run) => {
+                for (outcome, counts) in [
+                    ("planned", &report.planned),
+                    ("succeeded", &report.succeeded),
+                    ("failed", &report.failed),
+                ] {
+                    self.metrics.count_rows("added", outcome, counts.added);
+                    self.metrics.count_rows("changed", outcome, counts.changed);
+                    self.metrics.count_rows("removed", outcome, counts.removed);
+                }
+                if run.status == RunStatus::Processing && run.shards_done >= run.shards_total {
+                    self.finish(&run).await?;
+                }
+            }
+            CommitOutcome::Duplicate => {
+                tracing::info!(run = run_id, shard = report.index, "ignoring a repeated shard result");
+            }
+            CommitOutcome::Stale => {
+                tracing::warn!(
+                    run = run_id,
+                    shard = report.index,
+                    "shard result is stale (a later run committed first); its rows will be seen again"
+                );
+            }
+            CommitOutcome::UnknownShard => {
+                tracing::warn!(
+                    run = run_id,
+                    shard = report.index,
+                    "result for a shard this run never planned"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, run: &RunRecord) -> Result<(), StoreError> {
+        if !self
+            .store
+            .transition(&run.id, RunStatus::Processing, RunStatus::Reporting, None)
+            .await?
+        {
+            return Ok(());
+        }
+        let rejected = run.failed.total();
+        let nothing_succeeded = run.planned.total() > 0 && run.succeeded.total() == 0 && rejected > 0;
+        let event = RunEvent::Completed {
+            rejected_or_invalid: rejected > 0 || run.invalid() > 0,
+            nothing_succeeded,
+        };
+        let status = RunStatus::Reporting.next(event).expect("reporting completes");
+        let error = match status {
+            RunStatus::Failed => Some(
+                run.error
+                    .clone()
+                    .unwrap_or_else(|| format!("the destination rejected all {rejected} planned rows")),
+            ),
+            RunStatus::Warning if rejected > 0 => Some(format!("{rejected} rows were rejected by the destination")),
+            _ => None,
+        };
+        if self
+            .store
+            .transition(&run.id, RunStatus::Reporting, status, error.as_deref())
+            .await?
+        {
+            if run.full_resync || run.reset_cdc {
+                if let Ok(spec) = self.config.sync_spec(&run.sync) {
+                    self.store
+                        .set_synced_primary_key(&run.sync, &spec.model.primary_key)
+                        .await?;
+                }
+            }
+            self.run_ended(&run.id, status);
+        }
+        Ok(())
+    }
+}
+
+/// One shard task per planned range, with the fingerprint of the pointers it reads.
+fn shard_tasks(
+    spec: &SyncSpec,
+    run: &RunRecord,
+    report: &ExtractReport,
+    pointers: &[ebb_shared::protocol::SnapshotPointer],
+) -> Vec<(ShardTask, String)> {
+    let mut bucket_rows = vec![0u64; BUCKET_COUNT];
+    let mut bucket_chunks: Vec<&[String]> = vec![&[]; BUCKET_COUNT];
+    for bucket in &report.buckets {
+        let index = bucket.bucket as usize;
+        if index < BUCKET_COUNT {
+            bucket_rows[index] = bucket.rows;
+            bucket_chunks[index] = &bucket.chunks;
+        }
+    }
+    let limits = spec.destination.limits();
+    let max_rows = rows_per_shard(
+        spec.max_rows_per_shard,
+        limits.rate_limit,
+        spec.destination.batch_size(),
+    );
+    plan_shards(&bucket_rows, spec.shards, max_rows)
+        .into_iter()
+        .enumerate()
+        .map(|(index, range)| {
+            let chunks = (HashRange::bucket_of(range.start)..=HashRange::bucket_of(range.last))
+                .flat_map(|b| bucket_chunks[b].iter().cloned())
+                .collect();
+            let base = pointer_base(&range, pointers.iter().filter(|p| p.range.overlaps(&range)));
+            let task = ShardTask {
+                index: index as u32,
+                range,
+                chunks,
+                previous: previous_for(&range, pointers),
+                full_resync: run.full_resync,
+                reset_cdc: run.reset_cdc,
+            };
+            (task, base)
+        })
+        .collect()
+}

@@ -1,0 +1,9 @@
+//! Runs: the state machine, the shard planner and the coordinator that drives
+//! them (dispatching tasks, accepting results, committing snapshots).
+
+pub mod coordinator;
+pub mod planner;
+pub mod state;
+
+pub use coordinator::{Coordinator, TriggerError, TriggerOptions};
+pub use state::{RunEvent, RunStatus};

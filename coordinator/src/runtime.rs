@@ -1,0 +1,169 @@
+//! Assembling the processes: the same coordinator and workers, wired to
+//! embedded parts (`ebb standalone`, `ebb sync run --config`) or to the fleet's
+//! services (`ebb coordinator`, `ebb worker`). Nothing in the sync path knows
+//! which (invariant 10).
+
+use crate::leases::LocalLeases;
+use crate::run::Coordinator;
+use crate::store::StateStore;
+use anyhow::Context;
+use ebb_shared::config::Config;
+use ebb_shared::queue::{AmqpQueue, AmqpSettings, MemoryQueue, MessageQueue};
+use ebb_shared::storage::Storage;
+use ebb_worker::limits::{HttpLeaseProvider, LeaseProvider};
+use ebb_worker::{Worker, WorkerSettings};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Where a fleet's queues live.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub url: String,
+    /// Prepended to queue names, so installations can share a broker.
+    pub prefix: String,
+}
+
+impl QueueSettings {
+    fn amqp(&self) -> AmqpSettings {
+        AmqpSettings::new(self.url.clone()).with_prefix(self.prefix.clone())
+    }
+}
+
+pub struct Runtime {
+    pub coordinator: Option<Arc<Coordinator>>,
+    pub leases: LocalLeases,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    fn new() -> Runtime {
+        Runtime {
+            coordinator: None,
+            leases: LocalLeases::default(),
+            shutdown: watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    fn spawn<F>(&mut self, name: &'static str, future: F)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(error) = future.await {
+                tracing::error!(component = name, error = %format!("{error:#}"), "component stopped");
+            }
+        }));
+    }
+
+    fn start_coordinator(&mut self, coordinator: Arc<Coordinator>) {
+        let results = coordinator.clone();
+        let signal = self.shutdown_signal();
+        self.spawn("results", async move { Ok(results.consume_results(signal).await?) });
+        let dead = coordinator.clone();
+        let signal = self.shutdown_signal();
+        self.spawn(
+            "dead-letters",
+            async move { Ok(dead.consume_dead_tasks(signal).await?) },
+        );
+        self.coordinator = Some(coordinator);
+    }
+
+    pub fn start_scheduler(&mut self) {
+        let coordinator = self.coordinator.clone().expect("a coordinator runs here");
+        let signal = self.shutdown_signal();
+        self.spawn("scheduler", async move {
+            crate::scheduler::run_scheduler(coordinator, signal).await;
+            Ok(())
+        });
+    }
+
+    fn start_workers(
+        &mut self,
+        worker_ids: Vec<String>,
+        concurrency: usize,
+        queue: Arc<dyn MessageQueue>,
+        storage: Storage,
+        leases: Arc<dyn LeaseProvider>,
+    ) {
+        for worker_id in worker_ids {
+            let mut settings = WorkerSettings::new(worker_id);
+            settings.concurrency = concurrency;
+            let worker = Arc::new(Worker::new(settings, queue.clone(), storage.clone(), leases.clone()));
+            let signal = self.shutdown_signal();
+            self.spawn("worker", async move { Ok(worker.run(signal).await?) });
+        }
+    }
+
+    /// Asks every component to stop and waits for tasks in flight, up to `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("components still busy after {grace:?}; their tasks will be delivered again");
+        }
+        if let Some(coordinator) = self.coordinator {
+            coordinator.store().close().await;
+        }
+    }
+}
+
+/// Everything in one process on embedded parts: SQLite state, an in-process
+/// queue and a local object directory, all under `data_dir`.
+pub async fn start_embedded(
+    config: Arc<Config>,
+    data_dir: &Path,
+    workers: usize,
+    concurrency: usize,
+) -> anyhow::Result<Runtime> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let state_url = format!("sqlite://{}", data_dir.join("state.db").display());
+    let store = StateStore::connect(&state_url).await?;
+    let queue: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new());
+    let storage = Storage::from_url(&data_dir.join("objects").display().to_string())?;
+    let coordinator = Coordinator::new(store, queue.clone(), config);
+    coordinator.interrupt_orphaned_runs(false).await?;
+    let mut runtime = Runtime::new();
+    runtime.start_coordinator(coordinator);
+    let leases: Arc<dyn LeaseProvider> = Arc::new(runtime.leases.clone());
+    let ids = (0..workers).map(|i| format!("standalone-{i}")).collect();
+    runtime.start_workers(ids, concurrency, queue, storage, leases);
+    Ok(runtime)
+}
+
+/// The coordinator of a fleet: PostgreSQL (or SQLite) state and RabbitMQ.
+pub async fn start_coordinator(config: Arc<Config>, state_url: &str, queue: &QueueSettings) -> anyhow::Result<Runtime> {
+    let store = StateStore::connect(state_url).await?;
+    let queue: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(queue.amqp()).await?);
+    let coordinator = Coordinator::new(store, queue, config);
+    coordinator.interrupt_orphaned_runs(true).await?;
+    let mut runtime = Runtime::new();
+    runtime.start_coordinator(coordinator);
+    Ok(runtime)
+}
+
+/// Workers of a fleet: RabbitMQ, the shared object store, and leases from the
+/// coordinator's API.
+pub async fn start_worker(
+    worker_id: &str,
+    queue: &QueueSettings,
+    store_url: &str,
+    coordinator_url: &str,
+    concurrency: usize,
+) -> anyhow::Result<Runtime> {
+    let queue: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(queue.amqp()).await?);
+    let storage = Storage::from_url(store_url)?;
+    let leases: Arc<dyn LeaseProvider> = Arc::new(HttpLeaseProvider::new(coordinator_url));
+    let mut runtime = Runtime::new();
+    runtime.start_workers(vec![worker_id.to_string()], concurrency, queue, storage, leases);
+    Ok(runtime)
+}

@@ -1,0 +1,223 @@
+//! The state store's contract, run against every backend: SQLite (standalone)
+//! and PostgreSQL (a fleet). Snapshot pointers must always cover the hash space
+//! exactly once, move only with an accepted shard result, and refuse repeated
+//! or stale results (invariant 3).
+
+use ebb_coordinator::run::RunStatus;
+use ebb_coordinator::store::{pointer_base, CommitOutcome, NewRun, ShardPlanRow, StateStore};
+use ebb_shared::hashing::{covers_space_exactly_once, HashRange, BUCKET_COUNT};
+use ebb_shared::protocol::{OpCounts, ShardReport};
+use sqlx::{Connection, Executor, PgConnection};
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> StateStore {
+    StateStore::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
+        .await
+        .unwrap()
+}
+
+async fn postgres_store() -> StateStore {
+    let admin =
+        std::env::var("EBB_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut connection = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is not reachable at {admin} ({e}); start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+    });
+    let name = format!("ebb_store_{}", rand::random::<u32>());
+    connection
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    StateStore::connect(&format!("{base}/{name}")).await.unwrap()
+}
+
+fn new_run(id: &str, tick: Option<i64>) -> NewRun {
+    NewRun {
+        id: id.to_string(),
+        sync: "s".to_string(),
+        trigger: "manual".to_string(),
+        schedule_tick: tick,
+        full_resync: false,
+        reset_cdc: false,
+    }
+}
+
+fn report(index: u32, range: HashRange, key: &str, added: u64) -> ShardReport {
+    ShardReport {
+        index,
+        range,
+        snapshot_key: key.to_string(),
+        planned: OpCounts {
+            added,
+            changed: 0,
+            removed: 0,
+        },
+        succeeded: OpCounts {
+            added,
+            changed: 0,
+            removed: 0,
+        },
+        failed: OpCounts::default(),
+        duplicate_keys: 0,
+        invalid_sample: vec![],
+        rejected_sample: vec![],
+        rejections_key: None,
+        destination_error: None,
+    }
+}
+
+fn equal_ranges(n: usize) -> Vec<HashRange> {
+    (0..n)
+        .map(|i| HashRange::buckets(i * BUCKET_COUNT / n, (i + 1) * BUCKET_COUNT / n - 1))
+        .collect()
+}
+
+/// Starts a run, moves it to processing with `n` shards planned against the
+/// current pointers, and returns the ranges.
+async fn processing_run(store: &StateStore, id: &str, n: usize) -> Vec<HashRange> {
+    store.create_run(&new_run(id, None)).await.unwrap().unwrap();
+    assert!(store
+        .transition(id, RunStatus::Queued, RunStatus::Querying, None)
+        .await
+        .unwrap());
+    let pointers = store.pointers("s").await.unwrap();
+    let ranges = equal_ranges(n);
+    let shards: Vec<ShardPlanRow> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, range)| ShardPlanRow {
+            index: i as u32,
+            range: *range,
+            base: pointer_base(range, pointers.iter()),
+        })
+        .collect();
+    assert!(store.begin_processing(id, 100, 0, &[], &shards).await.unwrap());
+    ranges
+}
+
+async fn contract(store: StateStore) {
+    store.ensure_sync("s", "id").await.unwrap();
+    let initial = store.pointers("s").await.unwrap();
+    assert_eq!(initial.len(), 1);
+    assert_eq!(initial[0].range, HashRange::FULL);
+
+    // One run at a time, one run per tick.
+    let first = store.create_run(&new_run("r1", Some(7))).await.unwrap().unwrap();
+    assert_eq!(first.status, RunStatus::Queued);
+    assert_eq!(
+        store.create_run(&new_run("r2", None)).await.unwrap().unwrap_err(),
+        Some("r1".into())
+    );
+    assert!(store
+        .transition("r1", RunStatus::Queued, RunStatus::Failed, Some("boom"))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .transition("r1", RunStatus::Queued, RunStatus::Failed, None)
+            .await
+            .unwrap(),
+        "a transition checks the current status"
+    );
+    assert_eq!(
+        store.create_run(&new_run("r3", Some(7))).await.unwrap().unwrap_err(),
+        None,
+        "tick 7 already ran"
+    );
+
+    // Three shards commit; pointers cover the space after each commit.
+    let ranges = processing_run(&store, "r4", 3).await;
+    for (i, range) in ranges.iter().enumerate() {
+        let outcome = store
+            .commit_shard("r4", "s", &report(i as u32, *range, &format!("obj-r4-{i}"), 10))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");
+        let pointers = store.pointers("s").await.unwrap();
+        let covered: Vec<HashRange> = pointers.iter().map(|p| p.range).collect();
+        assert!(covers_space_exactly_once(&covered), "after shard {i}: {covered:?}");
+    }
+    let run = store.run("r4").await.unwrap().unwrap();
+    assert_eq!((run.shards_done, run.shards_total), (3, 3));
+    assert_eq!(run.succeeded.added, 30);
+
+    // A repeated result changes nothing.
+    let again = store
+        .commit_shard("r4", "s", &report(0, ranges[0], "obj-r4-0-again", 10))
+        .await
+        .unwrap();
+    assert!(matches!(again, CommitOutcome::Duplicate), "{again:?}");
+    assert_eq!(store.run("r4").await.unwrap().unwrap().succeeded.added, 30);
+    assert!(store
+        .pointers("s")
+        .await
+        .unwrap()
+        .iter()
+        .all(|p| !p.object_key.ends_with("again")));
+
+    // The next run uses five shards: each reads the overlapping old snapshots,
+    // and every commit keeps the space covered exactly once.
+    store
+        .transition("r4", RunStatus::Processing, RunStatus::Success, None)
+        .await
+        .unwrap();
+    let ranges = processing_run(&store, "r5", 5).await;
+    for (i, range) in ranges.iter().enumerate().rev() {
+        let outcome = store
+            .commit_shard("r5", "s", &report(i as u32, *range, &format!("obj-r5-{i}"), 1))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");
+        let covered: Vec<HashRange> = store.pointers("s").await.unwrap().iter().map(|p| p.range).collect();
+        assert!(covers_space_exactly_once(&covered), "after r5 shard {i}: {covered:?}");
+    }
+    let pointers = store.pointers("s").await.unwrap();
+    assert_eq!(pointers.len(), 5);
+    assert!(pointers.iter().all(|p| p.object_key.starts_with("obj-r5-")));
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_the_contract() {
+    contract(postgres_store().await).await;
+}
+
+async fn stale_results_are_refused(store: StateStore) {
+    store.ensure_sync("s", "id").await.unwrap();
+    let ranges = processing_run(&store, "old", 2).await;
+    store
+        .transition("old", RunStatus::Processing, RunStatus::Cancelled, None)
+        .await
+        .unwrap();
+    let newer = processing_run(&store, "new", 1).await;
+    let committed = store
+        .commit_shard("new", "s", &report(0, newer[0], "obj-new", 5))
+        .await
+        .unwrap();
+    assert!(matches!(committed, CommitOutcome::Committed(_)));
+    // The cancelled run's shard finishes late: its snapshot was computed from
+    // pointers that moved since, so it must not replace the newer one.
+    let late = store
+        .commit_shard("old", "s", &report(1, ranges[1], "obj-old-1", 5))
+        .await
+        .unwrap();
+    assert!(matches!(late, CommitOutcome::Stale), "{late:?}");
+    let pointers = store.pointers("s").await.unwrap();
+    assert_eq!(pointers.len(), 1);
+    assert_eq!(pointers[0].object_key, "obj-new");
+}
+
+#[tokio::test]
+async fn sqlite_store_refuses_stale_results() {
+    let dir = tempfile::tempdir().unwrap();
+    stale_results_are_refused(sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn postgres_store_refuses_stale_results() {
+    stale_results_are_refused(postgres_store().await).await;
+}

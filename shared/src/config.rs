@@ -1,0 +1,758 @@
+//! The config file schema: sources, models, destinations and syncs.
+//!
+//! A config is one YAML file or a directory of them. Every struct denies unknown
+//! fields, and errors name the file, the line and the field. Secrets are written as
+//! `${ENV_VAR}` references and stay unresolved in memory, on the wire and in the
+//! state DB: each process resolves them from its own environment at the moment it
+//! opens a connection (`expand_env`), so tasks on the queue never carry them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    #[serde(default)]
+    pub syncs: BTreeMap<String, SyncConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    Postgres(PostgresSourceConfig),
+    Sqlite(SqliteSourceConfig),
+    Csv(CsvSourceConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// `postgres://user:${PGPASSWORD}@host:5432/db`
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSourceConfig {
+    /// Path of the database file, relative to the config file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSourceConfig {
+    /// Directory holding the CSV files, relative to the config file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub source: String,
+    /// SQL, for database sources.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// File name inside the source directory, for CSV sources.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// The column whose value identifies a row; unique and non-null.
+    pub primary_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DestinationConfig {
+    Http(HttpDestinationConfig),
+    Postgres(PostgresDestinationConfig),
+    Jsonl(JsonlDestinationConfig),
+}
+
+/// Fleet-wide delivery limits, the same fields on every destination.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct DeliveryLimits {
+    /// Requests per second across every worker of the fleet.
+    pub rate_limit: Option<f64>,
+    /// Requests in flight across every worker of the fleet.
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDestinationConfig {
+    pub url: String,
+    #[serde(default = "default_http_method")]
+    pub method: String,
+    /// Header values may reference `${ENV_VAR}`s; they are redacted in logs.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_http_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresDestinationConfig {
+    pub url: String,
+    /// `schema.table` or `table`; it must exist, with a unique constraint on `key_column`.
+    pub table: String,
+    /// The destination column that identifies a record (the record-matching field).
+    pub key_column: String,
+    #[serde(default = "default_db_batch_size")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlDestinationConfig {
+    /// File that every operation is appended to, relative to the config file.
+    pub path: PathBuf,
+    #[serde(default = "default_db_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_http_method() -> String {
+    "POST".to_string()
+}
+fn default_http_batch_size() -> usize {
+    100
+}
+fn default_db_batch_size() -> usize {
+    1000
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl DestinationConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DestinationConfig::Http(_) => "http",
+            DestinationConfig::Postgres(_) => "postgres",
+            DestinationConfig::Jsonl(_) => "jsonl",
+        }
+    }
+
+    pub fn limits(&self) -> DeliveryLimits {
+        match self {
+            DestinationConfig::Http(c) => DeliveryLimits {
+                rate_limit: c.rate_limit,
+                max_concurrency: c.max_concurrency,
+            },
+            DestinationConfig::Postgres(c) => DeliveryLimits {
+                rate_limit: c.rate_limit,
+                max_concurrency: c.max_concurrency,
+            },
+            DestinationConfig::Jsonl(_) => DeliveryLimits {
+                rate_limit: None,
+                max_concurrency: Some(1),
+            },
+        }
+    }
+
+    pub fn batch_size(&self) -> usize {
+        match self {
+            DestinationConfig::Http(c) => c.batch_size,
+            DestinationConfig::Postgres(c) => c.batch_size,
+            DestinationConfig::Jsonl(c) => c.batch_size,
+        }
+    }
+
+    /// Raw destinations fingerprint every column; mapped ones only the mapped fields.
+    pub fn modes_supported(&self) -> &'static [SyncMode] {
+        &[SyncMode::Upsert, SyncMode::Mirror]
+    }
+}
+
+/// How a sync treats the rows CDC finds. Hightouch's and Census's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Only keys never sent before.
+    Insert,
+    /// Only records that already exist in the destination.
+    Update,
+    /// Added and changed rows.
+    Upsert,
+    /// Upsert, plus rows that left the model are deleted from the destination.
+    Mirror,
+    /// Audience membership: added rows join, removed rows leave.
+    AddRemove,
+    /// No change data capture: every row, every run.
+    All,
+}
+
+impl SyncMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SyncMode::Insert => "insert",
+            SyncMode::Update => "update",
+            SyncMode::Upsert => "upsert",
+            SyncMode::Mirror => "mirror",
+            SyncMode::AddRemove => "add_remove",
+            SyncMode::All => "all",
+        }
+    }
+}
+
+impl fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    pub model: String,
+    pub destination: String,
+    pub mode: SyncMode,
+    /// Model column → destination field. Without mappings every column is sent
+    /// under its own name.
+    #[serde(default)]
+    pub mappings: Vec<FieldMapping>,
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Fixed number of shards; by default the planner sizes shards from the row counts.
+    #[serde(default)]
+    pub shards: Option<usize>,
+    /// Upper bound on the rows of one shard when the planner sizes them.
+    #[serde(default)]
+    pub max_rows_per_shard: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMapping {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// `every: 15m` — runs at every multiple of the interval since the Unix epoch.
+    #[serde(with = "humantime_serde_compat")]
+    pub every: Duration,
+}
+
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. 30s, 15m, 1h)")))
+    }
+}
+
+/// Everything a worker needs to run one sync's tasks: the sync with its model,
+/// source and destination inlined, secrets still as `${ENV_VAR}` references.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncSpec {
+    pub name: String,
+    pub model_name: String,
+    pub model: ModelConfig,
+    pub source: SourceConfig,
+    pub destination_name: String,
+    pub destination: DestinationConfig,
+    pub mode: SyncMode,
+    pub mappings: Vec<FieldMapping>,
+    pub shards: Option<usize>,
+    pub max_rows_per_shard: Option<u64>,
+}
+
+/// A config error that names what to fix: file, line when known, and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{}: {}", file.display(), line, self.message),
+            (Some(file), None) => write!(f, "{}: {}", file.display(), self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    fn in_file(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: Some(file.to_path_buf()),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// A loaded, validated config: every reference resolves and every sync is runnable.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    pub syncs: BTreeMap<String, SyncConfig>,
+}
+
+impl Config {
+    /// Loads one YAML file, or every `*.yaml` / `*.yml` file of a directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let files = if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| ConfigError::in_file(path, format!("cannot read config directory: {e}")))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(ConfigError::in_file(
+                    path,
+                    "the directory holds no *.yaml or *.yml file",
+                ));
+            }
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut config = Config::default();
+        let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ConfigError::in_file(&file, format!("cannot read config file: {e}")))?;
+            let parsed = parse_yaml(&file, &text)?;
+            let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+            config.merge(parsed, &file, &base, &mut origin)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses one YAML document, as if it were a file named `name` in `base_dir`.
+    pub fn from_yaml_str(name: &Path, text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let parsed = parse_yaml(name, text)?;
+        let mut config = Config::default();
+        config.merge(parsed, name, base_dir, &mut BTreeMap::new())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn merge(
+        &mut self,
+        file: ConfigFile,
+        path: &Path,
+        base: &Path,
+        origin: &mut BTreeMap<String, PathBuf>,
+    ) -> Result<(), ConfigError> {
+        fn insert<T>(
+            kind: &str,
+            map: &mut BTreeMap<String, T>,
+            items: BTreeMap<String, T>,
+            path: &Path,
+            origin: &mut BTreeMap<String, PathBuf>,
+        ) -> Result<(), ConfigError> {
+            for (name, item) in items {
+                let id = format!("{kind} {name}");
+                if let Some(first) = origin.get(&id) {
+                    return Err(ConfigError::in_file(
+                        path,
+                        format!("{id:?} is already defined in {}", first.display()),
+                    ));
+                }
+                origin.insert(id, path.to_path_buf());
+                map.insert(name, item);
+            }
+            Ok(())
+        }
+        let absolute = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let sources = file
+            .sources
+            .into_iter()
+            .map(|(name, source)| {
+                let source = match source {
+                    SourceConfig::Sqlite(c) => SourceConfig::Sqlite(SqliteSourceConfig {
+                        path: absolute(&c.path),
+                    }),
+                    SourceConfig::Csv(c) => SourceConfig::Csv(CsvSourceConfig {
+                        path: absolute(&c.path),
+                    }),
+                    other => other,
+                };
+                (name, source)
+            })
+            .collect();
+        let destinations = file
+            .destinations
+            .into_iter()
+            .map(|(name, destination)| {
+                let destination = match destination {
+                    DestinationConfig::Jsonl(c) => DestinationConfig::Jsonl(JsonlDestinationConfig {
+                        path: absolute(&c.path),
+                        ..c
+                    }),
+                    other => other,
+                };
+                (name, destination)
+            })
+            .collect();
+        insert("source", &mut self.sources, sources, path, origin)?;
+        insert("model", &mut self.models, file.models, path, origin)?;
+        insert("destination", &mut self.destinations, destinations, path, origin)?;
+        insert("sync", &mut self.syncs, file.syncs, path, origin)?;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, model) in &self.models {
+            let source = self.sources.get(&model.source).ok_or_else(|| {
+                ConfigError::new(format!(
+                    "model {name:?} uses source {:?}, which is not defined (defined: {})",
+                    model.source,
+                    names(&self.sources)
+                ))
+            })?;
+            if model.primary_key.trim().is_empty() {
+                return Err(ConfigError::new(format!("model {name:?} needs a primary_key column")));
+            }
+            match (source, &model.query, &model.file) {
+                (SourceConfig::Csv(_), _, Some(_)) => {}
+                (SourceConfig::Csv(_), _, None) => {
+                    return Err(ConfigError::new(format!(
+                        "model {name:?} reads CSV source {:?}: set `file` to the CSV file's name",
+                        model.source
+                    )))
+                }
+                (_, Some(query), None) if !query.trim().is_empty() => {}
+                _ => {
+                    return Err(ConfigError::new(format!(
+                        "model {name:?} reads database source {:?}: set `query` (and not `file`)",
+                        model.source
+                    )))
+                }
+            }
+        }
+        for (name, destination) in &self.destinations {
+            if destination.batch_size() == 0 {
+                return Err(ConfigError::new(format!(
+                    "destination {name:?}: batch_size must be at least 1"
+                )));
+            }
+            let limits = destination.limits();
+            if let Some(rate) = limits.rate_limit {
+                if !(rate > 0.0 && rate.is_finite()) {
+                    return Err(ConfigError::new(format!(
+                        "destination {name:?}: rate_limit must be a positive number of requests per second, not {rate}"
+                    )));
+                }
+            }
+            if limits.max_concurrency == Some(0) {
+                return Err(ConfigError::new(format!(
+                    "destination {name:?}: max_concurrency must be at least 1"
+                )));
+            }
+        }
+        for (name, sync) in &self.syncs {
+            if !self.models.contains_key(&sync.model) {
+                return Err(ConfigError::new(format!(
+                    "sync {name:?} uses model {:?}, which is not defined (defined: {})",
+                    sync.model,
+                    names(&self.models)
+                )));
+            }
+            let destination = self.destinations.get(&sync.destination).ok_or_else(|| {
+                ConfigError::new(format!(
+                    "sync {name:?} uses destination {:?}, which is not defined (defined: {})",
+                    sync.destination,
+                    names(&self.destinations)
+                ))
+            })?;
+            if !destination.modes_supported().contains(&sync.mode) {
+                return Err(ConfigError::new(format!(
+                    "sync {name:?} asks for mode {}, which {} destination {:?} does not support (supported: {})",
+                    sync.mode,
+                    destination.kind(),
+                    sync.destination,
+                    destination
+                        .modes_supported()
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for mapping in &sync.mappings {
+                if !seen.insert(&mapping.to) {
+                    return Err(ConfigError::new(format!(
+                        "sync {name:?} maps two columns to the field {:?}",
+                        mapping.to
+                    )));
+                }
+            }
+            if sync.shards == Some(0) || sync.shards.is_some_and(|n| n > crate::hashing::BUCKET_COUNT) {
+                return Err(ConfigError::new(format!(
+                    "sync {name:?}: shards must be between 1 and {}",
+                    crate::hashing::BUCKET_COUNT
+                )));
+            }
+            if let Some(schedule) = &sync.schedule {
+                if schedule.every < Duration::from_secs(1) {
+                    return Err(ConfigError::new(format!(
+                        "sync {name:?}: schedule.every must be at least 1s"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The self-contained description of a sync that tasks carry.
+    pub fn sync_spec(&self, sync_name: &str) -> Result<SyncSpec, ConfigError> {
+        let sync = self.syncs.get(sync_name).ok_or_else(|| {
+            ConfigError::new(format!("no sync named {sync_name:?} (defined: {})", names(&self.syncs)))
+        })?;
+        let model = self.models[&sync.model].clone();
+        Ok(SyncSpec {
+            name: sync_name.to_string(),
+            model_name: sync.model.clone(),
+            source: self.sources[&model.source].clone(),
+            model,
+            destination_name: sync.destination.clone(),
+            destination: self.destinations[&sync.destination].clone(),
+            mode: sync.mode,
+            mappings: sync.mappings.clone(),
+            shards: sync.shards,
+            max_rows_per_shard: sync.max_rows_per_shard,
+        })
+    }
+}
+
+fn names<T>(map: &BTreeMap<String, T>) -> String {
+    if map.is_empty() {
+        "none".to_string()
+    } else {
+        map.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn parse_yaml(file: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(ConfigFile {
+            sources: BTreeMap::new(),
+            models: BTreeMap::new(),
+            destinations: BTreeMap::new(),
+            syncs: BTreeMap::new(),
+        });
+    }
+    serde_yaml::from_str(text).map_err(|error| {
+        let message = error.to_string();
+        // Tagged enums buffer their content and lose serde_yaml's position; find the
+        // offending field's line in the text ourselves.
+        let line = error
+            .location()
+            .map(|l| l.line())
+            .filter(|_| !message.contains("unknown field"))
+            .or_else(|| unknown_field_line(&message, text))
+            .or_else(|| error.location().map(|l| l.line()));
+        let message = match message.find(" at line ") {
+            Some(cut) => message[..cut].to_string(),
+            None => message,
+        };
+        ConfigError {
+            file: Some(file.to_path_buf()),
+            line,
+            message,
+        }
+    })
+}
+
+fn unknown_field_line(message: &str, text: &str) -> Option<usize> {
+    let start = message.find("unknown field `")? + "unknown field `".len();
+    let field = &message[start..start + message[start..].find('`')?];
+    text.lines()
+        .position(|line| {
+            let trimmed = line.trim_start().trim_start_matches("- ");
+            trimmed
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|index| index + 1)
+}
+
+/// Replaces every `${NAME}` with the environment variable `NAME`. `what` names the
+/// setting in the error, never the value.
+pub fn expand_env(text: &str, what: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| ConfigError::new(format!("{what}: unterminated `${{` (write `${{NAME}}`)")))?;
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| {
+            ConfigError::new(format!(
+                "{what} references the environment variable {name}, which is not set"
+            ))
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+sources:
+  files:
+    type: csv
+    path: data
+models:
+  customers:
+    source: files
+    file: customers.csv
+    primary_key: id
+destinations:
+  out:
+    type: jsonl
+    path: out/customers.jsonl
+syncs:
+  customers-out:
+    model: customers
+    destination: out
+    mode: mirror
+    schedule:
+      every: 15m
+"#;
+
+    #[test]
+    fn loads_and_resolves_relative_paths() {
+        let config = Config::from_yaml_str(Path::new("ebb.yaml"), GOOD, Path::new("/etc/ebb")).unwrap();
+        let spec = config.sync_spec("customers-out").unwrap();
+        assert_eq!(spec.mode, SyncMode::Mirror);
+        match spec.source {
+            SourceConfig::Csv(c) => assert_eq!(c.path, Path::new("/etc/ebb/data")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            config.syncs["customers-out"].schedule.as_ref().unwrap().every,
+            Duration::from_secs(900)
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text = GOOD.replace(
+            "    path: out/customers.jsonl",
+            "    path: out/customers.jsonl\n    bach_size: 10",
+        );
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err();
+        assert_eq!(err.file.as_deref(), Some(Path::new("ebb.yaml")));
+        assert_eq!(
+            err.line,
+            Some(text.lines().position(|l| l.contains("bach_size")).unwrap() + 1)
+        );
+        assert!(err.message.contains("unknown field `bach_size`"), "{err}");
+        let top = format!("{GOOD}\nsyncz: {{}}\n");
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &top, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("syncz"), "{err}");
+        assert!(err.line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn dangling_references_are_named() {
+        let text = GOOD.replace("destination: out", "destination: nowhere");
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err();
+        assert!(
+            err.message.contains("\"nowhere\"") && err.message.contains("out"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unsupported_mode_names_mode_and_destination() {
+        let text = GOOD.replace("mode: mirror", "mode: add_remove");
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err();
+        assert!(
+            err.message.contains("add_remove") && err.message.contains("\"out\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_references_resolve_late_and_name_the_variable() {
+        std::env::set_var("EBB_TEST_SECRET_A", "s3cr3t");
+        assert_eq!(
+            expand_env("postgres://u:${EBB_TEST_SECRET_A}@h/db", "source x").unwrap(),
+            "postgres://u:s3cr3t@h/db"
+        );
+        let err = expand_env("${EBB_TEST_MISSING_B}", "destination crm header Authorization").unwrap_err();
+        assert!(err.message.contains("EBB_TEST_MISSING_B") && err.message.contains("crm"));
+    }
+
+    #[test]
+    fn directory_of_files_merges_and_rejects_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = GOOD.split_at(GOOD.find("destinations:").unwrap());
+        std::fs::write(dir.path().join("a.yaml"), a).unwrap();
+        std::fs::write(dir.path().join("b.yml"), b).unwrap();
+        let config = Config::load(dir.path()).unwrap();
+        assert!(config.syncs.contains_key("customers-out"));
+        std::fs::write(
+            dir.path().join("c.yaml"),
+            "models:\n  customers:\n    source: files\n    file: x.csv\n    primary_key: id\n",
+        )
+        .unwrap();
+        let err = Config::load(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("c.yaml") && err.to_string().contains("a.yaml"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The wire protocol between coordinator and workers.
+//!
+//! Messages are msgpack maps with field names (`rmp_serde::to_vec_named`) and carry
+//! a protocol version. Fields added later get `#[serde(default)]`, so coordinators
+//! and workers of neighbouring versions interoperate during a rolling upgrade.
+
+use crate::config::SyncSpec;
+use crate::hashing::HashRange;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One unit of work on the task queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub version: u32,
+    /// Unique per task of a run: `<run>/extract` or `<run>/shard-<n>`.
+    pub task_id: String,
+    pub run_id: String,
+    pub sync: SyncSpec,
+    pub kind: TaskKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Run the model query, hash keys and write per-bucket chunk files.
+    Extract,
+    /// Diff one hash range against its previous snapshot and deliver the changes.
+    Shard(ShardTask),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardTask {
+    pub index: u32,
+    pub range: HashRange,
+    /// The current run's chunk objects whose buckets lie in `range`.
+    pub chunks: Vec<String>,
+    /// The committed snapshot objects overlapping `range`, each with the part of
+    /// the hash space it is current for.
+    pub previous: Vec<SnapshotPointer>,
+    /// Send every row, ignoring what the previous snapshot says was sent.
+    #[serde(default)]
+    pub full_resync: bool,
+    /// Record every row as synced without sending anything.
+    #[serde(default)]
+    pub reset_cdc: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPointer {
+    pub range: HashRange,
+    pub object_key: String,
+}
+
+/// What a worker reports back on the results queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultMessage {
+    pub version: u32,
+    pub task_id: String,
+    pub run_id: String,
+    pub worker_id: String,
+    /// Unique per attempt at a task; names the objects the attempt wrote.
+    pub attempt: String,
+    pub outcome: TaskOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Extracted(ExtractReport),
+    ShardDone(ShardReport),
+    /// Partial progress of a shard, for progress bars; carries no state.
+    Progress(ShardProgress),
+    Failed(TaskFailure),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtractReport {
+    pub rows_queried: u64,
+    /// Rows whose primary key was null: counted, never sent.
+    pub null_keys: u64,
+    pub columns: Vec<String>,
+    /// Buckets that received rows; absent buckets are empty.
+    pub buckets: Vec<BucketReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketReport {
+    pub bucket: u32,
+    pub rows: u64,
+    pub chunks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    pub added: u64,
+    pub changed: u64,
+    pub removed: u64,
+}
+
+impl OpCounts {
+    pub fn total(&self) -> u64 {
+        self.added + self.changed + self.removed
+    }
+
+    pub fn add(&mut self, other: &OpCounts) {
+        self.added += other.added;
+        self.changed += other.changed;
+        self.removed += other.removed;
+    }
+
+    pub fn count(&mut self, operation: Operation) {
+        match operation {
+            Operation::Added => self.added += 1,
+            Operation::Changed => self.changed += 1,
+            Operation::Removed => self.removed += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Added,
+    Changed,
+    Removed,
+}
+
+impl Operation {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Operation::Added => "added",
+            Operation::Changed => "changed",
+            Operation::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardReport {
+    pub index: u32,
+    pub range: HashRange,
+    /// The new snapshot of `range`, to become current when this report is accepted.
+    pub snapshot_key: String,
+    pub planned: OpCounts,
+    pub succeeded: OpCounts,
+    pub failed: OpCounts,
+    /// Rows sharing a primary key with another row: counted, never sent.
+    pub duplicate_keys: u64,
+    /// Up to `REPORTED_ROWS_LIMIT` invalid keys, for the run's detail.
+    #[serde(default)]
+    pub invalid_sample: Vec<InvalidRow>,
+    /// Up to `REPORTED_ROWS_LIMIT` rejected rows, for the run's detail.
+    #[serde(default)]
+    pub rejected_sample: Vec<RowFailure>,
+    /// Every rejected row, as JSON lines in the object store.
+    #[serde(default)]
+    pub rejections_key: Option<String>,
+    /// Set when the destination failed for the whole shard (all rows failed with it).
+    #[serde(default)]
+    pub destination_error: Option<String>,
+}
+
+/// How many invalid or rejected rows a report lists by key; the full list of
+/// rejections is in the object store.
+pub const REPORTED_ROWS_LIMIT: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidRow {
+    pub key: String,
+    pub reason: InvalidReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidReason {
+    NullKey,
+    DuplicateKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowFailure {
+    pub key: String,
+    pub operation: Operation,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardProgress {
+    pub index: u32,
+    pub planned: u64,
+    pub done: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    pub error: String,
+    /// Whether running the task again may succeed (a transient fault) or not
+    /// (a broken query, a missing column, a malformed config).
+    pub retriable: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("cannot decode message: {0}")]
+    Decode(String),
+}
+
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(message).expect("protocol messages always serialize")
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    rmp_serde::from_slice(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct OlderFailure {
+        error: String,
+        retriable: bool,
+        added_in_a_later_version: u32,
+    }
+
+    #[test]
+    fn unknown_fields_from_a_newer_peer_are_ignored() {
+        let newer = encode(&OlderFailure {
+            error: "x".into(),
+            retriable: true,
+            added_in_a_later_version: 3,
+        });
+        let decoded: TaskFailure = decode(&newer).unwrap();
+        assert_eq!(decoded.error, "x");
+    }
+
+    #[test]
+    fn result_round_trip_with_named_fields() {
+        let message = ResultMessage {
+            version: PROTOCOL_VERSION,
+            task_id: "r/shard-1".into(),
+            run_id: "r".into(),
+            worker_id: "w".into(),
+            attempt: "a".into(),
+            outcome: TaskOutcome::Progress(ShardProgress {
+                index: 1,
+                planned: 10,
+                done: 5,
+            }),
+        };
+        let bytes = encode(&message);
+        assert!(bytes.windows(7).any(|w| w == b"task_id"), "field names are on the wire");
+        assert_eq!(decode::<ResultMessage>(&bytes).unwrap(), message);
+    }
+}

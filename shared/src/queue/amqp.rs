@@ -1,0 +1,385 @@
+//! RabbitMQ: durable quorum queues, publisher confirms, a dead-letter exchange
+//! for tasks past the delivery limit, and reconnection with re-declared topology.
+//!
+//! lapin's own recovery is young, so this module supervises connections itself:
+//! any error drops the connection and the next call (or the consumer loop) opens
+//! a new one and declares the topology again. Deliveries received on a dead
+//! channel cannot be acknowledged; the broker hands them out again.
+
+use super::{Acknowledge, Delivery, MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+const DEAD_LETTER_EXCHANGE: &str = "ebb.dead";
+/// How long `publish` keeps reconnecting before it gives up.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// `amqp://user:password@host:5672/vhost`
+    pub url: String,
+    pub delivery_limit: u32,
+    /// Prepended to every queue and exchange name, so that several Ebb
+    /// installations (or test suites) can share one broker.
+    pub prefix: String,
+}
+
+impl AmqpSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        AmqpSettings {
+            url: url.into(),
+            delivery_limit: DELIVERY_LIMIT,
+            prefix: String::new(),
+        }
+    }
+
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    fn queue(&self, queue: QueueName) -> String {
+        format!("{}{}", self.prefix, queue.as_str())
+    }
+
+    fn dead_letter_exchange(&self) -> String {
+        format!("{}{DEAD_LETTER_EXCHANGE}", self.prefix)
+    }
+}
+
+pub struct AmqpQueue {
+    settings: Arc<AmqpSettings>,
+    publisher: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl AmqpQueue {
+    /// Connects once to fail fast on a wrong URL, and declares the topology.
+    pub async fn connect(settings: AmqpSettings) -> Result<AmqpQueue, QueueError> {
+        let settings = Arc::new(settings);
+        let opened = open_channel(&settings, None).await?;
+        Ok(AmqpQueue {
+            settings,
+            publisher: Mutex::new(Some(opened)),
+        })
+    }
+
+    async fn try_publish(&self, queue: QueueName, message: &OutgoingMessage) -> Result<(), QueueError> {
+        let mut guard = self.publisher.lock().await;
+        if guard
+            .as_ref()
+            .is_none_or(|(connection, channel)| !connection.status().connected() || !channel.status().connected())
+        {
+            *guard = Some(open_channel(&self.settings, None).await?);
+        }
+        let (_, channel) = guard.as_ref().expect("opened above");
+        let mut headers = FieldTable::default();
+        for (name, value) in &message.headers {
+            headers.insert(
+                ShortString::from(name.clone()),
+                AMQPValue::LongString(LongString::from(value.clone())),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/msgpack"))
+            .with_headers(headers);
+        let result = async {
+            let confirm = channel
+                .basic_publish(
+                    "",
+                    &self.settings.queue(queue),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &message.payload,
+                    properties,
+                )
+                .await?
+                .await?;
+            Ok::<_, lapin::Error>(confirm)
+        }
+        .await;
+        match result {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) => Err(QueueError::NotConfirmed {
+                queue: queue.as_str(),
+                reason: "no queue took the message (returned as unroutable)".into(),
+            }),
+            Ok(Confirmation::Nack(_)) => Err(QueueError::NotConfirmed {
+                queue: queue.as_str(),
+                reason: "the broker refused the message (nack)".into(),
+            }),
+            Ok(Confirmation::NotRequested) => Err(QueueError::NotConfirmed {
+                queue: queue.as_str(),
+                reason: "publisher confirms are off on this channel".into(),
+            }),
+            Err(error) => {
+                *guard = None;
+                Err(QueueError::Broker(error.to_string()))
+            }
+        }
+    }
+}
+
+fn queue_arguments(queue: QueueName, settings: &AmqpSettings) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if queue == QueueName::Tasks {
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(settings.delivery_limit as i32),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(settings.dead_letter_exchange().into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(settings.queue(QueueName::DeadTasks).into()),
+        );
+    }
+    arguments
+}
+
+async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            &settings.dead_letter_exchange(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for queue in [QueueName::Tasks, QueueName::Results, QueueName::DeadTasks] {
+        channel
+            .queue_declare(
+                &settings.queue(queue),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                queue_arguments(queue, settings),
+            )
+            .await?;
+    }
+    channel
+        .queue_bind(
+            &settings.queue(QueueName::DeadTasks),
+            &settings.dead_letter_exchange(),
+            &settings.queue(QueueName::DeadTasks),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn open_channel(settings: &AmqpSettings, prefetch: Option<u16>) -> Result<(Connection, Channel), QueueError> {
+    let connect_error = |reason: String| QueueError::Connect {
+        queue: "amqp",
+        url: crate::redact::redact_url(&settings.url),
+        reason,
+    };
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let connection = tokio::time::timeout(Duration::from_secs(10), Connection::connect(&settings.url, properties))
+        .await
+        .map_err(|_| connect_error("timed out after 10s".into()))?
+        .map_err(|e| connect_error(e.to_string()))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    if let Some(prefetch) = prefetch {
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+    }
+    declare_topology(&channel, settings)
+        .await
+        .map_err(|e| connect_error(format!("declaring queues: {e}")))?;
+    Ok((connection, channel))
+}
+
+struct AmqpAck(lapin::acker::Acker);
+
+#[async_trait]
+impl Acknowledge for AmqpAck {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        self.0
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| QueueError::Broker(format!("ack failed (the message will be delivered again): {e}")))
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
+        self.0
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| QueueError::Broker(format!("requeue failed (the message will be delivered again): {e}")))
+    }
+}
+
+fn delivery_from(delivery: lapin::message::Delivery) -> Delivery {
+    let mut headers = BTreeMap::new();
+    let mut previous_deliveries = None;
+    if let Some(table) = delivery.properties.headers() {
+        for (name, value) in table.inner() {
+            match value {
+                AMQPValue::LongString(text) => {
+                    headers.insert(name.to_string(), String::from_utf8_lossy(text.as_bytes()).into_owned());
+                }
+                AMQPValue::LongLongInt(n) if name.as_str() == "x-delivery-count" => {
+                    previous_deliveries = Some(*n as u32)
+                }
+                AMQPValue::LongInt(n) if name.as_str() == "x-delivery-count" => previous_deliveries = Some(*n as u32),
+                AMQPValue::LongUInt(n) if name.as_str() == "x-delivery-count" => previous_deliveries = Some(*n),
+                _ => {}
+            }
+        }
+    }
+    let delivery_count = match previous_deliveries {
+        Some(previous) => previous + 1,
+        None if delivery.redelivered => 2,
+        None => 1,
+    };
+    Delivery::new(
+        delivery.data,
+        headers,
+        delivery_count,
+        Box::new(AmqpAck(delivery.acker)),
+    )
+}
+
+#[async_trait]
+impl MessageQueue for AmqpQueue {
+    async fn publish(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), QueueError> {
+        let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.try_publish(queue, &message).await {
+                Ok(()) => return Ok(()),
+                Err(error) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(%error, queue = queue.as_str(), "publish failed; reconnecting");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn consume(&self, queue: QueueName, prefetch: u16) -> Result<BoxStream<'static, Delivery>, QueueError> {
+        let settings = self.settings.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Delivery>(1);
+        // Fail fast on the first connection; reconnect quietly afterwards.
+        let first = open_channel(&settings, Some(prefetch)).await?;
+        let supervisor = tokio::spawn(async move {
+            let mut opened = Some(first);
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let (connection, channel) = match opened.take() {
+                    Some(pair) => pair,
+                    None => match open_channel(&settings, Some(prefetch)).await {
+                        Ok(pair) => pair,
+                        Err(error) => {
+                            tracing::warn!(%error, queue = queue.as_str(), "reconnect failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                    },
+                };
+                let consumer = channel
+                    .basic_consume(
+                        &settings.queue(queue),
+                        "",
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await;
+                let mut consumer = match consumer {
+                    Ok(consumer) => consumer,
+                    Err(error) => {
+                        tracing::warn!(%error, queue = queue.as_str(), "basic.consume failed; reconnecting");
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                };
+                backoff = Duration::from_millis(200);
+                while let Some(item) = consumer.next().await {
+                    match item {
+                        Ok(delivery) => {
+                            if sender.send(delivery_from(delivery)).await.is_err() {
+                                let _ = connection.close(200, "consumer dropped").await;
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, queue = queue.as_str(), "consumer failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+                drop(channel);
+                drop(connection);
+                tokio::time::sleep(backoff).await;
+            }
+        });
+        let guard = AbortOnDrop(supervisor);
+        let stream = futures::stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
+            receiver.recv().await.map(|delivery| (delivery, (receiver, guard)))
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn depth(&self, queue: QueueName) -> Result<u64, QueueError> {
+        let (connection, channel) = open_channel(&self.settings, None).await?;
+        let declared = channel
+            .queue_declare(
+                &self.settings.queue(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| QueueError::Broker(e.to_string()));
+        let _ = connection.close(200, "depth").await;
+        Ok(declared?.message_count() as u64)
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

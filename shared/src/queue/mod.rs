@@ -1,0 +1,141 @@
+//! The task and result queues.
+//!
+//! Workers take tasks from `Tasks` and publish reports to `Results`; tasks that
+//! keep failing (a worker crashing on them again and again) are dead-lettered to
+//! `DeadTasks`, where the coordinator fails their run with a named error. Two
+//! implementations behind one trait: RabbitMQ for a fleet, an in-process queue
+//! for `ebb standalone`. Nothing in the sync path knows which one it talks to.
+
+mod amqp;
+mod memory;
+
+pub use amqp::{AmqpQueue, AmqpSettings};
+pub use memory::MemoryQueue;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueName {
+    Tasks,
+    Results,
+    DeadTasks,
+}
+
+impl QueueName {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            QueueName::Tasks => "ebb.tasks",
+            QueueName::Results => "ebb.results",
+            QueueName::DeadTasks => "ebb.tasks.dead",
+        }
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many times a task may be handed out before it is dead-lettered. A worker
+/// that crashes mid-task returns it once; a task that crashes every worker it
+/// meets must not circle forever.
+pub const DELIVERY_LIMIT: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue {queue}: cannot connect to {url}: {reason}")]
+    Connect {
+        queue: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("queue {queue}: the broker did not confirm the message: {reason}")]
+    NotConfirmed { queue: &'static str, reason: String },
+    #[error("queue: {0}")]
+    Broker(String),
+    #[error("queue closed")]
+    Closed,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OutgoingMessage {
+    pub payload: Vec<u8>,
+    /// W3C `traceparent` and friends.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl OutgoingMessage {
+    pub fn new(payload: Vec<u8>) -> Self {
+        OutgoingMessage {
+            payload,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait MessageQueue: Send + Sync + 'static {
+    /// Publishes a persistent message and returns once the broker has confirmed
+    /// that a queue holds it.
+    async fn publish(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), QueueError>;
+
+    /// An endless stream of deliveries; reconnects underneath after broker
+    /// failures. At most `prefetch` deliveries are unacknowledged at once.
+    async fn consume(&self, queue: QueueName, prefetch: u16) -> Result<BoxStream<'static, Delivery>, QueueError>;
+
+    /// Messages waiting in a queue (not counting unacknowledged ones), for metrics
+    /// and autoscaling.
+    async fn depth(&self, queue: QueueName) -> Result<u64, QueueError>;
+}
+
+#[async_trait]
+pub trait Acknowledge: Send {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError>;
+    /// Gives the message back to the queue, to be delivered again (and counted).
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError>;
+}
+
+pub struct Delivery {
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    /// 1 on first delivery; grows with every return to the queue.
+    pub delivery_count: u32,
+    acknowledge: Box<dyn Acknowledge>,
+}
+
+impl Delivery {
+    pub fn new(
+        payload: Vec<u8>,
+        headers: BTreeMap<String, String>,
+        delivery_count: u32,
+        acknowledge: Box<dyn Acknowledge>,
+    ) -> Self {
+        Delivery {
+            payload,
+            headers,
+            delivery_count,
+            acknowledge,
+        }
+    }
+
+    pub async fn ack(self) -> Result<(), QueueError> {
+        self.acknowledge.ack().await
+    }
+
+    pub async fn requeue(self) -> Result<(), QueueError> {
+        self.acknowledge.requeue().await
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("bytes", &self.payload.len())
+            .field("delivery_count", &self.delivery_count)
+            .finish()
+    }
+}

@@ -1,0 +1,184 @@
+//! The object store: immutable chunk, snapshot and checkpoint objects.
+//!
+//! One URL picks the backend: a local directory for standalone (`./data`,
+//! `file:///var/lib/ebb`), or any S3-compatible service
+//! (`s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1`), with
+//! credentials from the usual `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+//! Objects are only ever created (`PutMode::Create`), never overwritten: which
+//! object is current is decided by pointer rows in the state DB.
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object store URL {url:?}: {reason}")]
+    Config { url: String, reason: String },
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    #[error("object {key} already exists (objects are immutable)")]
+    AlreadyExists { key: String },
+    #[error("object store: {0}")]
+    Io(String),
+}
+
+impl StorageError {
+    /// Transient store faults are worth retrying; a missing object is not.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, StorageError::Io(_))
+    }
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl Storage {
+    pub fn from_url(url: &str) -> Result<Storage, StorageError> {
+        let config_error = |reason: String| StorageError::Config {
+            url: crate::redact::redact_url(url),
+            reason,
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let parsed = url::Url::parse(url).map_err(|e| config_error(e.to_string()))?;
+            let bucket = parsed
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| config_error("name the bucket: s3://BUCKET/prefix".into()))?;
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (key, value) in parsed.query_pairs() {
+                builder = match key.as_ref() {
+                    "endpoint" => builder
+                        .with_endpoint(value.to_string())
+                        .with_allow_http(value.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false),
+                    "region" => builder.with_region(value.to_string()),
+                    other => {
+                        return Err(config_error(format!(
+                            "unknown parameter {other:?} (known: endpoint, region)"
+                        )))
+                    }
+                };
+            }
+            let store = builder.build().map_err(|e| config_error(e.to_string()))?;
+            let prefix = parsed.path().trim_matches('/').to_string();
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(store)
+            } else {
+                Arc::new(PrefixStore::new(store, prefix))
+            };
+            let _ = rest;
+            return Ok(Storage {
+                store,
+                description: format!("s3://{bucket}{}", parsed.path()),
+            });
+        }
+        let dir = url.strip_prefix("file://").unwrap_or(url);
+        if dir.contains("://") {
+            return Err(config_error(
+                "use a directory path, file:///dir or s3://bucket/prefix".into(),
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| config_error(format!("cannot create directory: {e}")))?;
+        let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| config_error(e.to_string()))?;
+        Ok(Storage {
+            store: Arc::new(store),
+            description: format!("file://{dir}"),
+        })
+    }
+
+    /// Writes a new object; fails if the key exists.
+    pub async fn create(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&ObjectPath::from(key), PutPayload::from(bytes), options)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(e, key))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let result = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await
+            .map_err(|e| classify(e, key))?;
+        result.bytes().await.map_err(|e| classify(e, key))
+    }
+
+    /// Keys below `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = ObjectPath::from(prefix);
+        let mut keys: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| classify(e, prefix.as_ref()))?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(classify(e, key)),
+        }
+    }
+}
+
+fn classify(error: object_store::Error, key: &str) -> StorageError {
+    match error {
+        object_store::Error::NotFound { .. } => StorageError::NotFound { key: key.to_string() },
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            StorageError::AlreadyExists { key: key.to_string() }
+        }
+        other => StorageError::Io(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_objects_are_immutable() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::from_url(dir.path().to_str().unwrap()).unwrap();
+        storage.create("a/b.ebb", b"one".to_vec()).await.unwrap();
+        let err = storage.create("a/b.ebb", b"two".to_vec()).await.unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+        assert_eq!(&storage.get("a/b.ebb").await.unwrap()[..], b"one");
+        assert_eq!(storage.list("a").await.unwrap(), vec!["a/b.ebb".to_string()]);
+        assert!(matches!(
+            storage.get("a/c").await.unwrap_err(),
+            StorageError::NotFound { .. }
+        ));
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        let err = Storage::from_url("s3://bucket/p?endpoit=x").unwrap_err();
+        assert!(err.to_string().contains("endpoit"), "{err}");
+        let err = Storage::from_url("gs://bucket").unwrap_err();
+        assert!(err.to_string().contains("s3://"), "{err}");
+    }
+}

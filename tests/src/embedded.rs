@@ -1,0 +1,23 @@
+//! Driving an embedded runtime (coordinator and workers in the test process).
+
+use ebb_coordinator::run::TriggerOptions;
+use ebb_coordinator::runtime::Runtime;
+use ebb_coordinator::store::RunRecord;
+use std::time::Duration;
+
+/// Triggers a run of `sync` and waits until it ends (at most a minute).
+pub async fn run_to_end(runtime: &Runtime, sync: &str, options: TriggerOptions) -> RunRecord {
+    let coordinator = runtime
+        .coordinator
+        .as_ref()
+        .expect("an embedded runtime runs a coordinator");
+    let run = coordinator.trigger(sync, options).await.expect("trigger");
+    for _ in 0..600 {
+        let run = coordinator.store().run(&run.id).await.unwrap().unwrap();
+        if run.status.is_terminal() {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("run {} of {sync} did not finish within 60s", run.id);
+}

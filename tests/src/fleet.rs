@@ -1,0 +1,212 @@
+//! A fleet of real processes: one `ebb coordinator` and N `ebb worker`s on the
+//! local PostgreSQL (state), RabbitMQ (queues) and an S3 server on loopback.
+
+use crate::process::EbbProcess;
+use crate::s3::S3Server;
+use crate::services::{fresh_postgres_database, require_rabbitmq};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Fleet {
+    pub coordinator: EbbProcess,
+    pub workers: Vec<EbbProcess>,
+    pub api: String,
+    pub dir: tempfile::TempDir,
+    pub s3: S3Server,
+    http: reqwest::Client,
+    queue_url: String,
+    queue_prefix: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Fleet {
+    pub async fn start(config_yaml: &str, workers: usize) -> Fleet {
+        let queue_url = require_rabbitmq().await;
+        let state = fresh_postgres_database("state").await;
+        let s3 = S3Server::start_blocking_thread("ebb").expect("S3 server starts");
+        let dir = tempfile::tempdir().unwrap();
+        let config_path: PathBuf = dir.path().join("ebb.yaml");
+        std::fs::write(&config_path, config_yaml).unwrap();
+        let port = free_port();
+        let api = format!("http://127.0.0.1:{port}");
+        let queue_prefix = format!("t{}.", rand::random::<u32>());
+        let coordinator = EbbProcess::spawn(
+            "coordinator",
+            &[
+                "coordinator",
+                "--config",
+                config_path.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+            &[
+                ("EBB_STATE_URL", state.url.clone()),
+                ("EBB_QUEUE_URL", queue_url.clone()),
+                ("EBB_QUEUE_PREFIX", queue_prefix.clone()),
+            ],
+            dir.path(),
+        );
+        let mut fleet = Fleet {
+            coordinator,
+            workers: Vec::new(),
+            api,
+            dir,
+            s3,
+            http: reqwest::Client::new(),
+            queue_url,
+            queue_prefix,
+        };
+        fleet.wait_healthy().await;
+        for _ in 0..workers {
+            fleet.add_worker();
+        }
+        fleet
+    }
+
+    pub fn add_worker(&mut self) {
+        let name = format!("worker-{}", self.workers.len());
+        let worker = EbbProcess::spawn(
+            &name,
+            &["worker", "--worker-id", &name, "--concurrency", "2"],
+            &[
+                ("EBB_QUEUE_URL", self.queue_url.clone()),
+                ("EBB_QUEUE_PREFIX", self.queue_prefix.clone()),
+                ("EBB_STORE_URL", self.s3.store_url("fleet")),
+                ("EBB_COORDINATOR_URL", self.api.clone()),
+                ("AWS_ACCESS_KEY_ID", self.s3.access_key().to_string()),
+                ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key().to_string()),
+            ],
+            self.dir.path(),
+        );
+        self.workers.push(worker);
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(response) = self.http.get(format!("{}/healthz", self.api)).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("coordinator did not become healthy:\n{}", self.coordinator.log_tail(40));
+    }
+
+    pub async fn trigger(&self, sync: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/syncs/{sync}/trigger", self.api))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "trigger {sync}: {status} {body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn run(&self, run_id: &str) -> Value {
+        self.http
+            .get(format!("{}/api/v1/runs/{run_id}", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_run(&self, run_id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let run = self.run(run_id).await;
+            let status = run["status"].as_str().unwrap_or_default().to_string();
+            if !["queued", "querying", "processing", "reporting"].contains(&status.as_str()) {
+                return run;
+            }
+            if Instant::now() > deadline {
+                panic!("run {run_id} still {status} after {timeout:?}: {run}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- coordinator\n{}\n", self.coordinator.log_tail(30));
+        for worker in &self.workers {
+            out.push_str(&format!("--- {}\n{}\n", worker.name, worker.log_tail(30)));
+        }
+        out
+    }
+
+    /// Task events of every process: which worker ran, resumed or failed what.
+    pub fn events(&self) -> String {
+        let mut out = String::new();
+        for process in std::iter::once(&self.coordinator).chain(&self.workers) {
+            let text = std::fs::read_to_string(&process.log).unwrap_or_default();
+            for line in text.lines().filter(|l| {
+                [
+                    "task done",
+                    "task failed",
+                    "resuming",
+                    "run finished",
+                    "returning the task",
+                    "ack failed",
+                ]
+                .iter()
+                .any(|event| l.contains(event))
+            }) {
+                out.push_str(&format!("{}: {line}\n", process.name));
+            }
+        }
+        out
+    }
+
+    /// Peak resident memory of a process, in KiB.
+    pub fn peak_rss_kib(process: &EbbProcess) -> u64 {
+        let pid = process.child.id().expect("process alive");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Fleet {
+    /// `EBB_TEST_KEEP_LOGS=DIR` keeps the processes' logs for a look afterwards.
+    fn drop(&mut self) {
+        if let Ok(keep) = std::env::var("EBB_TEST_KEEP_LOGS") {
+            let _ = std::fs::create_dir_all(&keep);
+            for process in std::iter::once(&self.coordinator).chain(&self.workers) {
+                let _ = std::fs::copy(
+                    &process.log,
+                    std::path::Path::new(&keep).join(format!("{}.log", process.name)),
+                );
+            }
+        }
+    }
+}
+
+/// Counts of a run object of the API: `[added, changed, removed]`.
+pub fn counts(run: &Value, field: &str) -> [u64; 3] {
+    let c = &run[field];
+    [
+        c["addedCount"].as_u64().unwrap_or(u64::MAX),
+        c["changedCount"].as_u64().unwrap_or(u64::MAX),
+        c["removedCount"].as_u64().unwrap_or(u64::MAX),
+    ]
+}

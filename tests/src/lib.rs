@@ -1,0 +1,10 @@
+//! Helpers of the end-to-end tests: real services, a local HTTP destination and
+//! real `ebb` processes.
+
+pub mod embedded;
+pub mod fleet;
+pub mod model;
+pub mod process;
+pub mod s3;
+pub mod services;
+pub mod sink;

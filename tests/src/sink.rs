@@ -1,0 +1,158 @@
+//! A local HTTP destination that implements Ebb's HTTP contract the way a real
+//! API would: batches of upserts and deletes, per-record rejections in a `2xx`
+//! body, `429` with `Retry-After`, `5xx` outages and latency. It keeps the
+//! records it holds, so tests can compare it with the model.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Default)]
+pub struct Behavior {
+    /// Keys this destination rejects, with this reason.
+    pub reject_keys: HashSet<String>,
+    /// Answer every request with this status (an outage).
+    pub fail_with: Option<u16>,
+    /// Time to take per request.
+    pub latency: Duration,
+    /// Answer `429` with `Retry-After: n` to the first requests, this many times.
+    pub throttle_times: u32,
+    pub throttle_retry_after_secs: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub at: Instant,
+    pub operation: String,
+    pub records: usize,
+    pub status: u16,
+}
+
+#[derive(Default)]
+pub struct SinkState {
+    pub records: Mutex<BTreeMap<String, Value>>,
+    pub requests: Mutex<Vec<Request>>,
+    /// How many times each key was upserted successfully.
+    pub upserts: Mutex<HashMap<String, u32>>,
+    pub behavior: Mutex<Behavior>,
+}
+
+pub struct Sink {
+    pub address: SocketAddr,
+    pub state: Arc<SinkState>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        let state = Arc::new(SinkState::default());
+        let app = Router::new().route("/", post(receive)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("sink serves");
+        });
+        Sink {
+            address,
+            state,
+            _server: server,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.address)
+    }
+
+    pub fn set_behavior(&self, behavior: Behavior) {
+        *self.state.behavior.lock().unwrap() = behavior;
+    }
+
+    pub fn records(&self) -> BTreeMap<String, Value> {
+        self.state.records.lock().unwrap().clone()
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Upserts beyond the first per key: the duplicates a crash or retry caused.
+    pub fn duplicate_upserts(&self) -> u32 {
+        self.state
+            .upserts
+            .lock()
+            .unwrap()
+            .values()
+            .map(|n| n.saturating_sub(1))
+            .sum()
+    }
+
+    pub fn reset_counters(&self) {
+        self.state.requests.lock().unwrap().clear();
+        self.state.upserts.lock().unwrap().clear();
+    }
+}
+
+async fn receive(State(state): State<Arc<SinkState>>, Json(body): Json<Value>) -> Response {
+    let behavior = state.behavior.lock().unwrap().clone();
+    let operation = body["operation"].as_str().unwrap_or_default().to_string();
+    let records = body["records"].as_array().cloned().unwrap_or_default();
+    let log = |status: u16| {
+        state.requests.lock().unwrap().push(Request {
+            at: Instant::now(),
+            operation: operation.clone(),
+            records: records.len(),
+            status,
+        })
+    };
+    if let Some(status) = behavior.fail_with {
+        log(status);
+        return (StatusCode::from_u16(status).unwrap(), "destination is down").into_response();
+    }
+    if behavior.throttle_times > 0 {
+        state.behavior.lock().unwrap().throttle_times -= 1;
+        log(429);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", behavior.throttle_retry_after_secs.to_string())],
+            "slow down",
+        )
+            .into_response();
+    }
+    if operation != "upsert" && operation != "delete" {
+        log(400);
+        return (StatusCode::BAD_REQUEST, format!("unknown operation {operation:?}")).into_response();
+    }
+    let mut errors = Vec::new();
+    {
+        let mut held = state.records.lock().unwrap();
+        let mut upserts = state.upserts.lock().unwrap();
+        for (index, record) in records.iter().enumerate() {
+            let key = record["key"].as_str().unwrap_or_default().to_string();
+            if behavior.reject_keys.contains(&key) {
+                errors.push(json!({"index": index, "message": format!("record {key} is invalid here")}));
+                continue;
+            }
+            if operation == "upsert" {
+                held.insert(key.clone(), record["fields"].clone());
+                *upserts.entry(key).or_default() += 1;
+            } else {
+                held.remove(&key);
+            }
+        }
+    }
+    log(200);
+    // The latency comes after the records are applied: a client that dies while
+    // waiting has delivered them without knowing it, the case that makes
+    // duplicates after a crash.
+    if !behavior.latency.is_zero() {
+        tokio::time::sleep(behavior.latency).await;
+    }
+    Json(json!({"errors": errors})).into_response()
+}

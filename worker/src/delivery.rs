@@ -1,0 +1,275 @@
+//! Sending a shard's planned rows: batching, fleet-wide limits, retries with
+//! backoff, `Retry-After`, per-row results and checkpoints.
+//!
+//! Batches go out concurrently (as far as the fleet limiter allows) in the
+//! plan's order. The low watermark of finished batches is checkpointed
+//! continuously: whenever it has advanced and no checkpoint write is under way,
+//! a new one starts. An attempt that takes over after a crash skips what was
+//! done and resends at most the batches in flight plus those finished during one
+//! checkpoint write (invariant 5).
+
+use crate::destinations::{DeliveryError, Destination, Record};
+use crate::diff::{PlannedOp, ShardDiff};
+use crate::limits::FleetLimiter;
+use ebb_shared::storage::Storage;
+use futures::StreamExt;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts at a batch that fails transiently before its rows are failed.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// `429`s tolerated for one batch before its rows are failed.
+    pub max_rate_limited: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(10),
+            max_rate_limited: 30,
+        }
+    }
+}
+
+/// Batches at most in flight per shard; the fleet limiter decides how many of
+/// them really send at once.
+const MAX_BATCHES_IN_FLIGHT: usize = 32;
+
+/// What a checkpoint records: every op before `done_through` was answered, and
+/// these of them were rejected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub done_through: usize,
+    pub failures: BTreeMap<usize, String>,
+}
+
+#[derive(Clone)]
+pub struct Checkpoints {
+    pub storage: Storage,
+    pub prefix: String,
+    pub attempt: String,
+}
+
+impl Checkpoints {
+    /// The furthest checkpoint any earlier attempt at this shard wrote.
+    pub async fn latest(&self) -> Result<Checkpoint, ebb_shared::storage::StorageError> {
+        let keys = self.storage.list(&self.prefix).await?;
+        let Some(last) = keys.last() else {
+            return Ok(Checkpoint::default());
+        };
+        let bytes = self.storage.get(last).await?;
+        Ok(rmp_decode(&bytes).unwrap_or_default())
+    }
+
+    async fn write(&self, checkpoint: &Checkpoint) {
+        let key = format!("{}{:012}-{}.ckpt", self.prefix, checkpoint.done_through, self.attempt);
+        let bytes = ebb_shared::protocol::encode(checkpoint);
+        if let Err(error) = self.storage.create(&key, bytes).await {
+            // A lost checkpoint costs resends after a crash, never correctness.
+            tracing::warn!(%error, "checkpoint not written");
+        }
+    }
+}
+
+fn rmp_decode(bytes: &[u8]) -> Option<Checkpoint> {
+    ebb_shared::protocol::decode(bytes).ok()
+}
+
+pub struct Delivery<'a> {
+    pub destination: &'a dyn Destination,
+    pub destination_name: &'a str,
+    pub limiter: Arc<FleetLimiter>,
+    pub batch_size: usize,
+    pub retry: RetryPolicy,
+    pub checkpoints: Checkpoints,
+    /// Ops answered so far, for progress reports.
+    pub progress: watch::Sender<u64>,
+}
+
+pub struct Delivered {
+    /// One answer per planned op.
+    pub outcomes: Vec<Result<(), String>>,
+    /// Set when the destination stayed unreachable and the remaining rows were
+    /// failed without being sent.
+    pub destination_error: Option<String>,
+}
+
+/// Splits `start..len` into batches of at most `batch_size` ops of one action.
+fn batches(plan: &[PlannedOp], start: usize, batch_size: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut begin = start;
+    for i in start..plan.len() {
+        if i > begin && (i - begin == batch_size || plan[i].action != plan[begin].action) {
+            out.push(begin..i);
+            begin = i;
+        }
+    }
+    if begin < plan.len() {
+        out.push(begin..plan.len());
+    }
+    out
+}
+
+impl Delivery<'_> {
+    pub async fn run(&self, diff: &ShardDiff, plan: &[PlannedOp], resume: Checkpoint) -> Delivered {
+        let mut outcomes: Vec<Option<Result<(), String>>> = vec![None; plan.len()];
+        let start = resume.done_through.min(plan.len());
+        for (i, outcome) in outcomes.iter_mut().enumerate().take(start) {
+            *outcome = Some(match resume.failures.get(&i) {
+                Some(error) => Err(error.clone()),
+                None => Ok(()),
+            });
+        }
+        let destination_down: OnceLock<String> = OnceLock::new();
+        let ranges = batches(plan, start, self.batch_size.max(1));
+        let mut answered = start as u64;
+        let _ = self.progress.send(answered);
+        let mut watermark = Checkpoint {
+            done_through: start,
+            failures: resume.failures.into_iter().filter(|(i, _)| *i < start).collect(),
+        };
+        let mut checkpoint_write: Option<tokio::task::JoinHandle<()>> = None;
+        let mut written_through = start;
+        let mut results = futures::stream::iter(ranges.into_iter().map(|range| {
+            let down = &destination_down;
+            async move {
+                let rows = self.send_batch(diff, &plan[range.clone()], down).await;
+                (range, rows)
+            }
+        }))
+        .buffered(MAX_BATCHES_IN_FLIGHT);
+        // `buffered` yields in plan order, so the low watermark is simply the end
+        // of the last batch yielded.
+        while let Some((range, rows)) = results.next().await {
+            answered += range.len() as u64;
+            let _ = self.progress.send(answered);
+            for (i, row) in range.clone().zip(rows) {
+                if let Err(error) = &row {
+                    watermark.failures.insert(i, error.clone());
+                }
+                outcomes[i] = Some(row);
+            }
+            watermark.done_through = range.end;
+            let idle = checkpoint_write.as_ref().is_none_or(|w| w.is_finished());
+            if idle && watermark.done_through > written_through && range.end < plan.len() {
+                written_through = watermark.done_through;
+                let checkpoints = self.checkpoints.clone();
+                let snapshot = watermark.clone();
+                checkpoint_write = Some(tokio::spawn(async move { checkpoints.write(&snapshot).await }));
+            }
+        }
+        Delivered {
+            outcomes: outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Err("not sent".to_string())))
+                .collect(),
+            destination_error: destination_down.get().cloned(),
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        diff: &ShardDiff,
+        ops: &[PlannedOp],
+        down: &OnceLock<String>,
+    ) -> Vec<Result<(), String>> {
+        let fail_all = |message: &str| vec![Err(message.to_string()); ops.len()];
+        let records: Vec<Record<'_>> = ops
+            .iter()
+            .map(|op| {
+                let entry = diff.entry(op);
+                Record {
+                    key: &entry.key,
+                    json: &entry.record,
+                }
+            })
+            .collect();
+        let action = ops[0].action;
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempts = 0;
+        let mut rate_limited = 0;
+        loop {
+            if let Some(error) = down.get() {
+                return fail_all(error);
+            }
+            let permit = self.limiter.acquire().await;
+            let result = self.destination.send(action, &records).await;
+            drop(permit);
+            match result {
+                Ok(rows) if rows.len() == ops.len() => return rows,
+                Ok(rows) => {
+                    return fail_all(&format!(
+                        "destination {:?} answered {} results for a batch of {}",
+                        self.destination_name,
+                        rows.len(),
+                        ops.len()
+                    ))
+                }
+                Err(DeliveryError::Permanent(message)) => return fail_all(&message),
+                Err(DeliveryError::RateLimited { retry_after }) => {
+                    rate_limited += 1;
+                    if rate_limited > self.retry.max_rate_limited {
+                        return fail_all("still rate limited after repeated retries");
+                    }
+                    let wait = retry_after.unwrap_or(backoff);
+                    self.limiter.rate_limited(wait).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+                Err(DeliveryError::Transient(message)) => {
+                    attempts += 1;
+                    if attempts >= self.retry.max_attempts {
+                        let error = format!(
+                            "destination {:?} unavailable after {attempts} attempts: {message}",
+                            self.destination_name
+                        );
+                        let _ = down.set(error.clone());
+                        return fail_all(&error);
+                    }
+                    let jitter = rand::rng().random_range(0.5..1.0);
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::Action;
+    use ebb_shared::protocol::Operation;
+
+    fn op(action: Action) -> PlannedOp {
+        PlannedOp {
+            row: 0,
+            operation: Operation::Added,
+            action,
+        }
+    }
+
+    #[test]
+    fn batches_split_on_size_and_action() {
+        let plan = vec![
+            op(Action::Upsert),
+            op(Action::Upsert),
+            op(Action::Upsert),
+            op(Action::Delete),
+            op(Action::Delete),
+        ];
+        assert_eq!(batches(&plan, 0, 2), vec![0..2, 2..3, 3..5]);
+        assert_eq!(batches(&plan, 2, 10), vec![2..3, 3..5]);
+        assert_eq!(batches(&plan, 5, 10), Vec::<Range<usize>>::new());
+    }
+}

@@ -1,0 +1,89 @@
+//! A generic HTTP endpoint: batches of records as one JSON request each.
+//!
+//! The contract (documented in docs/destinations/http.md): Ebb sends
+//! `{"operation": "upsert"|"delete", "records": [{"key": …, "fields": {…}}]}`.
+//! A `2xx` accepts the batch, except the records a JSON body lists under
+//! `errors` (`[{"index": n, "message": …}]`); `429` is retried after
+//! `Retry-After`; `408`, `5xx` and network faults are retried with backoff; any
+//! other status rejects the batch with the status and the body's start.
+
+mod request;
+mod response;
+
+use super::{DeliveryError, Destination, Record, RowResults};
+use crate::diff::Action;
+use crate::error::TaskError;
+use async_trait::async_trait;
+use ebb_shared::config::{expand_env, HttpDestinationConfig};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+pub struct HttpDestination {
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    /// Resolved header values, removed from any error text.
+    secrets: Vec<String>,
+}
+
+impl HttpDestination {
+    pub fn new(name: &str, config: &HttpDestinationConfig) -> Result<Self, TaskError> {
+        let setup = |reason: String| TaskError::DestinationSetup {
+            destination: name.to_string(),
+            reason,
+        };
+        let url = expand_env(&config.url, &format!("destination {name:?} url"))?;
+        reqwest::Url::parse(&url).map_err(|e| setup(format!("url: {e}")))?;
+        let method = reqwest::Method::from_bytes(config.method.to_uppercase().as_bytes())
+            .map_err(|_| setup(format!("method {:?} is not an HTTP method", config.method)))?;
+        let mut headers = HeaderMap::new();
+        let mut secrets = Vec::new();
+        for (header, value) in &config.headers {
+            let value = expand_env(value, &format!("destination {name:?} header {header}"))?;
+            let header_name = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| setup(format!("{header:?} is not a valid header name")))?;
+            let mut header_value =
+                HeaderValue::from_str(&value).map_err(|_| setup(format!("header {header}: invalid value")))?;
+            header_value.set_sensitive(true);
+            headers.insert(header_name, header_value);
+            secrets.push(value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| setup(e.to_string()))?;
+        Ok(HttpDestination {
+            client,
+            method,
+            url,
+            secrets,
+        })
+    }
+}
+
+#[async_trait]
+impl Destination for HttpDestination {
+    async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
+        let body = request::body(action, records);
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        let answer = self
+            .client
+            .request(self.method.clone(), &self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| response::transport_error(e, &secrets))?;
+        let status = answer.status();
+        let retry_after = answer
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(response::parse_retry_after);
+        let body = answer
+            .bytes()
+            .await
+            .map_err(|e| response::transport_error(e, &secrets))?;
+        response::classify(status.as_u16(), retry_after, &body, records.len(), &secrets)
+    }
+}

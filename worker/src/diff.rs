@@ -1,0 +1,261 @@
+//! The merge-diff of one hash range: pure decision logic, no I/O.
+//!
+//! The current rows and the previous snapshot are both ordered by
+//! `(key_hash, key)`; one merge pass classifies every key as unchanged, added,
+//! changed, removed or invalid. The mode then decides which rows are sent, and
+//! after delivery the outcomes decide the next snapshot: a row the destination
+//! rejected keeps its previous entry, so the next run sees and retries it
+//! (invariant 4).
+
+use ebb_shared::config::SyncMode;
+use ebb_shared::protocol::Operation;
+use ebb_shared::snapshot::Entry;
+use std::cmp::Ordering;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowState {
+    Unchanged(Entry),
+    Added(Entry),
+    Changed {
+        previous: Entry,
+        current: Entry,
+    },
+    Removed(Entry),
+    /// The key appears more than once in the model: nothing is sent and the
+    /// previous entry, if any, stays as it was.
+    Duplicate {
+        key: String,
+        rows: u64,
+        previous: Option<Entry>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Upsert,
+    Delete,
+}
+
+/// One row to send: the index of its `RowState`, how CDC saw it, what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedOp {
+    pub row: usize,
+    pub operation: Operation,
+    pub action: Action,
+}
+
+#[derive(Debug, Default)]
+pub struct ShardDiff {
+    pub rows: Vec<RowState>,
+}
+
+impl ShardDiff {
+    /// Merges the current rows (any order) with the previous snapshot (sorted).
+    pub fn compute(mut current: Vec<Entry>, previous: Vec<Entry>) -> ShardDiff {
+        current.sort_unstable_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        let mut rows = Vec::with_capacity(current.len().max(previous.len()));
+        let mut current = current.into_iter().peekable();
+        let mut previous = previous.into_iter().peekable();
+        loop {
+            let order = match (current.peek(), previous.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(c), Some(p)) => c.sort_key().cmp(&p.sort_key()),
+            };
+            match order {
+                Ordering::Greater => rows.push(RowState::Removed(previous.next().unwrap())),
+                Ordering::Less | Ordering::Equal => {
+                    let entry = current.next().unwrap();
+                    let mut copies = 1u64;
+                    while current.peek().is_some_and(|next| next.sort_key() == entry.sort_key()) {
+                        current.next();
+                        copies += 1;
+                    }
+                    let prior = if order == Ordering::Equal {
+                        previous.next()
+                    } else {
+                        None
+                    };
+                    rows.push(match prior {
+                        _ if copies > 1 => RowState::Duplicate {
+                            key: entry.key,
+                            rows: copies,
+                            previous: prior,
+                        },
+                        None => RowState::Added(entry),
+                        Some(prior) if prior.fingerprint == entry.fingerprint => RowState::Unchanged(prior),
+                        Some(prior) => RowState::Changed {
+                            previous: prior,
+                            current: entry,
+                        },
+                    });
+                }
+            }
+        }
+        ShardDiff { rows }
+    }
+
+    /// The rows the mode sends, upserts first, in key order: a deterministic
+    /// order, so a resumed attempt can skip what a checkpoint says is done.
+    pub fn plan(&self, mode: SyncMode, full_resync: bool) -> Vec<PlannedOp> {
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for (row, state) in self.rows.iter().enumerate() {
+            let op = |operation, action| PlannedOp { row, operation, action };
+            match state {
+                RowState::Added(_) => upserts.push(op(Operation::Added, Action::Upsert)),
+                RowState::Changed { .. } => upserts.push(op(Operation::Changed, Action::Upsert)),
+                RowState::Unchanged(_) if full_resync => upserts.push(op(Operation::Changed, Action::Upsert)),
+                RowState::Removed(_) if mode == SyncMode::Mirror => {
+                    deletes.push(op(Operation::Removed, Action::Delete))
+                }
+                _ => {}
+            }
+        }
+        upserts.extend(deletes);
+        upserts
+    }
+
+    /// The entry a row sends (its current record) or deletes (its last record).
+    pub fn entry(&self, op: &PlannedOp) -> &Entry {
+        match &self.rows[op.row] {
+            RowState::Added(entry) | RowState::Unchanged(entry) | RowState::Removed(entry) => entry,
+            RowState::Changed { current, .. } => current,
+            RowState::Duplicate { .. } => unreachable!("duplicates are never planned"),
+        }
+    }
+
+    /// The next snapshot, in key order, given which planned ops succeeded.
+    /// `succeeded[i]` answers for `plan[i]`.
+    pub fn next_snapshot<'a>(&'a self, plan: &[PlannedOp], succeeded: &[bool]) -> Vec<&'a Entry> {
+        let mut outcome: Vec<Option<bool>> = vec![None; self.rows.len()];
+        for (op, ok) in plan.iter().zip(succeeded) {
+            outcome[op.row] = Some(*ok);
+        }
+        self.rows
+            .iter()
+            .zip(outcome)
+            .filter_map(|(state, sent)| match (state, sent) {
+                (RowState::Unchanged(entry), _) => Some(entry),
+                (RowState::Added(entry), Some(true)) => Some(entry),
+                (RowState::Added(_), _) => None,
+                (RowState::Changed { current, .. }, Some(true)) => Some(current),
+                (RowState::Changed { previous, .. }, _) => Some(previous),
+                (RowState::Removed(_), Some(true) | None) => None,
+                (RowState::Removed(previous), Some(false)) => Some(previous),
+                (RowState::Duplicate { previous, .. }, _) => previous.as_ref(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_shared::hashing::key_hash;
+
+    fn entry(key: &str, fingerprint: u128) -> Entry {
+        Entry {
+            key_hash: key_hash(key),
+            key: key.to_string(),
+            fingerprint,
+            record: format!("{{\"v\":{fingerprint}}}"),
+        }
+    }
+
+    fn sorted(mut entries: Vec<Entry>) -> Vec<Entry> {
+        entries.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        entries
+    }
+
+    fn keys(entries: Vec<&Entry>) -> Vec<(String, u128)> {
+        let mut out: Vec<_> = entries.into_iter().map(|e| (e.key.clone(), e.fingerprint)).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn classifies_every_key() {
+        let previous = sorted(vec![entry("same", 1), entry("edit", 1), entry("gone", 1)]);
+        let current = vec![entry("new", 1), entry("edit", 2), entry("same", 1)];
+        let diff = ShardDiff::compute(current, previous);
+        let mut kinds: Vec<(String, &str)> = diff
+            .rows
+            .iter()
+            .map(|r| match r {
+                RowState::Unchanged(e) => (e.key.clone(), "unchanged"),
+                RowState::Added(e) => (e.key.clone(), "added"),
+                RowState::Changed { current, .. } => (current.key.clone(), "changed"),
+                RowState::Removed(e) => (e.key.clone(), "removed"),
+                RowState::Duplicate { key, .. } => (key.clone(), "duplicate"),
+            })
+            .collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            vec![
+                ("edit".into(), "changed"),
+                ("gone".into(), "removed"),
+                ("new".into(), "added"),
+                ("same".into(), "unchanged")
+            ]
+        );
+        let upsert = diff.plan(SyncMode::Upsert, false);
+        assert_eq!(upsert.len(), 2);
+        let mirror = diff.plan(SyncMode::Mirror, false);
+        assert_eq!(mirror.len(), 3);
+        assert_eq!(mirror.last().unwrap().action, Action::Delete);
+        assert_eq!(diff.plan(SyncMode::Mirror, true).len(), 4);
+    }
+
+    #[test]
+    fn failed_rows_keep_their_previous_entry() {
+        let previous = sorted(vec![entry("edit", 1), entry("gone", 1)]);
+        let current = vec![entry("new", 1), entry("edit", 2)];
+        let diff = ShardDiff::compute(current, previous);
+        let plan = diff.plan(SyncMode::Mirror, false);
+        let all_failed = vec![false; plan.len()];
+        assert_eq!(
+            keys(diff.next_snapshot(&plan, &all_failed)),
+            vec![("edit".into(), 1), ("gone".into(), 1)],
+            "nothing advanced: the next run retries all three"
+        );
+        let all_ok = vec![true; plan.len()];
+        assert_eq!(
+            keys(diff.next_snapshot(&plan, &all_ok)),
+            vec![("edit".into(), 2), ("new".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_never_sent_and_keep_the_previous_entry() {
+        let previous = sorted(vec![entry("dup", 1)]);
+        let current = vec![
+            entry("dup", 2),
+            entry("dup", 3),
+            entry("fresh-dup", 1),
+            entry("fresh-dup", 1),
+        ];
+        let diff = ShardDiff::compute(current, previous);
+        assert!(diff.plan(SyncMode::Mirror, true).is_empty());
+        assert_eq!(keys(diff.next_snapshot(&[], &[])), vec![("dup".into(), 1)]);
+        let duplicates: u64 = diff
+            .rows
+            .iter()
+            .map(|r| match r {
+                RowState::Duplicate { rows, .. } => *rows,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(duplicates, 4);
+    }
+
+    #[test]
+    fn upsert_forgets_removed_rows() {
+        let diff = ShardDiff::compute(vec![], sorted(vec![entry("gone", 1)]));
+        let plan = diff.plan(SyncMode::Upsert, false);
+        assert!(plan.is_empty());
+        assert!(diff.next_snapshot(&plan, &[]).is_empty());
+    }
+}

@@ -1,0 +1,395 @@
+//! Fleet-wide delivery limits, as seen from one worker.
+//!
+//! The coordinator owns each destination's request rate and concurrency and
+//! leases a share of them to every worker that is delivering to it; a worker
+//! renews its lease twice a second while it works, so shares follow the fleet as
+//! workers come and go, and a `429` seen by one worker pauses all of them within
+//! one renewal (invariant 6). Within a worker one `FleetLimiter` per destination
+//! is shared by every shard in flight.
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use ebb_shared::config::DeliveryLimits;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How often a worker renews its leases while it delivers.
+pub const RENEW_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a worker whose share is nothing asks again: capacity that another
+/// worker releases should not sit idle for a whole renewal interval.
+const BLOCKED_RENEW_INTERVAL: Duration = Duration::from_millis(50);
+/// Requests in flight per worker when the destination sets no `max_concurrency`.
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// One limiter of one worker (`<worker>/<instance>`): a worker that drops a
+    /// limiter and starts another must not have the old release cancel the new lease.
+    pub holder: String,
+    pub destination: String,
+    pub limits: DeliveryLimits,
+}
+
+/// A worker's share of a destination's limits, valid for `ttl_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// Requests per second; `None` when the destination sets no rate. Zero means
+    /// "wait": the rest of the fleet holds the whole rate for now.
+    pub rate: Option<f64>,
+    /// Requests in flight; `None` when the destination sets no limit.
+    pub concurrency: Option<u32>,
+    /// Every worker holds back this long (a destination answered `429`).
+    pub paused_for_ms: u64,
+    pub ttl_ms: u64,
+}
+
+impl LeaseGrant {
+    /// A share of nothing: this worker must wait for others to shrink.
+    pub fn is_blocked(&self) -> bool {
+        self.rate.is_some_and(|r| r <= 0.0) || self.concurrency == Some(0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRelease {
+    pub holder: String,
+    pub destination: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateLimitedReport {
+    pub destination: String,
+    pub retry_after_ms: u64,
+}
+
+#[async_trait]
+pub trait LeaseProvider: Send + Sync + 'static {
+    async fn lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, String>;
+    async fn release(&self, release: &LeaseRelease) -> Result<(), String>;
+    async fn rate_limited(&self, report: &RateLimitedReport) -> Result<(), String>;
+}
+
+/// Leases over the coordinator's HTTP API, for workers in their own processes.
+pub struct HttpLeaseProvider {
+    base_url: String,
+    client: reqwest::Client,
+}
+
+impl HttpLeaseProvider {
+    pub fn new(coordinator_url: &str) -> Self {
+        HttpLeaseProvider {
+            base_url: coordinator_url.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("http client builds"),
+        }
+    }
+
+    async fn post<B: Serialize, R: for<'de> Deserialize<'de>>(&self, path: &str, body: &B) -> Result<R, String> {
+        let url = format!("{}{path}", self.base_url);
+        let response = self
+            .client
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("coordinator at {} unreachable: {e}", self.base_url))?;
+        if !response.status().is_success() {
+            return Err(format!("coordinator answered {} on {path}", response.status()));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| format!("coordinator answer on {path}: {e}"))
+    }
+}
+
+#[async_trait]
+impl LeaseProvider for HttpLeaseProvider {
+    async fn lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
+        self.post("/internal/v1/leases", request).await
+    }
+
+    async fn release(&self, release: &LeaseRelease) -> Result<(), String> {
+        self.post::<_, serde_json::Value>("/internal/v1/leases/release", release)
+            .await
+            .map(|_| ())
+    }
+
+    async fn rate_limited(&self, report: &RateLimitedReport) -> Result<(), String> {
+        self.post::<_, serde_json::Value>("/internal/v1/leases/rate-limited", report)
+            .await
+            .map(|_| ())
+    }
+}
+
+enum RateState {
+    Unlimited,
+    /// The lease grants no rate right now (or expired): hold every request.
+    Blocked,
+    Limited {
+        per_second: f64,
+        limiter: DefaultDirectRateLimiter,
+    },
+}
+
+struct Shared {
+    rate: ArcSwap<RateState>,
+    concurrency: Mutex<Gate>,
+    paused_until: Mutex<Instant>,
+    changed: Notify,
+}
+
+struct Gate {
+    in_flight: u32,
+    allowed: u32,
+}
+
+/// One worker's view of one destination's fleet-wide limits.
+pub struct FleetLimiter {
+    shared: Arc<Shared>,
+    provider: Arc<dyn LeaseProvider>,
+    destination: String,
+    holder: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+/// Held while one request is in flight.
+pub struct RequestPermit {
+    shared: Arc<Shared>,
+}
+
+impl Drop for RequestPermit {
+    fn drop(&mut self) {
+        self.shared.concurrency.lock().unwrap().in_flight -= 1;
+        self.shared.changed.notify_waiters();
+    }
+}
+
+impl Shared {
+    fn apply(&self, grant: &LeaseGrant) {
+        let rate = match grant.rate {
+            None => RateState::Unlimited,
+            Some(r) if r <= 0.0 => RateState::Blocked,
+            Some(r) => {
+                if let RateState::Limited { per_second, .. } = **self.rate.load() {
+                    // Keep the limiter's schedule when the share did not change:
+                    // a fresh limiter would allow an extra immediate request.
+                    if (per_second - r).abs() < 1e-9 {
+                        return self.apply_rest(grant);
+                    }
+                }
+                let period = Duration::from_secs_f64(1.0 / r);
+                let quota = Quota::with_period(period)
+                    .expect("positive period")
+                    .allow_burst(NonZeroU32::MIN);
+                let limiter = RateLimiter::direct(quota);
+                // A fresh limiter would admit one request at once, whenever the
+                // last one went out; shares change often as workers come and go,
+                // and each change would add a request. Spend that first token.
+                let _ = limiter.check();
+                RateState::Limited { per_second: r, limiter }
+            }
+        };
+        self.rate.store(Arc::new(rate));
+        self.apply_rest(grant);
+    }
+
+    fn apply_rest(&self, grant: &LeaseGrant) {
+        self.concurrency.lock().unwrap().allowed = grant.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if grant.paused_for_ms > 0 {
+            self.pause_for(Duration::from_millis(grant.paused_for_ms));
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn pause_for(&self, duration: Duration) {
+        let mut until = self.paused_until.lock().unwrap();
+        *until = (*until).max(Instant::now() + duration);
+    }
+
+    fn block(&self) {
+        self.rate.store(Arc::new(RateState::Blocked));
+        self.changed.notify_waiters();
+    }
+}
+
+impl FleetLimiter {
+    /// Takes a first lease, then keeps renewing it until dropped.
+    pub async fn start(
+        provider: Arc<dyn LeaseProvider>,
+        worker_id: &str,
+        destination: &str,
+        limits: DeliveryLimits,
+    ) -> Result<FleetLimiter, String> {
+        let holder = format!("{worker_id}/{}", uuid::Uuid::now_v7().simple());
+        let request = LeaseRequest {
+            holder: holder.clone(),
+            destination: destination.to_string(),
+            limits,
+        };
+        let first = provider.lease(&request).await?;
+        let shared = Arc::new(Shared {
+            rate: ArcSwap::from_pointee(RateState::Blocked),
+            concurrency: Mutex::new(Gate {
+                in_flight: 0,
+                allowed: 0,
+            }),
+            paused_until: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+        });
+        shared.apply(&first);
+        let renewal = {
+            let shared = shared.clone();
+            let provider = provider.clone();
+            tokio::spawn(async move {
+                let mut valid_until = Instant::now() + Duration::from_millis(first.ttl_ms);
+                let mut blocked = first.is_blocked();
+                loop {
+                    tokio::time::sleep(if blocked {
+                        BLOCKED_RENEW_INTERVAL
+                    } else {
+                        RENEW_INTERVAL
+                    })
+                    .await;
+                    match provider.lease(&request).await {
+                        Ok(grant) => {
+                            valid_until = Instant::now() + Duration::from_millis(grant.ttl_ms);
+                            blocked = grant.is_blocked();
+                            shared.apply(&grant);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, destination = %request.destination, "lease renewal failed");
+                            if Instant::now() >= valid_until {
+                                // Without a valid lease this worker cannot know its
+                                // share: it holds back rather than overrun the fleet.
+                                shared.block();
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        Ok(FleetLimiter {
+            shared,
+            provider,
+            destination: destination.to_string(),
+            holder,
+            renewal,
+        })
+    }
+
+    /// Waits for a free slot and a rate token, and for any pause to end.
+    pub async fn acquire(&self) -> RequestPermit {
+        let shared = &self.shared;
+        loop {
+            let changed = shared.changed.notified();
+            if self.wait_out_pause().await {
+                continue;
+            }
+            {
+                let mut gate = shared.concurrency.lock().unwrap();
+                if gate.in_flight < gate.allowed {
+                    gate.in_flight += 1;
+                    break;
+                }
+            }
+            let _ = tokio::time::timeout(RENEW_INTERVAL, changed).await;
+        }
+        let permit = RequestPermit { shared: shared.clone() };
+        loop {
+            let changed = shared.changed.notified();
+            let state = shared.rate.load_full();
+            match &*state {
+                RateState::Unlimited => {}
+                RateState::Limited { limiter, .. } => {
+                    // When the share changes mid-wait, wait on the new limiter:
+                    // finishing on the old schedule beside the new one would
+                    // briefly send at both rates.
+                    tokio::select! {
+                        _ = limiter.until_ready() => {}
+                        _ = changed => continue,
+                    }
+                }
+                RateState::Blocked => {
+                    let _ = tokio::time::timeout(RENEW_INTERVAL, changed).await;
+                    continue;
+                }
+            }
+            // A pause that began while this request waited for its token holds
+            // it too; afterwards it needs a fresh token.
+            if !self.wait_out_pause().await {
+                return permit;
+            }
+        }
+    }
+
+    /// Sleeps through a pause; true if there was one.
+    async fn wait_out_pause(&self) -> bool {
+        let paused_until = *self.shared.paused_until.lock().unwrap();
+        if paused_until > Instant::now() {
+            tokio::time::sleep_until(paused_until).await;
+            return true;
+        }
+        false
+    }
+
+    /// A destination answered `429`: hold back here at once, and tell the fleet.
+    pub async fn rate_limited(&self, retry_after: Duration) {
+        self.shared.pause_for(retry_after);
+        let report = RateLimitedReport {
+            destination: self.destination.clone(),
+            retry_after_ms: retry_after.as_millis() as u64,
+        };
+        if let Err(error) = self.provider.rate_limited(&report).await {
+            tracing::warn!(%error, destination = %self.destination, "could not share a 429 with the fleet");
+        }
+    }
+}
+
+impl Drop for FleetLimiter {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        let provider = self.provider.clone();
+        let release = LeaseRelease {
+            holder: self.holder.clone(),
+            destination: self.destination.clone(),
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = provider.release(&release).await;
+            });
+        }
+    }
+}
+
+/// The limiters of one worker, one per destination, shared by its shards.
+#[derive(Default)]
+pub struct Limiters {
+    active: tokio::sync::Mutex<HashMap<String, Weak<FleetLimiter>>>,
+}
+
+impl Limiters {
+    pub async fn get(
+        &self,
+        provider: &Arc<dyn LeaseProvider>,
+        worker_id: &str,
+        destination: &str,
+        limits: DeliveryLimits,
+    ) -> Result<Arc<FleetLimiter>, String> {
+        let mut active = self.active.lock().await;
+        if let Some(limiter) = active.get(destination).and_then(Weak::upgrade) {
+            return Ok(limiter);
+        }
+        let limiter = Arc::new(FleetLimiter::start(provider.clone(), worker_id, destination, limits).await?);
+        active.insert(destination.to_string(), Arc::downgrade(&limiter));
+        Ok(limiter)
+    }
+}

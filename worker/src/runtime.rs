@@ -1,0 +1,197 @@
+//! The worker loop: take a task, run it, publish its result with a confirm, and
+//! only then acknowledge the task (invariant 5). A worker that dies before the
+//! acknowledgement leaves the task to be delivered again, to any worker.
+
+use crate::delivery::RetryPolicy;
+use crate::error::TaskError;
+use crate::limits::{LeaseProvider, Limiters};
+use crate::shard::{process_shard, ShardContext};
+use ebb_shared::protocol::{
+    self, ResultMessage, ShardProgress, TaskFailure, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
+};
+use ebb_shared::queue::{Delivery, MessageQueue, OutgoingMessage, QueueError, QueueName};
+use ebb_shared::storage::Storage;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub worker_id: String,
+    /// Tasks this worker runs at once.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+impl WorkerSettings {
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        WorkerSettings {
+            worker_id: worker_id.into(),
+            concurrency: 2,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+pub struct Worker {
+    settings: WorkerSettings,
+    queue: Arc<dyn MessageQueue>,
+    storage: Storage,
+    leases: Arc<dyn LeaseProvider>,
+    limiters: Limiters,
+}
+
+impl Worker {
+    pub fn new(
+        settings: WorkerSettings,
+        queue: Arc<dyn MessageQueue>,
+        storage: Storage,
+        leases: Arc<dyn LeaseProvider>,
+    ) -> Self {
+        Worker {
+            settings,
+            queue,
+            storage,
+            leases,
+            limiters: Limiters::default(),
+        }
+    }
+
+    /// Runs tasks until `shutdown` turns true; tasks in flight then finish.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<(), QueueError> {
+        let prefetch = self.settings.concurrency.clamp(1, u16::MAX as usize) as u16;
+        let deliveries = self.queue.consume(QueueName::Tasks, prefetch).await?;
+        tracing::info!(worker = %self.settings.worker_id, concurrency = prefetch, "worker started");
+        let stop = async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    futures::future::pending::<()>().await;
+                }
+            }
+        };
+        deliveries
+            .take_until(Box::pin(stop))
+            .for_each_concurrent(self.settings.concurrency, |delivery| {
+                let worker = self.clone();
+                async move { worker.handle(delivery).await }
+            })
+            .await;
+        tracing::info!(worker = %self.settings.worker_id, "worker stopped");
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        let task: TaskMessage = match protocol::decode(&delivery.payload) {
+            Ok(task) => task,
+            Err(error) => {
+                // Nobody can run it; keeping it would only circle it through the queue.
+                tracing::error!(%error, "dropping an undecodable task");
+                let _ = delivery.ack().await;
+                return;
+            }
+        };
+        let attempt = uuid::Uuid::now_v7().simple().to_string();
+        let started = std::time::Instant::now();
+        tracing::info!(task = %task.task_id, attempt = %attempt, delivery = delivery.delivery_count, "task started");
+        let outcome = match self.execute(&task, &attempt).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::warn!(task = %task.task_id, %error, retriable = error.is_retriable(), "task failed");
+                TaskOutcome::Failed(TaskFailure {
+                    error: error.to_string(),
+                    retriable: error.is_retriable(),
+                })
+            }
+        };
+        let result = ResultMessage {
+            version: PROTOCOL_VERSION,
+            task_id: task.task_id.clone(),
+            run_id: task.run_id.clone(),
+            worker_id: self.settings.worker_id.clone(),
+            attempt,
+            outcome,
+        };
+        match self
+            .queue
+            .publish(QueueName::Results, OutgoingMessage::new(protocol::encode(&result)))
+            .await
+        {
+            Ok(()) => {
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(task = %task.task_id, %error, "ack failed; the task will run again");
+                }
+                tracing::info!(task = %task.task_id, elapsed_ms = started.elapsed().as_millis() as u64, "task done");
+            }
+            Err(error) => {
+                tracing::error!(task = %task.task_id, %error, "result not confirmed; returning the task");
+                let _ = delivery.requeue().await;
+            }
+        }
+    }
+
+    async fn execute(&self, task: &TaskMessage, attempt: &str) -> Result<TaskOutcome, TaskError> {
+        match &task.kind {
+            TaskKind::Extract => {
+                let report = crate::extract::extract(&self.storage, &task.sync, &task.run_id, attempt).await?;
+                Ok(TaskOutcome::Extracted(report))
+            }
+            TaskKind::Shard(shard) => {
+                let (progress, progress_updates) = watch::channel(0u64);
+                let reporter = self.spawn_progress_reporter(task, shard.index, progress_updates);
+                let ctx = ShardContext {
+                    storage: &self.storage,
+                    leases: &self.leases,
+                    limiters: &self.limiters,
+                    worker_id: &self.settings.worker_id,
+                    retry: self.settings.retry.clone(),
+                };
+                let report = process_shard(&ctx, &task.sync, &task.run_id, attempt, shard, progress).await;
+                reporter.abort();
+                Ok(TaskOutcome::ShardDone(report?))
+            }
+        }
+    }
+
+    /// Publishes the shard's progress once a second while it delivers.
+    fn spawn_progress_reporter(
+        &self,
+        task: &TaskMessage,
+        index: u32,
+        mut updates: watch::Receiver<u64>,
+    ) -> tokio::task::JoinHandle<()> {
+        let queue = self.queue.clone();
+        let task_id = task.task_id.clone();
+        let run_id = task.run_id.clone();
+        let worker_id = self.settings.worker_id.clone();
+        tokio::spawn(async move {
+            let mut last_sent = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if updates.has_changed().is_err() {
+                    return;
+                }
+                let done = *updates.borrow_and_update();
+                if done == last_sent {
+                    continue;
+                }
+                last_sent = done;
+                let message = ResultMessage {
+                    version: PROTOCOL_VERSION,
+                    task_id: task_id.clone(),
+                    run_id: run_id.clone(),
+                    worker_id: worker_id.clone(),
+                    attempt: String::new(),
+                    outcome: TaskOutcome::Progress(ShardProgress {
+                        index,
+                        planned: 0,
+                        done,
+                    }),
+                };
+                let _ = queue
+                    .publish(QueueName::Results, OutgoingMessage::new(protocol::encode(&message)))
+                    .await;
+            }
+        })
+    }
+}

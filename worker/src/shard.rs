@@ -1,0 +1,228 @@
+//! One shard task: load, diff, deliver, write the next snapshot, report.
+
+use crate::delivery::{Checkpoints, Delivery, RetryPolicy};
+use crate::destinations;
+use crate::diff::ShardDiff;
+use crate::error::TaskError;
+use crate::limits::{LeaseProvider, Limiters};
+use ebb_shared::config::SyncSpec;
+use ebb_shared::hashing::HashRange;
+use ebb_shared::protocol::{
+    InvalidReason, InvalidRow, OpCounts, RowFailure, ShardReport, ShardTask, REPORTED_ROWS_LIMIT,
+};
+use ebb_shared::snapshot::{paths, read_entries, Entry, EntryWriter, FileKind};
+use ebb_shared::storage::Storage;
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub struct ShardContext<'a> {
+    pub storage: &'a Storage,
+    pub leases: &'a Arc<dyn LeaseProvider>,
+    pub limiters: &'a Limiters,
+    pub worker_id: &'a str,
+    pub retry: RetryPolicy,
+}
+
+/// Objects fetched at once. A shard reads many small chunk objects; fetched one
+/// by one it would spend its time on round trips.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// Loads the entries of `objects` that lie in each object's range, in the order
+/// the objects are given.
+async fn load_entries(storage: &Storage, objects: Vec<(String, HashRange)>) -> Result<Vec<Entry>, TaskError> {
+    let mut fetched = futures::stream::iter(
+        objects
+            .into_iter()
+            .map(|(key, keep)| async move { storage.get(&key).await.map(|bytes| (bytes, keep)) }),
+    )
+    .buffered(FETCH_CONCURRENCY);
+    let mut entries = Vec::new();
+    while let Some(object) = fetched.next().await {
+        let (bytes, keep) = object?;
+        for entry in read_entries(&bytes)?.1 {
+            let entry = entry?;
+            if keep.contains(entry.key_hash) {
+                entries.push(entry);
+            }
+        }
+    }
+    Ok(entries)
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(shard = task.index))]
+pub async fn process_shard(
+    ctx: &ShardContext<'_>,
+    spec: &SyncSpec,
+    run_id: &str,
+    attempt: &str,
+    task: &ShardTask,
+    progress: watch::Sender<u64>,
+) -> Result<ShardReport, TaskError> {
+    let range = task.range;
+    let started = std::time::Instant::now();
+    let chunks = task.chunks.iter().map(|key| (key.clone(), range)).collect();
+    let current = load_entries(ctx.storage, chunks).await?;
+    // Pointers are disjoint; read in range order their entries stay sorted.
+    let mut pointers: Vec<(String, HashRange)> = task
+        .previous
+        .iter()
+        .filter_map(|p| p.range.intersect(&range).map(|part| (p.object_key.clone(), part)))
+        .collect();
+    pointers.sort_by_key(|(_, part)| part.start);
+    let previous = load_entries(ctx.storage, pointers).await?;
+    let loaded = std::time::Instant::now();
+    let (current_rows, previous_rows) = (current.len(), previous.len());
+    tracing::info!(
+        shard = task.index,
+        load_ms = started.elapsed().as_millis() as u64,
+        "shard loaded"
+    );
+    let diff = ShardDiff::compute(current, previous);
+    let plan = diff.plan(spec.mode, task.full_resync);
+    tracing::info!(
+        shard = task.index,
+        current = current_rows,
+        previous = previous_rows,
+        planned = plan.len(),
+        diff_ms = loaded.elapsed().as_millis() as u64,
+        "shard diffed"
+    );
+
+    let mut planned = OpCounts::default();
+    for op in &plan {
+        planned.count(op.operation);
+    }
+    if task.reset_cdc {
+        planned = OpCounts::default();
+    }
+    let (outcomes, destination_error) = if task.reset_cdc {
+        // A CDC reset marks every row as synced without sending it.
+        (vec![Ok(()); plan.len()], None)
+    } else if plan.is_empty() {
+        (Vec::new(), None)
+    } else {
+        let destination = destinations::build(&spec.destination_name, &spec.destination).await?;
+        let limiter = ctx
+            .limiters
+            .get(
+                ctx.leases,
+                ctx.worker_id,
+                &spec.destination_name,
+                spec.destination.limits(),
+            )
+            .await
+            .map_err(|reason| TaskError::DestinationSetup {
+                destination: spec.destination_name.clone(),
+                reason: format!("no delivery lease: {reason}"),
+            })?;
+        let checkpoints = Checkpoints {
+            storage: ctx.storage.clone(),
+            prefix: paths::checkpoint_prefix(&spec.name, run_id, &range),
+            attempt: attempt.to_string(),
+        };
+        let resume = checkpoints.latest().await?;
+        if resume.done_through > 0 {
+            tracing::info!(
+                shard = task.index,
+                done = resume.done_through,
+                "resuming from checkpoint"
+            );
+        }
+        let delivery = Delivery {
+            destination: destination.as_ref(),
+            destination_name: &spec.destination_name,
+            limiter,
+            batch_size: spec.destination.batch_size(),
+            retry: ctx.retry.clone(),
+            checkpoints,
+            progress,
+        };
+        let delivered = delivery.run(&diff, &plan, resume).await;
+        (delivered.outcomes, delivered.destination_error)
+    };
+
+    let mut succeeded = OpCounts::default();
+    let mut failed = OpCounts::default();
+    let mut rejected_sample = Vec::new();
+    let mut rejections = String::new();
+    for (op, outcome) in plan.iter().zip(&outcomes) {
+        match outcome {
+            Ok(()) if task.reset_cdc => {}
+            Ok(()) => succeeded.count(op.operation),
+            Err(error) => {
+                failed.count(op.operation);
+                let failure = RowFailure {
+                    key: diff.entry(op).key.clone(),
+                    operation: op.operation,
+                    error: error.clone(),
+                };
+                rejections.push_str(
+                    &serde_json::to_string(&serde_json::json!({
+                        "key": failure.key,
+                        "operation": failure.operation.as_str(),
+                        "error": failure.error,
+                    }))
+                    .expect("json"),
+                );
+                rejections.push('\n');
+                if rejected_sample.len() < REPORTED_ROWS_LIMIT {
+                    rejected_sample.push(failure);
+                }
+            }
+        }
+    }
+    let rejections_key = if rejections.is_empty() {
+        None
+    } else {
+        let key = paths::rejections(&spec.name, run_id, &range, attempt);
+        ctx.storage.create(&key, rejections.into_bytes()).await?;
+        Some(key)
+    };
+
+    let mut duplicate_keys = 0;
+    let mut invalid_sample = Vec::new();
+    for state in &diff.rows {
+        if let crate::diff::RowState::Duplicate { key, rows, .. } = state {
+            duplicate_keys += rows;
+            if invalid_sample.len() < REPORTED_ROWS_LIMIT {
+                invalid_sample.push(InvalidRow {
+                    key: key.clone(),
+                    reason: InvalidReason::DuplicateKey,
+                });
+            }
+        }
+    }
+
+    let ok: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    let mut writer = EntryWriter::new();
+    for entry in diff.next_snapshot(&plan, &ok) {
+        writer.push_entry(entry);
+    }
+    tracing::info!(
+        shard = task.index,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shard delivered"
+    );
+    let snapshot_key = paths::snapshot(&spec.name, run_id, &range, attempt);
+    ctx.storage
+        .create(
+            &snapshot_key,
+            writer.finish(FileKind::Snapshot, &spec.name, run_id, range),
+        )
+        .await?;
+
+    Ok(ShardReport {
+        index: task.index,
+        range,
+        snapshot_key,
+        planned,
+        succeeded,
+        failed,
+        duplicate_keys,
+        invalid_sample,
+        rejected_sample,
+        rejections_key,
+        destination_error,
+    })
+}

@@ -1,0 +1,81 @@
+//! Sources stream a model's rows in batches, never loading the result in memory.
+//! Each source runs its reader on its own task and hands batches over a bounded
+//! channel, so reading overlaps with hashing and uploading.
+
+mod csv;
+mod postgres;
+mod sqlite;
+
+use crate::error::TaskError;
+use ebb_shared::config::{ModelConfig, SourceConfig};
+use ebb_shared::value::{Column, Value};
+use tokio::sync::mpsc;
+
+/// Rows per batch handed from a source reader to extraction.
+pub const BATCH_ROWS: usize = 2048;
+
+pub type Row = Vec<Value>;
+
+pub struct RowStream {
+    pub columns: Vec<Column>,
+    batches: mpsc::Receiver<Result<Vec<Row>, TaskError>>,
+}
+
+impl RowStream {
+    fn channel(columns: Vec<Column>) -> (mpsc::Sender<Result<Vec<Row>, TaskError>>, RowStream) {
+        let (sender, batches) = mpsc::channel(4);
+        (sender, RowStream { columns, batches })
+    }
+
+    /// The next batch; `None` at the end of the result.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<Row>, TaskError>> {
+        self.batches.recv().await
+    }
+}
+
+/// Starts reading a model's result.
+pub async fn open(
+    source_name: &str,
+    source: &SourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<RowStream, TaskError> {
+    match source {
+        SourceConfig::Postgres(config) => postgres::open(source_name, config, model_name, model).await,
+        SourceConfig::Sqlite(config) => sqlite::open(source_name, config, model_name, model).await,
+        SourceConfig::Csv(config) => csv::open(source_name, config, model_name, model).await,
+    }
+}
+
+/// The result columns of a prepared statement, with the source's type names.
+fn statement_columns<'q, S: sqlx::Statement<'q>>(statement: &S) -> Vec<Column> {
+    use sqlx::{Column as _, TypeInfo};
+    statement
+        .columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_string(),
+            source_type: c.type_info().name().to_string(),
+        })
+        .collect()
+}
+
+/// Database errors are the query's fault; everything else is the connection's.
+fn classify_sqlx(error: sqlx::Error, source_name: &str, model_name: &str) -> TaskError {
+    match error {
+        sqlx::Error::Database(db) => TaskError::Query {
+            model: model_name.to_string(),
+            reason: db.message().to_string(),
+        },
+        sqlx::Error::ColumnNotFound(_) | sqlx::Error::TypeNotFound { .. } | sqlx::Error::Decode(_) => {
+            TaskError::Query {
+                model: model_name.to_string(),
+                reason: error.to_string(),
+            }
+        }
+        other => TaskError::SourceUnreachable {
+            source_name: source_name.to_string(),
+            reason: ebb_shared::redact::redact_url(&other.to_string()),
+        },
+    }
+}

@@ -1,0 +1,117 @@
+//! A streaming parser for Postgres's `COPY … TO STDOUT` text format: one row per
+//! line, fields separated by tabs, `\N` for NULL, and backslash escapes.
+
+#[derive(Default)]
+pub(super) struct LineParser {
+    partial: Vec<u8>,
+    fields: Vec<Option<String>>,
+}
+
+impl LineParser {
+    /// Feeds bytes as they arrive; calls `row` for every complete line.
+    pub fn feed(&mut self, mut bytes: &[u8], mut row: impl FnMut(&[Option<String>])) {
+        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+            let line = &bytes[..newline];
+            if self.partial.is_empty() {
+                self.parse_line(line);
+            } else {
+                self.partial.extend_from_slice(line);
+                let whole = std::mem::take(&mut self.partial);
+                self.parse_line(&whole);
+            }
+            row(&self.fields);
+            bytes = &bytes[newline + 1..];
+        }
+        self.partial.extend_from_slice(bytes);
+    }
+
+    fn parse_line(&mut self, line: &[u8]) {
+        self.fields.clear();
+        for raw in line.split(|&b| b == b'\t') {
+            if raw == b"\\N" {
+                self.fields.push(None);
+            } else {
+                self.fields.push(Some(unescape(raw)));
+            }
+        }
+    }
+}
+
+fn unescape(raw: &[u8]) -> String {
+    if !raw.contains(&b'\\') {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' || i + 1 == raw.len() {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        }
+        let next = raw[i + 1];
+        i += 2;
+        match next {
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(0x0b),
+            b'0'..=b'7' => {
+                let mut value = (next - b'0') as u32;
+                let mut digits = 1;
+                while digits < 3 && i < raw.len() && (b'0'..=b'7').contains(&raw[i]) {
+                    value = value * 8 + (raw[i] - b'0') as u32;
+                    i += 1;
+                    digits += 1;
+                }
+                out.push(value as u8);
+            }
+            b'x' if i < raw.len() && raw[i].is_ascii_hexdigit() => {
+                let mut value = 0u32;
+                let mut digits = 0;
+                while digits < 2 && i < raw.len() && raw[i].is_ascii_hexdigit() {
+                    value = value * 16 + (raw[i] as char).to_digit(16).unwrap();
+                    i += 1;
+                    digits += 1;
+                }
+                out.push(value as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<Vec<Option<String>>> {
+        let mut parser = LineParser::default();
+        let mut rows = Vec::new();
+        for chunk in chunks {
+            parser.feed(chunk, |fields| rows.push(fields.to_vec()));
+        }
+        rows
+    }
+
+    #[test]
+    fn nulls_escapes_and_split_lines() {
+        let rows = parse_all(&[b"1\ta\\tb\t\\N\n2\tline\\nbreak", b"\t\\\\x\n3\t\t\\N\n"]);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0], vec![Some("1".into()), Some("a\tb".into()), None]);
+        assert_eq!(
+            rows[1],
+            vec![Some("2".into()), Some("line\nbreak".into()), Some("\\x".into())]
+        );
+        assert_eq!(rows[2], vec![Some("3".into()), Some(String::new()), None]);
+    }
+
+    #[test]
+    fn octal_and_utf8() {
+        let rows = parse_all(&["é\\101\n".as_bytes()]);
+        assert_eq!(rows[0], vec![Some("éA".into())]);
+    }
+}

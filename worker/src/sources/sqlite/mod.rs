@@ -1,0 +1,90 @@
+//! SQLite: values keep the storage class SQLite gives them (integer, real, text,
+//! blob, null), which is what a column's type means there.
+
+use super::{classify_sqlx, Row, RowStream, BATCH_ROWS};
+use crate::error::TaskError;
+use ebb_shared::config::{ModelConfig, SqliteSourceConfig};
+use ebb_shared::value::Value;
+use futures::StreamExt;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
+use sqlx::{ConnectOptions, Executor, Row as _, TypeInfo, ValueRef};
+
+pub(super) async fn open(
+    source_name: &str,
+    config: &SqliteSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<RowStream, TaskError> {
+    if !config.path.exists() {
+        return Err(TaskError::SourceUnreachable {
+            source_name: source_name.to_string(),
+            reason: format!("database file {} does not exist", config.path.display()),
+        });
+    }
+    let mut connection = SqliteConnectOptions::new()
+        .filename(&config.path)
+        .read_only(true)
+        .connect()
+        .await
+        .map_err(|e| classify_sqlx(e, source_name, model_name))?;
+    let query = model.query.clone().unwrap_or_default();
+    let statement = connection
+        .prepare(query.as_str())
+        .await
+        .map_err(|e| classify_sqlx(e, source_name, model_name))?;
+    let columns = super::statement_columns(&statement);
+    drop(statement);
+    let (sender, stream) = RowStream::channel(columns);
+    let source_name = source_name.to_string();
+    let model_name = model_name.to_string();
+    tokio::spawn(async move {
+        let mut rows = sqlx::query(&query).fetch(&mut connection);
+        let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+        while let Some(row) = rows.next().await {
+            let row = match row
+                .map_err(|e| classify_sqlx(e, &source_name, &model_name))
+                .and_then(|r| {
+                    convert_row(&r).map_err(|reason| TaskError::SourceRead {
+                        source_name: source_name.clone(),
+                        reason,
+                    })
+                }) {
+                Ok(row) => row,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            };
+            batch.push(row);
+            if batch.len() >= BATCH_ROWS {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                if sender.send(Ok(full)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = sender.send(Ok(batch)).await;
+        }
+    });
+    Ok(stream)
+}
+
+fn convert_row(row: &SqliteRow) -> Result<Row, String> {
+    (0..row.len())
+        .map(|i| {
+            let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+            if raw.is_null() {
+                return Ok(Value::Null);
+            }
+            let storage_class = raw.type_info().name().to_string();
+            let value = match storage_class.as_str() {
+                "INTEGER" => Value::Int(row.try_get::<i64, _>(i).map_err(|e| e.to_string())?),
+                "REAL" => Value::Float(row.try_get::<f64, _>(i).map_err(|e| e.to_string())?),
+                "BLOB" => Value::Bytes(row.try_get::<Vec<u8>, _>(i).map_err(|e| e.to_string())?),
+                _ => Value::Text(row.try_get::<String, _>(i).map_err(|e| e.to_string())?),
+            };
+            Ok(value)
+        })
+        .collect()
+}
