@@ -138,9 +138,12 @@ fn queue_arguments(queue: QueueName, settings: &AmqpSettings) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     if queue == QueueName::Tasks {
+        // RabbitMQ dead-letters a message once it has been *returned* more than
+        // `x-delivery-limit` times, so it is handed out limit + 1 times; ours
+        // counts hand-outs, like the in-process queue.
         arguments.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongInt(settings.delivery_limit as i32),
+            AMQPValue::LongInt(settings.delivery_limit.saturating_sub(1) as i32),
         );
         arguments.insert(
             "x-dead-letter-exchange".into(),
