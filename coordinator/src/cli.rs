@@ -232,7 +232,13 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Standalone { .. } | Command::Coordinator { .. } | Command::Worker { .. }
     );
-    ebb_shared::telemetry::init_logging(if long_running { "info" } else { "warn" });
+    let service = match cli.command {
+        Command::Coordinator { .. } => "ebb-coordinator",
+        Command::Worker { .. } => "ebb-worker",
+        _ => "ebb",
+    };
+    // Dropped last, after the runtime: flushes the spans still buffered.
+    let _telemetry = ebb_shared::telemetry::init(service, if long_running { "info" } else { "warn" });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -17,6 +17,8 @@ pub struct Fleet {
     http: reqwest::Client,
     queue_url: String,
     queue_prefix: String,
+    /// Given to every process of the fleet, on top of its own settings.
+    extra_env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -29,6 +31,12 @@ fn free_port() -> u16 {
 
 impl Fleet {
     pub async fn start(config_yaml: &str, workers: usize) -> Fleet {
+        Fleet::start_with_env(config_yaml, workers, &[]).await
+    }
+
+    /// A fleet whose processes all get `extra_env` too.
+    pub async fn start_with_env(config_yaml: &str, workers: usize, extra_env: &[(&str, String)]) -> Fleet {
+        let extra_env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         let queue_url = require_rabbitmq().await;
         let state = fresh_postgres_database("state").await;
         let s3 = S3Server::start_blocking_thread("ebb").expect("S3 server starts");
@@ -38,6 +46,12 @@ impl Fleet {
         let port = free_port();
         let api = format!("http://127.0.0.1:{port}");
         let queue_prefix = format!("t{}.", rand::random::<u32>());
+        let mut env = vec![
+            ("EBB_STATE_URL", state.url.clone()),
+            ("EBB_QUEUE_URL", queue_url.clone()),
+            ("EBB_QUEUE_PREFIX", queue_prefix.clone()),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let coordinator = EbbProcess::spawn(
             "coordinator",
             &[
@@ -47,11 +61,7 @@ impl Fleet {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ],
-            &[
-                ("EBB_STATE_URL", state.url.clone()),
-                ("EBB_QUEUE_URL", queue_url.clone()),
-                ("EBB_QUEUE_PREFIX", queue_prefix.clone()),
-            ],
+            &env,
             dir.path(),
         );
         let mut fleet = Fleet {
@@ -63,6 +73,7 @@ impl Fleet {
             http: reqwest::Client::new(),
             queue_url,
             queue_prefix,
+            extra_env,
         };
         fleet.wait_healthy().await;
         for _ in 0..workers {
@@ -73,17 +84,19 @@ impl Fleet {
 
     pub fn add_worker(&mut self) {
         let name = format!("worker-{}", self.workers.len());
+        let mut env = vec![
+            ("EBB_QUEUE_URL", self.queue_url.clone()),
+            ("EBB_QUEUE_PREFIX", self.queue_prefix.clone()),
+            ("EBB_STORE_URL", self.s3.store_url("fleet")),
+            ("EBB_COORDINATOR_URL", self.api.clone()),
+            ("AWS_ACCESS_KEY_ID", self.s3.access_key().to_string()),
+            ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key().to_string()),
+        ];
+        env.extend(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let worker = EbbProcess::spawn(
             &name,
             &["worker", "--worker-id", &name, "--concurrency", "2"],
-            &[
-                ("EBB_QUEUE_URL", self.queue_url.clone()),
-                ("EBB_QUEUE_PREFIX", self.queue_prefix.clone()),
-                ("EBB_STORE_URL", self.s3.store_url("fleet")),
-                ("EBB_COORDINATOR_URL", self.api.clone()),
-                ("AWS_ACCESS_KEY_ID", self.s3.access_key().to_string()),
-                ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key().to_string()),
-            ],
+            &env,
             self.dir.path(),
         );
         self.workers.push(worker);

@@ -4,7 +4,7 @@
 //! records it holds, so tests can compare it with the model.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -33,6 +33,8 @@ pub struct Request {
     pub operation: String,
     pub records: usize,
     pub status: u16,
+    /// The W3C trace context the request carried.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -99,7 +101,11 @@ impl Sink {
     }
 }
 
-async fn receive(State(state): State<Arc<SinkState>>, Json(body): Json<Value>) -> Response {
+async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let behavior = state.behavior.lock().unwrap().clone();
     let operation = body["operation"].as_str().unwrap_or_default().to_string();
     let records = body["records"].as_array().cloned().unwrap_or_default();
@@ -109,6 +115,7 @@ async fn receive(State(state): State<Arc<SinkState>>, Json(body): Json<Value>) -
             operation: operation.clone(),
             records: records.len(),
             status,
+            traceparent: traceparent.clone(),
         })
     };
     if let Some(status) = behavior.fail_with {

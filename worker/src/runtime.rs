@@ -15,6 +15,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -92,6 +93,13 @@ impl Worker {
             }
         };
         let attempt = uuid::Uuid::now_v7().simple().to_string();
+        // The task's span continues the trace of the run that published it.
+        let span = tracing::info_span!("task", id = %task.task_id, run = %task.run_id, attempt = %attempt);
+        ebb_shared::telemetry::extract(&delivery.headers, &span);
+        self.handle_task(delivery, task, attempt).instrument(span).await
+    }
+
+    async fn handle_task(&self, delivery: Delivery, task: TaskMessage, attempt: String) {
         let started = std::time::Instant::now();
         tracing::info!(task = %task.task_id, attempt = %attempt, delivery = delivery.delivery_count, "task started");
         let outcome = match self.execute(&task, &attempt).await {
@@ -112,11 +120,9 @@ impl Worker {
             attempt,
             outcome,
         };
-        match self
-            .queue
-            .publish(QueueName::Results, OutgoingMessage::new(protocol::encode(&result)))
-            .await
-        {
+        let mut message = OutgoingMessage::new(protocol::encode(&result));
+        ebb_shared::telemetry::inject(&mut message.headers);
+        match self.queue.publish(QueueName::Results, message).await {
             Ok(()) => {
                 if let Err(error) = delivery.ack().await {
                     tracing::warn!(task = %task.task_id, %error, "ack failed; the task will run again");

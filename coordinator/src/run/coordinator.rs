@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 #[derive(Debug, Clone, Default)]
 pub struct TriggerOptions {
@@ -92,6 +93,7 @@ impl Coordinator {
     }
 
     /// Starts a run of `sync`: records it as queued and publishes its extract task.
+    #[tracing::instrument(name = "trigger", skip_all, fields(sync = sync))]
     pub async fn trigger(&self, sync: &str, options: TriggerOptions) -> Result<RunRecord, TriggerError> {
         let spec = self
             .config
@@ -157,10 +159,12 @@ impl Coordinator {
         Ok(self.store.run(&run.id).await?.unwrap_or(run))
     }
 
+    /// Publishes a task carrying the current trace context, so the worker's
+    /// spans join the run's trace.
     async fn publish_task(&self, task: &TaskMessage) -> Result<(), QueueError> {
-        self.queue
-            .publish(QueueName::Tasks, OutgoingMessage::new(protocol::encode(task)))
-            .await
+        let mut message = OutgoingMessage::new(protocol::encode(task));
+        ebb_shared::telemetry::inject(&mut message.headers);
+        self.queue.publish(QueueName::Tasks, message).await
     }
 
     /// Cancels a run in flight. Tasks already handed out finish; their results
@@ -240,7 +244,16 @@ impl Coordinator {
                     continue;
                 }
             };
-            match self.accept(message).await {
+            // The result carries the trace context of the task that produced
+            // it: what the coordinator does next joins the same trace.
+            // Progress reports carry none and get no span.
+            let span = if delivery.headers.contains_key("traceparent") {
+                tracing::info_span!("result", run = %message.run_id, task_id = %message.task_id)
+            } else {
+                tracing::Span::none()
+            };
+            ebb_shared::telemetry::extract(&delivery.headers, &span);
+            match self.accept(message).instrument(span).await {
                 Ok(()) => {
                     let _ = delivery.ack().await;
                 }

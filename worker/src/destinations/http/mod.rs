@@ -66,10 +66,17 @@ impl Destination for HttpDestination {
     async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
         let body = request::body(action, records);
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
-        let answer = self
+        let mut request = self
             .client
             .request(self.method.clone(), &self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        // The destination's own tracing, if it has any, joins the run's trace.
+        let mut trace_headers = std::collections::BTreeMap::new();
+        ebb_shared::telemetry::inject(&mut trace_headers);
+        for (name, value) in &trace_headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let answer = request
             .body(body)
             .send()
             .await
