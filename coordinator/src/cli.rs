@@ -199,7 +199,10 @@ impl ConfigArgs {
                 self.config.display()
             );
         }
-        Ok(Arc::new(Config::load(&self.config)?))
+        let config = Config::load(&self.config)?;
+        ebb_worker::mapping::check_templates(&config)
+            .map_err(|reason| anyhow::anyhow!("{}: {reason}", self.config.display()))?;
+        Ok(Arc::new(config))
     }
 
     fn data_dir(&self) -> PathBuf {

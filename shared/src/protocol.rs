@@ -20,6 +20,10 @@ pub struct TaskMessage {
     pub run_id: String,
     pub sync: SyncSpec,
     pub kind: TaskKind,
+    /// When the run was created (ms since the epoch), for the `run_started_at`
+    /// mapping variable.
+    #[serde(default)]
+    pub run_started_at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

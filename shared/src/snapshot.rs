@@ -2,15 +2,21 @@
 //!
 //! A file is `EBB1`, a length-prefixed msgpack header (with field names, so it can
 //! grow), then entries in a fixed little-endian layout:
-//! `key_hash u64 | fingerprint u128 | key_len u32 | key | record_len u32 | record`.
-//! The record is the JSON object as sent (or to be sent) to the destination.
+//! `key_hash u64 | fingerprint u128 | flags u8 | key_len u32 | key | record_len u32 | record`
+//! (format version 1 had no flags byte; it is still read). The record is the
+//! JSON object as sent (or to be sent) to the destination; with the
+//! `MAPPING_ERROR` flag it is instead why the row could not be mapped — such
+//! entries appear in chunk files only, never in snapshots.
 //! Snapshot files are sorted by `(key_hash, key)`; chunk files are not.
 
 use crate::hashing::{Fingerprint, HashRange, KeyHash, HASH_ALGORITHM};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"EBB1";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The entry's record is a mapping error message, not a record.
+const MAPPING_ERROR: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +46,9 @@ pub struct Entry {
     pub fingerprint: Fingerprint,
     /// The mapped record, a JSON object.
     pub record: String,
+    /// Why the row could not be mapped; then `record` is empty and the row is
+    /// rejected without being sent.
+    pub mapping_error: Option<String>,
 }
 
 impl Entry {
@@ -83,8 +92,19 @@ impl EntryWriter {
     }
 
     pub fn push(&mut self, key_hash: KeyHash, key: &str, fingerprint: Fingerprint, record: &str) {
+        self.push_with_flags(key_hash, key, fingerprint, 0, record);
+    }
+
+    /// A row that could not be mapped: carried to its shard to be reported as
+    /// rejected there, with `error`.
+    pub fn push_mapping_error(&mut self, key_hash: KeyHash, key: &str, error: &str) {
+        self.push_with_flags(key_hash, key, 0, MAPPING_ERROR, error);
+    }
+
+    fn push_with_flags(&mut self, key_hash: KeyHash, key: &str, fingerprint: Fingerprint, flags: u8, record: &str) {
         self.body.extend_from_slice(&key_hash.to_le_bytes());
         self.body.extend_from_slice(&fingerprint.to_le_bytes());
+        self.body.push(flags);
         self.body.extend_from_slice(&(key.len() as u32).to_le_bytes());
         self.body.extend_from_slice(key.as_bytes());
         self.body.extend_from_slice(&(record.len() as u32).to_le_bytes());
@@ -93,7 +113,10 @@ impl EntryWriter {
     }
 
     pub fn push_entry(&mut self, entry: &Entry) {
-        self.push(entry.key_hash, &entry.key, entry.fingerprint, &entry.record);
+        match &entry.mapping_error {
+            Some(error) => self.push_mapping_error(entry.key_hash, &entry.key, error),
+            None => self.push(entry.key_hash, &entry.key, entry.fingerprint, &entry.record),
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -148,11 +171,13 @@ pub fn read_entries(bytes: &[u8]) -> Result<(Header, EntryIter<'_>), FormatError
             found: header.hash_algorithm,
         });
     }
+    let flagged = header.format_version >= 2;
     Ok((
         header,
         EntryIter {
             bytes,
             position: header_end,
+            flagged,
         },
     ))
 }
@@ -160,6 +185,8 @@ pub fn read_entries(bytes: &[u8]) -> Result<(Header, EntryIter<'_>), FormatError
 pub struct EntryIter<'a> {
     bytes: &'a [u8],
     position: usize,
+    /// Entries carry a flags byte (format version 2 and later).
+    flagged: bool,
 }
 
 impl EntryIter<'_> {
@@ -175,6 +202,7 @@ impl EntryIter<'_> {
         let start = self.position;
         let key_hash = u64::from_le_bytes(self.take(8)?.try_into().unwrap());
         let fingerprint = u128::from_le_bytes(self.take(16)?.try_into().unwrap());
+        let flags = if self.flagged { self.take(1)?[0] } else { 0 };
         let key_len = u32::from_le_bytes(self.take(4)?.try_into().unwrap()) as usize;
         let key = std::str::from_utf8(self.take(key_len)?)
             .map_err(|_| FormatError::Truncated(start))?
@@ -183,11 +211,22 @@ impl EntryIter<'_> {
         let record = std::str::from_utf8(self.take(record_len)?)
             .map_err(|_| FormatError::Truncated(start))?
             .to_string();
-        Ok(Entry {
-            key_hash,
-            key,
-            fingerprint,
-            record,
+        Ok(if flags & MAPPING_ERROR != 0 {
+            Entry {
+                key_hash,
+                key,
+                fingerprint,
+                record: String::new(),
+                mapping_error: Some(record),
+            }
+        } else {
+            Entry {
+                key_hash,
+                key,
+                fingerprint,
+                record,
+                mapping_error: None,
+            }
         })
     }
 }
@@ -258,6 +297,45 @@ mod tests {
         assert_eq!(entries[1].key, "ключ");
         assert_eq!(entries[1].fingerprint, u128::MAX);
         assert_eq!(entries[0].record, r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn mapping_errors_round_trip() {
+        let mut writer = EntryWriter::new();
+        writer.push_mapping_error(7, "k1", "field \"x\": cannot cast");
+        writer.push(8, "k2", 5, "{}");
+        let bytes = writer.finish(FileKind::Chunk, "s", "r", HashRange::FULL);
+        let entries: Vec<Entry> = read_entries(&bytes).unwrap().1.collect::<Result<_, _>>().unwrap();
+        assert_eq!(entries[0].mapping_error.as_deref(), Some("field \"x\": cannot cast"));
+        assert_eq!(entries[0].record, "");
+        assert_eq!(entries[1].mapping_error, None);
+    }
+
+    #[test]
+    fn version_1_files_are_still_read() {
+        let header = Header {
+            format_version: 1,
+            kind: FileKind::Snapshot,
+            hash_algorithm: HASH_ALGORITHM.to_string(),
+            sync: "s".into(),
+            run_id: "r".into(),
+            range: HashRange::FULL,
+            entries: 1,
+        };
+        let header = rmp_serde::to_vec_named(&header).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&9u64.to_le_bytes());
+        bytes.extend_from_slice(&3u128.to_le_bytes());
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(b"k9");
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(b"{}");
+        let entries: Vec<Entry> = read_entries(&bytes).unwrap().1.collect::<Result<_, _>>().unwrap();
+        assert_eq!(entries[0].key, "k9");
+        assert_eq!(entries[0].fingerprint, 3);
+        assert_eq!(entries[0].record, "{}");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! A local HTTP destination that implements Ebb's HTTP contract the way a real
-//! API would: batches of upserts and deletes, per-record rejections in a `2xx`
-//! body, `429` with `Retry-After`, `5xx` outages and latency. It keeps the
-//! records it holds, so tests can compare it with the model.
+//! API would: batches of every operation (insert, update, upsert, delete,
+//! clear, archive, add, remove, track), records identified by the batch's
+//! `match` field or by their key, per-record rejections in a `2xx` body, `400`
+//! for a batch with a bad record and no detail, `429` with `Retry-After`, `5xx`
+//! outages and latency. It keeps the records it holds, so tests can compare it
+//! with the model.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -9,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +28,9 @@ pub struct Behavior {
     /// Answer `429` with `Retry-After: n` to the first requests, this many times.
     pub throttle_times: u32,
     pub throttle_retry_after_secs: u32,
+    /// A batch holding any of these keys is refused whole with a `400` that
+    /// names no record, as some APIs do.
+    pub refuse_batches_with: HashSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +49,10 @@ pub struct SinkState {
     pub requests: Mutex<Vec<Request>>,
     /// How many times each key was upserted successfully.
     pub upserts: Mutex<HashMap<String, u32>>,
+    /// How many times each (operation, record) was applied.
+    pub applied: Mutex<HashMap<(String, String), u32>>,
+    /// Records archived, by identity.
+    pub archived: Mutex<BTreeSet<String>>,
     pub behavior: Mutex<Behavior>,
 }
 
@@ -95,6 +105,27 @@ impl Sink {
             .sum()
     }
 
+    /// Records as the destination holds them, seeded before a sync (for update
+    /// mode, which needs records to exist).
+    pub fn seed(&self, id: &str, fields: Value) {
+        self.state.records.lock().unwrap().insert(id.to_string(), fields);
+    }
+
+    pub fn archived(&self) -> BTreeSet<String> {
+        self.state.archived.lock().unwrap().clone()
+    }
+
+    /// How many times `operation` was applied to the record `id`.
+    pub fn applied(&self, operation: &str, id: &str) -> u32 {
+        self.state
+            .applied
+            .lock()
+            .unwrap()
+            .get(&(operation.to_string(), id.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn reset_counters(&self) {
         self.state.requests.lock().unwrap().clear();
         self.state.upserts.lock().unwrap().clear();
@@ -132,26 +163,71 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(b
         )
             .into_response();
     }
-    if operation != "upsert" && operation != "delete" {
+    const OPERATIONS: [&str; 9] = [
+        "insert", "update", "upsert", "delete", "clear", "archive", "add", "remove", "track",
+    ];
+    if !OPERATIONS.contains(&operation.as_str()) {
         log(400);
         return (StatusCode::BAD_REQUEST, format!("unknown operation {operation:?}")).into_response();
     }
+    let key_of = |record: &Value| record["key"].as_str().unwrap_or_default().to_string();
+    if records.iter().any(|r| behavior.refuse_batches_with.contains(&key_of(r))) {
+        log(400);
+        return (StatusCode::BAD_REQUEST, "the batch holds an invalid record").into_response();
+    }
+    // Records are identified by the batch's record-matching field, or their key.
+    let matching = body["match"].as_str().map(str::to_string);
+    let identity = |record: &Value| match &matching {
+        Some(field) => match &record["fields"][field] {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        },
+        None => key_of(record),
+    };
     let mut errors = Vec::new();
     {
         let mut held = state.records.lock().unwrap();
         let mut upserts = state.upserts.lock().unwrap();
+        let mut applied = state.applied.lock().unwrap();
+        let mut archived = state.archived.lock().unwrap();
         for (index, record) in records.iter().enumerate() {
-            let key = record["key"].as_str().unwrap_or_default().to_string();
+            let key = key_of(record);
             if behavior.reject_keys.contains(&key) {
                 errors.push(json!({"index": index, "message": format!("record {key} is invalid here")}));
                 continue;
             }
-            if operation == "upsert" {
-                held.insert(key.clone(), record["fields"].clone());
-                *upserts.entry(key).or_default() += 1;
-            } else {
-                held.remove(&key);
+            let id = identity(record);
+            let fields = record["fields"].clone();
+            match operation.as_str() {
+                "insert" | "track" => {
+                    held.entry(id.clone()).or_insert(fields);
+                }
+                "update" => match held.get_mut(&id) {
+                    Some(existing) => *existing = fields,
+                    None => {
+                        errors.push(json!({"index": index, "message": format!("no record {id} to update")}));
+                        continue;
+                    }
+                },
+                "upsert" | "add" => {
+                    held.insert(id.clone(), fields);
+                    *upserts.entry(key).or_default() += 1;
+                }
+                "clear" => {
+                    if let (Some(existing), Some(nulls)) = (held.get_mut(&id), fields.as_object()) {
+                        for (name, value) in nulls {
+                            existing[name] = value.clone();
+                        }
+                    }
+                }
+                "archive" => {
+                    archived.insert(id.clone());
+                }
+                _ => {
+                    held.remove(&id);
+                }
             }
+            *applied.entry((operation.clone(), id)).or_default() += 1;
         }
     }
     log(200);

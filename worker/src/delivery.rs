@@ -8,7 +8,8 @@
 //! done and resends at most the batches in flight plus those finished during one
 //! checkpoint write (invariant 5).
 
-use crate::destinations::{DeliveryError, Destination, Record};
+use crate::behaviour::Action;
+use crate::destinations::{DeliveryError, Destination, Record, RowResults};
 use crate::diff::{PlannedOp, ShardDiff};
 use crate::limits::FleetLimiter;
 use ebb_shared::storage::Storage;
@@ -178,13 +179,15 @@ impl Delivery<'_> {
         }
     }
 
+    /// Sends one batch and answers for each of its ops. A batch refused for
+    /// its content with no per-record detail is sent again in halves, and so
+    /// on, until the records at fault are isolated and the others accepted.
     async fn send_batch(
         &self,
         diff: &ShardDiff,
         ops: &[PlannedOp],
         down: &OnceLock<String>,
     ) -> Vec<Result<(), String>> {
-        let fail_all = |message: &str| vec![Err(message.to_string()); ops.len()];
         let records: Vec<Record<'_>> = ops
             .iter()
             .map(|op| {
@@ -196,31 +199,69 @@ impl Delivery<'_> {
             })
             .collect();
         let action = ops[0].action;
+        let mut answers: Vec<Option<Result<(), String>>> = vec![None; ops.len()];
+        // Parts still to send, the next one last.
+        let mut parts = vec![0..ops.len()];
+        while let Some(part) = parts.pop() {
+            match self.send_part(action, &records[part.clone()], down).await {
+                Ok(rows) => {
+                    for (answer, row) in answers[part].iter_mut().zip(rows) {
+                        *answer = Some(row);
+                    }
+                }
+                Err(PartRefused::Content(message)) if part.len() > 1 => {
+                    let middle = part.start + part.len() / 2;
+                    tracing::debug!(rows = part.len(), %message, "batch refused; sending it in halves");
+                    parts.push(middle..part.end);
+                    parts.push(part.start..middle);
+                }
+                Err(PartRefused::Content(message) | PartRefused::Whole(message)) => {
+                    for answer in &mut answers[part] {
+                        *answer = Some(Err(message.clone()));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.expect("every part is answered"))
+            .collect()
+    }
+
+    /// Sends records until the destination answers, within the retry policy:
+    /// `429`s wait (and pause the fleet), transient faults back off.
+    async fn send_part(
+        &self,
+        action: Action,
+        records: &[Record<'_>],
+        down: &OnceLock<String>,
+    ) -> Result<RowResults, PartRefused> {
         let mut backoff = self.retry.initial_backoff;
         let mut attempts = 0;
         let mut rate_limited = 0;
         loop {
             if let Some(error) = down.get() {
-                return fail_all(error);
+                return Err(PartRefused::Whole(error.clone()));
             }
             let permit = self.limiter.acquire().await;
-            let result = self.destination.send(action, &records).await;
+            let result = self.destination.send(action, records).await;
             drop(permit);
             match result {
-                Ok(rows) if rows.len() == ops.len() => return rows,
+                Ok(rows) if rows.len() == records.len() => return Ok(rows),
                 Ok(rows) => {
-                    return fail_all(&format!(
+                    return Err(PartRefused::Whole(format!(
                         "destination {:?} answered {} results for a batch of {}",
                         self.destination_name,
                         rows.len(),
-                        ops.len()
-                    ))
+                        records.len()
+                    )))
                 }
-                Err(DeliveryError::Permanent(message)) => return fail_all(&message),
+                Err(DeliveryError::Permanent(message)) => return Err(PartRefused::Whole(message)),
+                Err(DeliveryError::Rejected(message)) => return Err(PartRefused::Content(message)),
                 Err(DeliveryError::RateLimited { retry_after }) => {
                     rate_limited += 1;
                     if rate_limited > self.retry.max_rate_limited {
-                        return fail_all("still rate limited after repeated retries");
+                        return Err(PartRefused::Whole("still rate limited after repeated retries".into()));
                     }
                     let wait = retry_after.unwrap_or(backoff);
                     self.limiter.rate_limited(wait).await;
@@ -234,7 +275,7 @@ impl Delivery<'_> {
                             self.destination_name
                         );
                         let _ = down.set(error.clone());
-                        return fail_all(&error);
+                        return Err(PartRefused::Whole(error));
                     }
                     let jitter = rand::rng().random_range(0.5..1.0);
                     tokio::time::sleep(backoff.mul_f64(jitter)).await;
@@ -245,10 +286,17 @@ impl Delivery<'_> {
     }
 }
 
+/// Why a part of a batch got no per-record answers.
+enum PartRefused {
+    /// Its content was refused: smaller parts may pass.
+    Content(String),
+    /// Every record of it fails with this reason.
+    Whole(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::Action;
     use ebb_shared::protocol::Operation;
 
     fn op(action: Action) -> PlannedOp {

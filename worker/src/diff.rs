@@ -2,12 +2,12 @@
 //!
 //! The current rows and the previous snapshot are both ordered by
 //! `(key_hash, key)`; one merge pass classifies every key as unchanged, added,
-//! changed, removed or invalid. The mode then decides which rows are sent, and
-//! after delivery the outcomes decide the next snapshot: a row the destination
-//! rejected keeps its previous entry, so the next run sees and retries it
-//! (invariant 4).
+//! changed, removed or invalid. The sync's behaviour then decides which rows
+//! are sent, and after delivery the outcomes decide the next snapshot: a row
+//! the destination rejected keeps its previous entry, so the next run sees and
+//! retries it (invariant 4).
 
-use ebb_shared::config::SyncMode;
+use crate::behaviour::{Action, Behaviour, Change};
 use ebb_shared::protocol::Operation;
 use ebb_shared::snapshot::Entry;
 use std::cmp::Ordering;
@@ -28,12 +28,6 @@ pub enum RowState {
         rows: u64,
         previous: Option<Entry>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Upsert,
-    Delete,
 }
 
 /// One row to send: the index of its `RowState`, how CDC saw it, what to do.
@@ -96,28 +90,34 @@ impl ShardDiff {
         ShardDiff { rows }
     }
 
-    /// The rows the mode sends, upserts first, in key order: a deterministic
-    /// order, so a resumed attempt can skip what a checkpoint says is done.
-    pub fn plan(&self, mode: SyncMode, full_resync: bool) -> Vec<PlannedOp> {
-        let mut upserts = Vec::new();
-        let mut deletes = Vec::new();
+    /// The rows the sync sends, in key order with removals last: a
+    /// deterministic order, so a resumed attempt can skip what a checkpoint
+    /// says is done.
+    pub fn plan(&self, behaviour: &Behaviour, full_resync: bool) -> Vec<PlannedOp> {
+        let mut entering = Vec::new();
+        let mut leaving = Vec::new();
         for (row, state) in self.rows.iter().enumerate() {
-            let op = |operation, action| PlannedOp { row, operation, action };
-            match state {
-                RowState::Added(_) => upserts.push(op(Operation::Added, Action::Upsert)),
-                RowState::Changed { .. } => upserts.push(op(Operation::Changed, Action::Upsert)),
-                RowState::Unchanged(_) if full_resync => upserts.push(op(Operation::Changed, Action::Upsert)),
-                RowState::Removed(_) if mode == SyncMode::Mirror => {
-                    deletes.push(op(Operation::Removed, Action::Delete))
+            let change = match state {
+                RowState::Added(_) => Change::Added,
+                RowState::Changed { .. } => Change::Changed,
+                RowState::Unchanged(_) => Change::Unchanged,
+                RowState::Removed(_) => Change::Removed,
+                RowState::Duplicate { .. } => continue,
+            };
+            if let Some((operation, action)) = behaviour.action(change, full_resync) {
+                let op = PlannedOp { row, operation, action };
+                if action.is_removal() {
+                    leaving.push(op);
+                } else {
+                    entering.push(op);
                 }
-                _ => {}
             }
         }
-        upserts.extend(deletes);
-        upserts
+        entering.extend(leaving);
+        entering
     }
 
-    /// The entry a row sends (its current record) or deletes (its last record).
+    /// The entry a row sends (its current record) or removes (its last record).
     pub fn entry(&self, op: &PlannedOp) -> &Entry {
         match &self.rows[op.row] {
             RowState::Added(entry) | RowState::Unchanged(entry) | RowState::Removed(entry) => entry,
@@ -128,11 +128,17 @@ impl ShardDiff {
 
     /// The next snapshot, in key order, given which planned ops succeeded.
     /// `succeeded[i]` answers for `plan[i]`.
-    pub fn next_snapshot<'a>(&'a self, plan: &[PlannedOp], succeeded: &[bool]) -> Vec<&'a Entry> {
+    pub fn next_snapshot<'a>(
+        &'a self,
+        behaviour: &Behaviour,
+        plan: &[PlannedOp],
+        succeeded: &[bool],
+    ) -> Vec<&'a Entry> {
         let mut outcome: Vec<Option<bool>> = vec![None; self.rows.len()];
         for (op, ok) in plan.iter().zip(succeeded) {
             outcome[op.row] = Some(*ok);
         }
+        let remember_removed = behaviour.remembers_removed_rows();
         self.rows
             .iter()
             .zip(outcome)
@@ -142,8 +148,9 @@ impl ShardDiff {
                 (RowState::Added(_), _) => None,
                 (RowState::Changed { current, .. }, Some(true)) => Some(current),
                 (RowState::Changed { previous, .. }, _) => Some(previous),
-                (RowState::Removed(_), Some(true) | None) => None,
+                (RowState::Removed(_), Some(true)) => None,
                 (RowState::Removed(previous), Some(false)) => Some(previous),
+                (RowState::Removed(previous), None) => remember_removed.then_some(previous),
                 (RowState::Duplicate { previous, .. }, _) => previous.as_ref(),
             })
             .collect()
@@ -153,6 +160,7 @@ impl ShardDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ebb_shared::config::{SyncMode, SyncType};
     use ebb_shared::hashing::key_hash;
 
     fn entry(key: &str, fingerprint: u128) -> Entry {
@@ -161,8 +169,20 @@ mod tests {
             key: key.to_string(),
             fingerprint,
             record: format!("{{\"v\":{fingerprint}}}"),
+            mapping_error: None,
         }
     }
+
+    fn behaviour(mode: SyncMode) -> Behaviour {
+        Behaviour {
+            sync_type: SyncType::Object,
+            mode,
+            delete_behavior: mode.delete_behaviors()[0],
+        }
+    }
+
+    const UPSERT: SyncMode = SyncMode::Upsert;
+    const MIRROR: SyncMode = SyncMode::Mirror;
 
     fn sorted(mut entries: Vec<Entry>) -> Vec<Entry> {
         entries.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
@@ -201,12 +221,12 @@ mod tests {
                 ("same".into(), "unchanged")
             ]
         );
-        let upsert = diff.plan(SyncMode::Upsert, false);
+        let upsert = diff.plan(&behaviour(UPSERT), false);
         assert_eq!(upsert.len(), 2);
-        let mirror = diff.plan(SyncMode::Mirror, false);
+        let mirror = diff.plan(&behaviour(MIRROR), false);
         assert_eq!(mirror.len(), 3);
         assert_eq!(mirror.last().unwrap().action, Action::Delete);
-        assert_eq!(diff.plan(SyncMode::Mirror, true).len(), 4);
+        assert_eq!(diff.plan(&behaviour(MIRROR), true).len(), 4);
     }
 
     #[test]
@@ -214,16 +234,16 @@ mod tests {
         let previous = sorted(vec![entry("edit", 1), entry("gone", 1)]);
         let current = vec![entry("new", 1), entry("edit", 2)];
         let diff = ShardDiff::compute(current, previous);
-        let plan = diff.plan(SyncMode::Mirror, false);
+        let plan = diff.plan(&behaviour(MIRROR), false);
         let all_failed = vec![false; plan.len()];
         assert_eq!(
-            keys(diff.next_snapshot(&plan, &all_failed)),
+            keys(diff.next_snapshot(&behaviour(MIRROR), &plan, &all_failed)),
             vec![("edit".into(), 1), ("gone".into(), 1)],
             "nothing advanced: the next run retries all three"
         );
         let all_ok = vec![true; plan.len()];
         assert_eq!(
-            keys(diff.next_snapshot(&plan, &all_ok)),
+            keys(diff.next_snapshot(&behaviour(MIRROR), &plan, &all_ok)),
             vec![("edit".into(), 2), ("new".into(), 1)]
         );
     }
@@ -238,8 +258,11 @@ mod tests {
             entry("fresh-dup", 1),
         ];
         let diff = ShardDiff::compute(current, previous);
-        assert!(diff.plan(SyncMode::Mirror, true).is_empty());
-        assert_eq!(keys(diff.next_snapshot(&[], &[])), vec![("dup".into(), 1)]);
+        assert!(diff.plan(&behaviour(MIRROR), true).is_empty());
+        assert_eq!(
+            keys(diff.next_snapshot(&behaviour(MIRROR), &[], &[])),
+            vec![("dup".into(), 1)]
+        );
         let duplicates: u64 = diff
             .rows
             .iter()
@@ -254,8 +277,21 @@ mod tests {
     #[test]
     fn upsert_forgets_removed_rows() {
         let diff = ShardDiff::compute(vec![], sorted(vec![entry("gone", 1)]));
-        let plan = diff.plan(SyncMode::Upsert, false);
+        let plan = diff.plan(&behaviour(UPSERT), false);
         assert!(plan.is_empty());
-        assert!(diff.next_snapshot(&plan, &[]).is_empty());
+        assert!(diff.next_snapshot(&behaviour(UPSERT), &plan, &[]).is_empty());
+    }
+
+    #[test]
+    fn insert_mode_remembers_keys_that_left_so_they_are_never_sent_twice() {
+        let insert = behaviour(SyncMode::Insert);
+        let diff = ShardDiff::compute(vec![], sorted(vec![entry("sent-once", 1)]));
+        let plan = diff.plan(&insert, false);
+        assert!(plan.is_empty());
+        let kept = diff.next_snapshot(&insert, &plan, &[]);
+        assert_eq!(keys(kept), vec![("sent-once".into(), 1)]);
+        // It comes back, changed: still nothing to send.
+        let diff = ShardDiff::compute(vec![entry("sent-once", 2)], sorted(vec![entry("sent-once", 1)]));
+        assert!(diff.plan(&insert, false).is_empty());
     }
 }

@@ -24,6 +24,12 @@ pub enum TaskError {
         column: String,
         available: String,
     },
+    #[error("sync {sync:?}, mapping to {field:?}: {reason}")]
+    Mapping {
+        sync: String,
+        field: String,
+        reason: String,
+    },
     #[error("source {source_name:?}: reading rows failed: {reason}")]
     SourceRead { source_name: String, reason: String },
     #[error("destination {destination:?}: {reason}")]
@@ -44,6 +50,7 @@ impl TaskError {
             TaskError::Query { .. }
             | TaskError::MissingKeyColumn { .. }
             | TaskError::MissingMappedColumn { .. }
+            | TaskError::Mapping { .. }
             | TaskError::DestinationSetup { .. }
             | TaskError::Config(_)
             | TaskError::Format(_) => false,

@@ -3,7 +3,7 @@
 //! flushed as chunk files whenever the buffered bytes pass a budget.
 
 use crate::error::TaskError;
-use crate::mapping::RecordPlan;
+use crate::mapping::{RecordPlan, RunContext};
 use crate::sources;
 use ebb_shared::config::SyncSpec;
 use ebb_shared::hashing::{key_hash, HashRange, BUCKET_COUNT};
@@ -19,11 +19,12 @@ const CHUNK_TARGET: usize = 8 << 20;
 pub async fn extract(
     storage: &Storage,
     spec: &SyncSpec,
-    run_id: &str,
+    run: &RunContext,
     attempt: &str,
 ) -> Result<ExtractReport, TaskError> {
+    let run_id = run.run_id.as_str();
     let mut rows = sources::open(&spec.model.source, &spec.source, &spec.model_name, &spec.model).await?;
-    let plan = RecordPlan::new(spec, &rows.columns)?;
+    let plan = RecordPlan::new(spec, &rows.columns, run)?;
     let mut buckets = Buckets::new(storage, spec, run_id, attempt);
     let mut rows_queried = 0u64;
     let mut null_keys = 0u64;
@@ -35,8 +36,7 @@ pub async fn extract(
                 continue;
             };
             let hash = key_hash(&key);
-            let (fingerprint, record) = plan.record(&row);
-            buckets.push(hash, &key, fingerprint, &record).await?;
+            buckets.push(hash, &key, plan.record(&row)).await?;
         }
     }
     let buckets = buckets.finish().await?;
@@ -77,11 +77,15 @@ impl<'a> Buckets<'a> {
         }
     }
 
-    async fn push(&mut self, hash: u64, key: &str, fingerprint: u128, record: &str) -> Result<(), TaskError> {
+    /// Buffers a row: its mapped record, or why it could not be mapped.
+    async fn push(&mut self, hash: u64, key: &str, mapped: Result<(u128, String), String>) -> Result<(), TaskError> {
         let bucket = HashRange::bucket_of(hash);
         let writer = self.writers[bucket].get_or_insert_with(EntryWriter::new);
         let before = writer.byte_len();
-        writer.push(hash, key, fingerprint, record);
+        match mapped {
+            Ok((fingerprint, record)) => writer.push(hash, key, fingerprint, &record),
+            Err(error) => writer.push_mapping_error(hash, key, &error),
+        }
         self.buffered += writer.byte_len() - before;
         self.reports[bucket].rows += 1;
         if writer.byte_len() >= CHUNK_TARGET {

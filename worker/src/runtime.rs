@@ -5,6 +5,7 @@
 use crate::delivery::RetryPolicy;
 use crate::error::TaskError;
 use crate::limits::{LeaseProvider, Limiters};
+use crate::mapping::RunContext;
 use crate::shard::{process_shard, ShardContext};
 use ebb_shared::protocol::{
     self, ResultMessage, ShardProgress, TaskFailure, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
@@ -139,7 +140,14 @@ impl Worker {
     async fn execute(&self, task: &TaskMessage, attempt: &str) -> Result<TaskOutcome, TaskError> {
         match &task.kind {
             TaskKind::Extract => {
-                let report = crate::extract::extract(&self.storage, &task.sync, &task.run_id, attempt).await?;
+                let run = RunContext {
+                    sync_id: task.sync.name.clone(),
+                    run_id: task.run_id.clone(),
+                    run_started_at: chrono::DateTime::from_timestamp_millis(task.run_started_at_ms)
+                        .unwrap_or_default()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                };
+                let report = crate::extract::extract(&self.storage, &task.sync, &run, attempt).await?;
                 Ok(TaskOutcome::Extracted(report))
             }
             TaskKind::Shard(shard) => {

@@ -1,8 +1,9 @@
 //! One shard task: load, diff, deliver, write the next snapshot, report.
 
+use crate::behaviour::Behaviour;
 use crate::delivery::{Checkpoints, Delivery, RetryPolicy};
 use crate::destinations;
-use crate::diff::ShardDiff;
+use crate::diff::{PlannedOp, ShardDiff};
 use crate::error::TaskError;
 use crate::limits::{LeaseProvider, Limiters};
 use ebb_shared::config::SyncSpec;
@@ -79,7 +80,14 @@ pub async fn process_shard(
         "shard loaded"
     );
     let diff = ShardDiff::compute(current, previous);
-    let plan = diff.plan(spec.mode, task.full_resync);
+    let behaviour = Behaviour::of(spec);
+    let plan = diff.plan(&behaviour, task.full_resync);
+    // Rows that could not be mapped are rejected here, unsent; the rest go out.
+    let sendable: Vec<PlannedOp> = plan
+        .iter()
+        .filter(|op| diff.entry(op).mapping_error.is_none())
+        .copied()
+        .collect();
     tracing::info!(
         shard = task.index,
         current = current_rows,
@@ -89,20 +97,13 @@ pub async fn process_shard(
         "shard diffed"
     );
 
-    let mut planned = OpCounts::default();
-    for op in &plan {
-        planned.count(op.operation);
-    }
-    if task.reset_cdc {
-        planned = OpCounts::default();
-    }
-    let (outcomes, destination_error) = if task.reset_cdc {
+    let (delivered, destination_error) = if task.reset_cdc {
         // A CDC reset marks every row as synced without sending it.
-        (vec![Ok(()); plan.len()], None)
-    } else if plan.is_empty() {
+        (vec![Ok(()); sendable.len()], None)
+    } else if sendable.is_empty() {
         (Vec::new(), None)
     } else {
-        let destination = destinations::build(&spec.destination_name, &spec.destination).await?;
+        let destination = destinations::build(spec).await?;
         let limiter = ctx
             .limiters
             .get(
@@ -138,10 +139,25 @@ pub async fn process_shard(
             checkpoints,
             progress,
         };
-        let delivered = delivery.run(&diff, &plan, resume).await;
+        let delivered = delivery.run(&diff, &sendable, resume).await;
         (delivered.outcomes, delivered.destination_error)
     };
+    let mut delivered = delivered.into_iter();
+    let outcomes: Vec<Result<(), String>> = plan
+        .iter()
+        .map(|op| match &diff.entry(op).mapping_error {
+            Some(error) => Err(format!("not sent: the row could not be mapped: {error}")),
+            None => delivered.next().expect("one outcome per sendable op"),
+        })
+        .collect();
 
+    // A CDC reset plans nothing, but a row it cannot mark (unmappable) fails.
+    let mut planned = OpCounts::default();
+    for (op, outcome) in plan.iter().zip(&outcomes) {
+        if !(task.reset_cdc && outcome.is_ok()) {
+            planned.count(op.operation);
+        }
+    }
     let mut succeeded = OpCounts::default();
     let mut failed = OpCounts::default();
     let mut rejected_sample = Vec::new();
@@ -196,7 +212,7 @@ pub async fn process_shard(
 
     let ok: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
     let mut writer = EntryWriter::new();
-    for entry in diff.next_snapshot(&plan, &ok) {
+    for entry in diff.next_snapshot(&behaviour, &plan, &ok) {
         writer.push_entry(entry);
     }
     tracing::info!(

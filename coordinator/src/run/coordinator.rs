@@ -144,6 +144,7 @@ impl Coordinator {
             run_id: run.id.clone(),
             sync: spec,
             kind: TaskKind::Extract,
+            run_started_at_ms: run.created_at,
         };
         match self.publish_task(&task).await {
             Ok(()) => {
@@ -369,6 +370,7 @@ impl Coordinator {
                 run_id: run_id.to_string(),
                 sync: spec.clone(),
                 kind: TaskKind::Shard(shard),
+                run_started_at_ms: run.created_at,
             };
             if let Err(error) = self.publish_task(&task).await {
                 return self

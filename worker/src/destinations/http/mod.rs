@@ -1,17 +1,19 @@
 //! A generic HTTP endpoint: batches of records as one JSON request each.
 //!
-//! The contract (documented in docs/destinations/http.md): Ebb sends
-//! `{"operation": "upsert"|"delete", "records": [{"key": …, "fields": {…}}]}`.
-//! A `2xx` accepts the batch, except the records a JSON body lists under
+//! The contract (documented in docs/http-destination.md): Ebb sends
+//! `{"operation": OP, "match": FIELD?, "records": [{"key": …, "fields": {…}}]}`
+//! with OP one of insert, update, upsert, delete, clear, archive, add, remove,
+//! track. A `2xx` accepts the batch, except the records a JSON body lists under
 //! `errors` (`[{"index": n, "message": …}]`); `429` is retried after
-//! `Retry-After`; `408`, `5xx` and network faults are retried with backoff; any
-//! other status rejects the batch with the status and the body's start.
+//! `Retry-After`; `408`, `5xx` and network faults are retried with backoff;
+//! `400`, `413` and `422` refuse the batch's content (Ebb splits it to find the
+//! records at fault); any other status refuses the whole batch.
 
 mod request;
 mod response;
 
 use super::{DeliveryError, Destination, Record, RowResults};
-use crate::diff::Action;
+use crate::behaviour::Action;
 use crate::error::TaskError;
 use async_trait::async_trait;
 use ebb_shared::config::{expand_env, HttpDestinationConfig};
@@ -21,12 +23,14 @@ pub struct HttpDestination {
     client: reqwest::Client,
     method: reqwest::Method,
     url: String,
+    /// The record-matching field, named in every request.
+    matching: Option<String>,
     /// Resolved header values, removed from any error text.
     secrets: Vec<String>,
 }
 
 impl HttpDestination {
-    pub fn new(name: &str, config: &HttpDestinationConfig) -> Result<Self, TaskError> {
+    pub fn new(name: &str, config: &HttpDestinationConfig, matching: Option<&str>) -> Result<Self, TaskError> {
         let setup = |reason: String| TaskError::DestinationSetup {
             destination: name.to_string(),
             reason,
@@ -56,6 +60,7 @@ impl HttpDestination {
             client,
             method,
             url,
+            matching: matching.map(str::to_string),
             secrets,
         })
     }
@@ -64,7 +69,7 @@ impl HttpDestination {
 #[async_trait]
 impl Destination for HttpDestination {
     async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
-        let body = request::body(action, records);
+        let body = request::body(action, self.matching.as_deref(), records);
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
         let mut request = self
             .client

@@ -1,18 +1,21 @@
-use crate::destinations::Record;
-use crate::diff::Action;
+use crate::behaviour::Action;
+use crate::destinations::{cleared, Record};
 
-/// The JSON body of one batch. Records are already JSON, so they are spliced in
-/// as text rather than parsed and re-encoded.
-pub(super) fn body(action: Action, records: &[Record<'_>]) -> Vec<u8> {
-    let operation = match action {
-        Action::Upsert => "upsert",
-        Action::Delete => "delete",
-    };
+/// The JSON body of one batch:
+/// `{"operation": "upsert", "match": "email", "records": [{"key": …, "fields": {…}}]}`.
+/// Records are already JSON, so they are spliced in as text rather than parsed
+/// and re-encoded. `match` names the record-matching field, when the sync has one.
+pub(super) fn body(action: Action, matching: Option<&str>, records: &[Record<'_>]) -> Vec<u8> {
     let size: usize = records.iter().map(|r| r.json.len() + r.key.len() + 24).sum();
-    let mut out = String::with_capacity(size + 48);
+    let mut out = String::with_capacity(size + 64);
     out.push_str("{\"operation\":\"");
-    out.push_str(operation);
-    out.push_str("\",\"records\":[");
+    out.push_str(action.as_str());
+    out.push('"');
+    if let Some(field) = matching {
+        out.push_str(",\"match\":");
+        out.push_str(&serde_json::to_string(field).expect("strings serialize"));
+    }
+    out.push_str(",\"records\":[");
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -20,7 +23,11 @@ pub(super) fn body(action: Action, records: &[Record<'_>]) -> Vec<u8> {
         out.push_str("{\"key\":");
         out.push_str(&serde_json::to_string(record.key).expect("strings serialize"));
         out.push_str(",\"fields\":");
-        out.push_str(record.json);
+        if action == Action::ClearFields {
+            out.push_str(&cleared(record.json, matching));
+        } else {
+            out.push_str(record.json);
+        }
         out.push('}');
     }
     out.push_str("]}");
@@ -40,9 +47,26 @@ mod tests {
             },
             Record { key: "b", json: "{}" },
         ];
-        let parsed: serde_json::Value = serde_json::from_slice(&body(Action::Delete, &records)).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&body(Action::Delete, None, &records)).unwrap();
         assert_eq!(parsed["operation"], "delete");
         assert_eq!(parsed["records"][0]["key"], "a\"1");
         assert_eq!(parsed["records"][0]["fields"]["x"], 1);
+        assert!(parsed.get("match").is_none());
+    }
+
+    #[test]
+    fn clearing_sends_nulls_but_the_matching_field() {
+        let records = [Record {
+            key: "1",
+            json: r#"{"email":"a@x","plan":"pro"}"#,
+        }];
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&body(Action::ClearFields, Some("email"), &records)).unwrap();
+        assert_eq!(parsed["operation"], "clear");
+        assert_eq!(parsed["match"], "email");
+        assert_eq!(
+            parsed["records"][0]["fields"],
+            serde_json::json!({"email": "a@x", "plan": null})
+        );
     }
 }

@@ -44,6 +44,7 @@ pub(super) fn classify(
         200..=299 => Ok(row_results(body, records)),
         429 => Err(DeliveryError::RateLimited { retry_after }),
         408 | 500..=599 => Err(DeliveryError::Transient(format!("HTTP {status}: {}", excerpt()))),
+        400 | 413 | 422 => Err(DeliveryError::Rejected(format!("HTTP {status}: {}", excerpt()))),
         _ => Err(DeliveryError::Permanent(format!("HTTP {status}: {}", excerpt()))),
     }
 }
@@ -85,8 +86,12 @@ mod tests {
         ));
         assert!(matches!(classify(503, None, b"busy", 1, &[]), Err(DeliveryError::Transient(m)) if m.contains("busy")));
         assert!(
-            matches!(classify(400, None, b"bad tok3n!", 1, &["tok3n!"]), Err(DeliveryError::Permanent(m)) if !m.contains("tok3n!"))
+            matches!(classify(400, None, b"bad tok3n!", 1, &["tok3n!"]), Err(DeliveryError::Rejected(m)) if !m.contains("tok3n!"))
         );
+        assert!(matches!(
+            classify(401, None, b"who?", 1, &[]),
+            Err(DeliveryError::Permanent(_))
+        ));
     }
 
     #[test]

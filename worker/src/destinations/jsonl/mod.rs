@@ -5,7 +5,7 @@ mod request;
 mod response;
 
 use super::{DeliveryError, Destination, Record, RowResults};
-use crate::diff::Action;
+use crate::behaviour::Action;
 use async_trait::async_trait;
 use ebb_shared::config::JsonlDestinationConfig;
 use std::path::PathBuf;

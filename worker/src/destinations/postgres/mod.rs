@@ -1,15 +1,17 @@
-//! A PostgreSQL table: upsert on the key column, delete for mirror.
+//! A PostgreSQL table: insert, update, upsert, clear and delete on the column
+//! that identifies a record (the sync's record-matching field, or the
+//! destination's `key_column`); audiences add and remove rows; events insert.
 //!
 //! A batch travels as one JSON array parameter and Postgres casts it to the
 //! table's own column types (`json_populate_recordset`), so one statement writes
-//! a whole batch. A statement that fails on bad data is replayed row by row, so
-//! only the offending rows are rejected.
+//! a whole batch. A statement that fails on bad data refuses the batch, and the
+//! delivery engine sends it in halves until the offending rows are isolated.
 
 mod request;
 mod response;
 
 use super::{DeliveryError, Destination, Record, RowResults};
-use crate::diff::Action;
+use crate::behaviour::Action;
 use crate::error::TaskError;
 use async_trait::async_trait;
 use ebb_shared::config::{expand_env, PostgresDestinationConfig};
@@ -24,7 +26,12 @@ pub struct PostgresDestination {
 }
 
 impl PostgresDestination {
-    pub async fn connect(name: &str, config: &PostgresDestinationConfig) -> Result<Self, TaskError> {
+    pub async fn connect(
+        name: &str,
+        config: &PostgresDestinationConfig,
+        matching: Option<&str>,
+    ) -> Result<Self, TaskError> {
+        let key_column = matching.unwrap_or(&config.key_column);
         let setup = |reason: String| TaskError::DestinationSetup {
             destination: name.to_string(),
             reason,
@@ -55,11 +62,10 @@ impl PostgresDestination {
                 config.table
             )));
         }
-        if !columns.contains(&config.key_column) {
+        if !columns.iter().any(|c| c == key_column) {
             return Err(setup(format!(
-                "table {} has no key column {:?} (its columns: {})",
+                "table {} has no column {key_column:?} to match records on (its columns: {})",
                 config.table,
-                config.key_column,
                 columns.join(", ")
             )));
         }
@@ -69,32 +75,20 @@ impl PostgresDestination {
              WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = $2)",
         )
         .bind(&config.table)
-        .bind(&config.key_column)
+        .bind(key_column)
         .fetch_one(&pool)
         .await
         .map_err(|e| setup(format!("cannot read the indexes of {}: {e}", config.table)))?;
         if !unique {
             return Err(setup(format!(
-                "table {} needs a unique index or primary key on {:?} for upserts",
-                config.table, config.key_column
+                "table {} needs a unique index or primary key on {key_column:?} to match records on",
+                config.table
             )));
         }
         Ok(PostgresDestination {
             pool,
-            table: request::Table::new(
-                &config.table,
-                &config.key_column,
-                columns.into_iter().collect::<BTreeSet<_>>(),
-            ),
+            table: request::Table::new(&config.table, key_column, columns.into_iter().collect::<BTreeSet<_>>()),
         })
-    }
-
-    async fn execute(&self, statement: &str, records: &[Record<'_>]) -> Result<(), sqlx::Error> {
-        sqlx::query(statement)
-            .bind(request::json_array(records))
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
     }
 }
 
@@ -109,27 +103,31 @@ impl Destination for PostgresDestination {
             .table
             .statement(action, &fields)
             .map_err(DeliveryError::Permanent)?;
-        match self.execute(&statement, records).await {
-            Ok(()) => Ok(vec![Ok(()); records.len()]),
-            Err(error) => match response::classify(&error) {
-                response::Failure::Transient(message) => Err(DeliveryError::Transient(message)),
-                response::Failure::Data(message) if records.len() == 1 => Ok(vec![Err(message)]),
-                response::Failure::Data(_) => {
-                    // Isolate the rows the database refuses; the rest go through.
-                    let mut results = Vec::with_capacity(records.len());
-                    for record in records {
-                        let outcome = match self.execute(&statement, std::slice::from_ref(record)).await {
-                            Ok(()) => Ok(()),
-                            Err(error) => match response::classify(&error) {
-                                response::Failure::Transient(message) => return Err(DeliveryError::Transient(message)),
-                                response::Failure::Data(message) => Err(message),
-                            },
-                        };
-                        results.push(outcome);
-                    }
-                    Ok(results)
-                }
-            },
+        let query = sqlx::query_scalar::<_, i64>(&statement.sql).bind(request::json_array(records));
+        if !statement.reports_matches {
+            return match query.fetch_all(&self.pool).await {
+                Ok(_) => Ok(vec![Ok(()); records.len()]),
+                Err(error) => Err(response::classify(&error)),
+            };
         }
+        let found: BTreeSet<i64> = match query.fetch_all(&self.pool).await {
+            Ok(positions) => positions.into_iter().collect(),
+            Err(error) => return Err(response::classify(&error)),
+        };
+        Ok(records
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                if found.contains(&(i as i64 + 1)) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no record with {} = {:?} to update",
+                        self.table.key(),
+                        request::field_text(record.json, self.table.key())
+                    ))
+                }
+            })
+            .collect())
     }
 }

@@ -1,16 +1,27 @@
+use crate::behaviour::Action;
 use crate::destinations::Record;
-use crate::diff::Action;
 use std::collections::BTreeSet;
 
 pub(super) struct Table {
     /// Quoted, possibly schema-qualified name.
     name: String,
+    /// The column that identifies a record: the record-matching field, or the
+    /// destination's key column.
     key: String,
     columns: BTreeSet<String>,
 }
 
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// One statement for a whole batch, with the records as one JSON array
+/// parameter that Postgres casts to the table's own column types.
+pub(super) struct Statement {
+    pub sql: String,
+    /// The statement returns the 1-based positions of the records it found;
+    /// the others had no record to update.
+    pub reports_matches: bool,
 }
 
 impl Table {
@@ -22,8 +33,12 @@ impl Table {
         }
     }
 
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The statement for a batch whose records carry `fields`.
-    pub fn statement(&self, action: Action, fields: &[String]) -> Result<String, String> {
+    pub fn statement(&self, action: Action, fields: &[String]) -> Result<Statement, String> {
         let unknown: Vec<&str> = fields
             .iter()
             .filter(|f| !self.columns.contains(*f))
@@ -39,34 +54,58 @@ impl Table {
         }
         if !fields.contains(&self.key) {
             return Err(format!(
-                "records carry no {:?} field: map a model column to the key column",
+                "records carry no {:?} field: map a model column to it (or set record_matching)",
                 self.key
             ));
         }
+        let table = &self.name;
         let key = quote(&self.key);
-        Ok(match action {
-            Action::Upsert => {
-                let columns = fields.iter().map(|f| quote(f)).collect::<Vec<_>>().join(", ");
-                let updates = fields
+        let records = format!("json_populate_recordset(NULL::{table}, $1::json)");
+        let columns = fields.iter().map(|f| quote(f)).collect::<Vec<_>>().join(", ");
+        let others: Vec<String> = fields.iter().filter(|f| **f != self.key).map(|f| quote(f)).collect();
+        // An UPDATE needs something to set; the key itself is a harmless one.
+        let set = |value: &dyn Fn(&str) -> String| {
+            if others.is_empty() {
+                format!("{key} = t.{key}")
+            } else {
+                others
                     .iter()
-                    .filter(|f| **f != self.key)
-                    .map(|f| format!("{0} = EXCLUDED.{0}", quote(f)))
-                    .collect::<Vec<_>>();
-                let on_conflict = if updates.is_empty() {
-                    "DO NOTHING".to_string()
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                };
-                format!(
-                    "INSERT INTO {table} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{table}, $1::json) \
-                     ON CONFLICT ({key}) {on_conflict}",
-                    table = self.name
-                )
+                    .map(|c| format!("{c} = {}", value(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
-            Action::Delete => format!(
-                "DELETE FROM {table} AS t USING json_populate_recordset(NULL::{table}, $1::json) AS d WHERE t.{key} = d.{key}",
-                table = self.name
+        };
+        let insert = |on_conflict: &str| {
+            format!("INSERT INTO {table} ({columns}) SELECT {columns} FROM {records} ON CONFLICT ({key}) {on_conflict}")
+        };
+        let sql = match action {
+            // Create only: an existing record is left as it is, which also makes
+            // a resent batch harmless.
+            Action::Insert | Action::Track => insert("DO NOTHING"),
+            Action::Upsert | Action::Add if others.is_empty() => insert("DO NOTHING"),
+            Action::Upsert | Action::Add => insert(&format!("DO UPDATE SET {}", set(&|c| format!("EXCLUDED.{c}")))),
+            Action::Update => {
+                return Ok(Statement {
+                    sql: format!(
+                        "UPDATE {table} AS t SET {} FROM {records} WITH ORDINALITY AS d WHERE t.{key} = d.{key} \
+                         RETURNING d.ordinality",
+                        set(&|c| format!("d.{c}"))
+                    ),
+                    reports_matches: true,
+                })
+            }
+            Action::ClearFields => format!(
+                "UPDATE {table} AS t SET {} FROM {records} AS d WHERE t.{key} = d.{key}",
+                set(&|_| "NULL".to_string())
             ),
+            Action::Delete | Action::Remove => {
+                format!("DELETE FROM {table} AS t USING {records} AS d WHERE t.{key} = d.{key}")
+            }
+            Action::Archive => return Err(format!("table {table} cannot archive records")),
+        };
+        Ok(Statement {
+            sql,
+            reports_matches: false,
         })
     }
 }
@@ -76,6 +115,15 @@ pub(super) fn fields_of(record: &str) -> Result<Vec<String>, String> {
     let parsed: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(record).map_err(|e| format!("record is not a JSON object: {e}"))?;
     Ok(parsed.keys().cloned().collect())
+}
+
+/// The value of `field` in a record, as text, for messages.
+pub(super) fn field_text(record: &str, field: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(record)
+        .ok()
+        .and_then(|parsed| parsed.get(field).cloned())
+        .map(|value| value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string()))
+        .unwrap_or_default()
 }
 
 pub(super) fn json_array(records: &[Record<'_>]) -> String {
@@ -95,21 +143,42 @@ pub(super) fn json_array(records: &[Record<'_>]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn statements_quote_and_check_fields() {
-        let table = Table::new(
+    fn table() -> Table {
+        Table::new(
             "public.people",
             "id",
             ["id", "name", "Email"].iter().map(|s| s.to_string()).collect(),
-        );
-        let sql = table.statement(Action::Upsert, &["id".into(), "Email".into()]).unwrap();
+        )
+    }
+
+    #[test]
+    fn statements_quote_and_check_fields() {
+        let table = table();
+        let sql = table
+            .statement(Action::Upsert, &["id".into(), "Email".into()])
+            .unwrap()
+            .sql;
         assert!(sql.contains("\"public\".\"people\""), "{sql}");
         assert!(sql.contains("\"Email\" = EXCLUDED.\"Email\""), "{sql}");
         let err = table
             .statement(Action::Upsert, &["id".into(), "phone".into()])
-            .unwrap_err();
+            .err()
+            .unwrap();
         assert!(err.contains("phone"), "{err}");
-        let err = table.statement(Action::Delete, &["name".into()]).unwrap_err();
+        let err = table.statement(Action::Delete, &["name".into()]).err().unwrap();
         assert!(err.contains("\"id\""), "{err}");
+    }
+
+    #[test]
+    fn each_action_has_its_statement() {
+        let table = table();
+        let fields = ["id".to_string(), "name".to_string()];
+        let sql = |action| table.statement(action, &fields).unwrap();
+        assert!(sql(Action::Insert).sql.ends_with("DO NOTHING"));
+        assert!(sql(Action::Update).reports_matches);
+        assert!(sql(Action::Update).sql.starts_with("UPDATE"));
+        assert!(sql(Action::ClearFields).sql.contains("\"name\" = NULL"));
+        assert!(sql(Action::Remove).sql.starts_with("DELETE"));
+        assert!(table.statement(Action::Archive, &fields).is_err());
     }
 }

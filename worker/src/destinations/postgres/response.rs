@@ -1,13 +1,10 @@
-pub(super) enum Failure {
-    /// The connection or the server failed: send again later.
-    Transient(String),
-    /// The data was refused: replaying it will fail the same way.
-    Data(String),
-}
+use crate::destinations::DeliveryError;
 
 /// SQLSTATE classes 08 (connection), 40 (rollback: deadlock, serialization),
-/// 53 (resources) and 57 (operator intervention) are worth retrying.
-pub(super) fn classify(error: &sqlx::Error) -> Failure {
+/// 53 (resources) and 57 (operator intervention) are worth retrying; any other
+/// database error refuses the batch's content (a bad value, a constraint), and
+/// sending it in halves finds the records at fault.
+pub(super) fn classify(error: &sqlx::Error) -> DeliveryError {
     match error {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
@@ -16,11 +13,11 @@ pub(super) fn classify(error: &sqlx::Error) -> Failure {
                 None => db.message().to_string(),
             };
             if ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class)) {
-                Failure::Transient(message)
+                DeliveryError::Transient(message)
             } else {
-                Failure::Data(message)
+                DeliveryError::Rejected(message)
             }
         }
-        other => Failure::Transient(ebb_shared::redact::redact_url(&other.to_string())),
+        other => DeliveryError::Transient(ebb_shared::redact::redact_url(&other.to_string())),
     }
 }

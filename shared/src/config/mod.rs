@@ -6,6 +6,10 @@
 //! state DB: each process resolves them from its own environment at the moment it
 //! opens a connection (`expand_env`), so tasks on the queue never carry them.
 
+mod sync;
+
+pub use sync::{Capabilities, Cast, DeleteBehavior, FieldMapping, RecordMatching, SyncMode, SyncType, Variable};
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -176,46 +180,30 @@ impl DestinationConfig {
         }
     }
 
-    /// Raw destinations fingerprint every column; mapped ones only the mapped fields.
-    pub fn modes_supported(&self) -> &'static [SyncMode] {
-        &[SyncMode::Upsert, SyncMode::Mirror]
-    }
-}
-
-/// How a sync treats the rows CDC finds. Hightouch's and Census's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// Only keys never sent before.
-    Insert,
-    /// Only records that already exist in the destination.
-    Update,
-    /// Added and changed rows.
-    Upsert,
-    /// Upsert, plus rows that left the model are deleted from the destination.
-    Mirror,
-    /// Audience membership: added rows join, removed rows leave.
-    AddRemove,
-    /// No change data capture: every row, every run.
-    All,
-}
-
-impl SyncMode {
-    pub fn as_str(&self) -> &'static str {
+    /// What this kind of destination can do; syncs asking for more are refused
+    /// when the config is loaded.
+    pub fn capabilities(&self) -> Capabilities {
         match self {
-            SyncMode::Insert => "insert",
-            SyncMode::Update => "update",
-            SyncMode::Upsert => "upsert",
-            SyncMode::Mirror => "mirror",
-            SyncMode::AddRemove => "add_remove",
-            SyncMode::All => "all",
+            // The generic contract names every operation; the endpoint decides.
+            DestinationConfig::Http(_) | DestinationConfig::Jsonl(_) => Capabilities {
+                sync_types: SyncType::ALL,
+                modes: SyncMode::ALL,
+                delete_behaviors: DeleteBehavior::ALL,
+            },
+            // A table has no notion of an archived row.
+            DestinationConfig::Postgres(_) => Capabilities {
+                sync_types: SyncType::ALL,
+                modes: &[
+                    SyncMode::Insert,
+                    SyncMode::Update,
+                    SyncMode::Upsert,
+                    SyncMode::Mirror,
+                    SyncMode::AddRemove,
+                    SyncMode::All,
+                ],
+                delete_behaviors: DeleteBehavior::ALL,
+            },
         }
-    }
-}
-
-impl fmt::Display for SyncMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -224,11 +212,25 @@ impl fmt::Display for SyncMode {
 pub struct SyncConfig {
     pub model: String,
     pub destination: String,
+    /// object (default), audience or event.
+    #[serde(default, rename = "type")]
+    pub sync_type: SyncType,
     pub mode: SyncMode,
+    /// What a row that left the model does to its record; the mode's default
+    /// when absent (do_nothing, or delete for mirror and add_remove).
+    #[serde(default)]
+    pub delete_behavior: Option<DeleteBehavior>,
     /// Model column → destination field. Without mappings every column is sent
     /// under its own name.
     #[serde(default)]
     pub mappings: Vec<FieldMapping>,
+    /// Leave fields whose value is null out of the record instead of sending null.
+    #[serde(default)]
+    pub skip_nulls: bool,
+    /// The model column that identifies the destination record, and the
+    /// destination field it matches.
+    #[serde(default)]
+    pub record_matching: Option<RecordMatching>,
     #[serde(default)]
     pub schedule: Option<Schedule>,
     /// Fixed number of shards; by default the planner sizes shards from the row counts.
@@ -237,13 +239,6 @@ pub struct SyncConfig {
     /// Upper bound on the rows of one shard when the planner sizes them.
     #[serde(default)]
     pub max_rows_per_shard: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FieldMapping {
-    pub from: String,
-    pub to: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -279,10 +274,30 @@ pub struct SyncSpec {
     pub source: SourceConfig,
     pub destination_name: String,
     pub destination: DestinationConfig,
+    #[serde(default)]
+    pub sync_type: SyncType,
     pub mode: SyncMode,
+    /// Resolved: the configured behaviour or the mode's default.
+    #[serde(default = "default_delete_behavior")]
+    pub delete_behavior: DeleteBehavior,
     pub mappings: Vec<FieldMapping>,
+    #[serde(default)]
+    pub skip_nulls: bool,
+    #[serde(default)]
+    pub record_matching: Option<RecordMatching>,
     pub shards: Option<usize>,
     pub max_rows_per_shard: Option<u64>,
+}
+
+fn default_delete_behavior() -> DeleteBehavior {
+    DeleteBehavior::DoNothing
+}
+
+impl SyncConfig {
+    /// The configured delete behaviour, or the mode's default.
+    pub fn resolved_delete_behavior(&self) -> DeleteBehavior {
+        self.delete_behavior.unwrap_or(self.mode.delete_behaviors()[0])
+    }
 }
 
 /// A config error that names what to fix: file, line when known, and the problem.
@@ -507,29 +522,8 @@ impl Config {
                     names(&self.destinations)
                 ))
             })?;
-            if !destination.modes_supported().contains(&sync.mode) {
-                return Err(ConfigError::new(format!(
-                    "sync {name:?} asks for mode {}, which {} destination {:?} does not support (supported: {})",
-                    sync.mode,
-                    destination.kind(),
-                    sync.destination,
-                    destination
-                        .modes_supported()
-                        .iter()
-                        .map(|m| m.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            for mapping in &sync.mappings {
-                if !seen.insert(&mapping.to) {
-                    return Err(ConfigError::new(format!(
-                        "sync {name:?} maps two columns to the field {:?}",
-                        mapping.to
-                    )));
-                }
-            }
+            check_sync_behaviour(name, sync, &sync.destination, destination)?;
+            check_mappings(name, sync)?;
             if sync.shards == Some(0) || sync.shards.is_some_and(|n| n > crate::hashing::BUCKET_COUNT) {
                 return Err(ConfigError::new(format!(
                     "sync {name:?}: shards must be between 1 and {}",
@@ -560,12 +554,144 @@ impl Config {
             model,
             destination_name: sync.destination.clone(),
             destination: self.destinations[&sync.destination].clone(),
+            sync_type: sync.sync_type,
             mode: sync.mode,
+            delete_behavior: sync.resolved_delete_behavior(),
             mappings: sync.mappings.clone(),
+            skip_nulls: sync.skip_nulls,
+            record_matching: sync.record_matching.clone(),
             shards: sync.shards,
             max_rows_per_shard: sync.max_rows_per_shard,
         })
     }
+}
+
+fn listed<T: fmt::Display>(items: &[T]) -> String {
+    items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The sync's type, mode and delete behaviour fit each other and the destination.
+fn check_sync_behaviour(
+    name: &str,
+    sync: &SyncConfig,
+    destination_name: &str,
+    destination: &DestinationConfig,
+) -> Result<(), ConfigError> {
+    let (kind, mode, sync_type) = (destination.kind(), sync.mode, sync.sync_type);
+    if !sync_type.modes().contains(&mode) {
+        return Err(ConfigError::new(format!(
+            "sync {name:?} is an {sync_type} sync and asks for mode {mode}; {sync_type} syncs support: {}",
+            listed(sync_type.modes())
+        )));
+    }
+    let capabilities = destination.capabilities();
+    if !capabilities.sync_types.contains(&sync_type) {
+        return Err(ConfigError::new(format!(
+            "sync {name:?} is an {sync_type} sync, which {kind} destination {destination_name:?} does not support (supported: {})",
+            listed(capabilities.sync_types)
+        )));
+    }
+    if !capabilities.modes.contains(&mode) {
+        return Err(ConfigError::new(format!(
+            "sync {name:?} asks for mode {mode}, which {kind} destination {destination_name:?} does not support (supported: {})",
+            listed(capabilities.modes)
+        )));
+    }
+    let behavior = sync.resolved_delete_behavior();
+    if !mode.delete_behaviors().contains(&behavior) {
+        return Err(ConfigError::new(format!(
+            "sync {name:?}: mode {mode} does not go with delete_behavior {behavior} (it allows: {})",
+            listed(mode.delete_behaviors())
+        )));
+    }
+    if !capabilities.delete_behaviors.contains(&behavior) {
+        return Err(ConfigError::new(format!(
+            "sync {name:?} asks for delete_behavior {behavior}, which {kind} destination {destination_name:?} does not support (supported: {})",
+            listed(capabilities.delete_behaviors)
+        )));
+    }
+    Ok(())
+}
+
+/// Every mapping names one source of its value and a field path, and no field
+/// is written twice.
+fn check_mappings(name: &str, sync: &SyncConfig) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for mapping in &sync.mappings {
+        let sources = [
+            mapping.from.is_some(),
+            mapping.value.is_some(),
+            mapping.variable.is_some(),
+            mapping.template.is_some(),
+        ]
+        .iter()
+        .filter(|set| **set)
+        .count();
+        if sources != 1 {
+            return Err(ConfigError::new(format!(
+                "sync {name:?}, mapping to {:?}: give exactly one of `from` (a column), `value`, `variable` or `template` (found {sources})",
+                mapping.to
+            )));
+        }
+        if let Err(reason) = crate::config::field_path(&mapping.to) {
+            return Err(ConfigError::new(format!(
+                "sync {name:?}, mapping to {:?}: {reason}",
+                mapping.to
+            )));
+        }
+        if !mapping.to.ends_with("[]") && !seen.insert(&mapping.to) {
+            return Err(ConfigError::new(format!(
+                "sync {name:?} maps two values to the field {:?}",
+                mapping.to
+            )));
+        }
+    }
+    if let Some(matching) = &sync.record_matching {
+        if matching.from.trim().is_empty() || matching.to.trim().is_empty() {
+            return Err(ConfigError::new(format!(
+                "sync {name:?}: record_matching needs both `from` (a model column) and `to` (a destination field)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One step of a destination field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathStep {
+    /// A field of an object.
+    Field(String),
+    /// A new element appended to the array in this field.
+    Append(String),
+}
+
+/// Splits `address.city` or `tags[]` into steps; only the last step may append.
+pub fn field_path(to: &str) -> Result<Vec<PathStep>, String> {
+    let parts: Vec<&str> = to.split('.').collect();
+    let mut steps = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let (field, append) = match part.strip_suffix("[]") {
+            Some(field) => (field, true),
+            None => (*part, false),
+        };
+        if field.is_empty() {
+            return Err("a field name in the path is empty (write e.g. `address.city` or `tags[]`)".to_string());
+        }
+        if field.contains('[') || field.contains(']') {
+            return Err(format!(
+                "{field:?}: only a trailing `[]` (append to an array) is allowed"
+            ));
+        }
+        if append && i + 1 != parts.len() {
+            return Err("`[]` (append to an array) may only end the path".to_string());
+        }
+        steps.push(if append {
+            PathStep::Append(field.to_string())
+        } else {
+            PathStep::Field(field.to_string())
+        });
+    }
+    Ok(steps)
 }
 
 fn names<T>(map: &BTreeMap<String, T>) -> String {
@@ -716,13 +842,58 @@ syncs:
     }
 
     #[test]
-    fn unsupported_mode_names_mode_and_destination() {
-        let text = GOOD.replace("mode: mirror", "mode: add_remove");
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err();
+    fn unsupported_combinations_are_refused_naming_both_sides() {
+        let load = |text: &str| Config::from_yaml_str(Path::new("ebb.yaml"), text, Path::new(".")).unwrap_err();
+        let table = GOOD
+            .replace(
+                "    type: jsonl\n    path: out/customers.jsonl",
+                "    type: postgres\n    url: postgres://h/db\n    table: t\n    key_column: id",
+            )
+            .replace("mode: mirror", "mode: archive");
+        let err = load(&table);
         assert!(
-            err.message.contains("add_remove") && err.message.contains("\"out\""),
+            err.message.contains("archive") && err.message.contains("postgres destination \"out\""),
             "{err}"
         );
+        let err = load(&GOOD.replace("mode: mirror", "type: event\n    mode: upsert"));
+        assert!(err.message.contains("event") && err.message.contains("upsert"), "{err}");
+        let err = load(&GOOD.replace("mode: mirror", "mode: add_remove"));
+        assert!(
+            err.message.contains("object") && err.message.contains("add_remove"),
+            "{err}"
+        );
+        let err = load(&GOOD.replace("mode: mirror", "mode: mirror\n    delete_behavior: do_nothing"));
+        assert!(
+            err.message.contains("mirror") && err.message.contains("do_nothing"),
+            "{err}"
+        );
+        let audience = GOOD.replace("mode: mirror", "type: audience\n    mode: add_remove");
+        Config::from_yaml_str(Path::new("ebb.yaml"), &audience, Path::new(".")).unwrap();
+    }
+
+    #[test]
+    fn mappings_need_one_source_and_a_valid_path() {
+        let load = |mappings: &str| {
+            let text = GOOD.replace(
+                "    mode: mirror",
+                &format!("    mode: mirror\n    mappings:\n{mappings}"),
+            );
+            Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new("."))
+        };
+        load("      - { from: id, to: id }\n      - { to: \"tags[]\", value: vip }\n      - { to: \"tags[]\", template: x }")
+            .unwrap();
+        let err = load("      - { from: id, value: 1, to: id }").unwrap_err();
+        assert!(err.message.contains("exactly one"), "{err}");
+        let err = load("      - { to: id }").unwrap_err();
+        assert!(err.message.contains("exactly one"), "{err}");
+        let err = load("      - { from: a, to: x }\n      - { from: b, to: x }").unwrap_err();
+        assert!(err.message.contains("\"x\""), "{err}");
+        let err = load("      - { from: a, to: \"a..b\" }").unwrap_err();
+        assert!(err.message.contains("empty"), "{err}");
+        let err = load("      - { from: a, to: \"a[].b\" }").unwrap_err();
+        assert!(err.message.contains("[]"), "{err}");
+        let err = load("      - { from: a, to: x, cast: decimal }").unwrap_err();
+        assert!(err.message.contains("decimal"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,423 @@
+//! Turning a model row into the record a destination receives.
+//!
+//! Each mapping takes its value from a column, a static value, a variable of
+//! the run or a Liquid template, optionally casts it, and writes it at a field
+//! path (`address.city`, `tags[]`). Without mappings every column is sent under
+//! its own name. The record-matching field, when the sync names one, is part of
+//! the record.
+//!
+//! The fingerprint covers exactly what is sent, with types and nulls, in a
+//! canonical order (invariant 7) — except variables: a run id changes every run
+//! and says nothing about the row, so it is sent but not compared. A mapping
+//! that fails on a row (a template error, a cast that cannot apply) makes that
+//! row a rejected one, with the reason; it does not fail the run.
+
+mod cast;
+mod template;
+
+use crate::error::TaskError;
+use crate::sources::Row;
+use ebb_shared::config::{field_path, Cast, FieldMapping, PathStep, SyncSpec, Variable};
+use ebb_shared::hashing::{fingerprint, Fingerprint};
+use ebb_shared::value::{Column, Value};
+use serde_json::{Map, Value as Json};
+
+pub use template::Template;
+
+/// What variables resolve to in one run.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub sync_id: String,
+    pub run_id: String,
+    /// RFC 3339, UTC.
+    pub run_started_at: String,
+}
+
+enum Source {
+    Column(usize),
+    Static(Value),
+    Variable(Value),
+    Template(Box<Template>),
+}
+
+struct Field {
+    to: String,
+    path: Vec<PathStep>,
+    source: Source,
+    cast: Option<Cast>,
+    /// The record-matching field: it must have a value.
+    matching: bool,
+}
+
+pub struct RecordPlan {
+    key_index: usize,
+    fields: Vec<Field>,
+    skip_nulls: bool,
+    /// Columns, kept for templates, which see the whole row.
+    columns: Option<Vec<Column>>,
+}
+
+fn static_value(json: &Json) -> Value {
+    match json {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0))),
+        Json::String(s) => Value::Text(s.clone()),
+        other => Value::Json(other.clone()),
+    }
+}
+
+/// Checks the templates of a config's syncs, so a broken one is named when the
+/// config is loaded rather than when a run starts.
+pub fn check_templates(config: &ebb_shared::config::Config) -> Result<(), String> {
+    for (name, sync) in &config.syncs {
+        for mapping in &sync.mappings {
+            if let Some(text) = &mapping.template {
+                Template::parse(text).map_err(|reason| {
+                    format!(
+                        "sync {name:?}, mapping to {:?}: the template does not parse: {reason}",
+                        mapping.to
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl RecordPlan {
+    pub fn new(spec: &SyncSpec, columns: &[Column], run: &RunContext) -> Result<RecordPlan, TaskError> {
+        let available = || columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+        let index_of = |name: &str| columns.iter().position(|c| c.name == name);
+        let key_index = index_of(&spec.model.primary_key).ok_or_else(|| TaskError::MissingKeyColumn {
+            model: spec.model_name.clone(),
+            column: spec.model.primary_key.clone(),
+            available: available(),
+        })?;
+        let column = |name: &str| {
+            index_of(name).ok_or_else(|| TaskError::MissingMappedColumn {
+                sync: spec.name.clone(),
+                model: spec.model_name.clone(),
+                column: name.to_string(),
+                available: available(),
+            })
+        };
+        let mapping_error = |mapping: &FieldMapping, reason: String| TaskError::Mapping {
+            sync: spec.name.clone(),
+            field: mapping.to.clone(),
+            reason,
+        };
+        let mappings: Vec<FieldMapping> = if spec.mappings.is_empty() {
+            columns.iter().map(|c| FieldMapping::column(&c.name, &c.name)).collect()
+        } else {
+            spec.mappings.clone()
+        };
+        let mut fields = Vec::with_capacity(mappings.len() + 1);
+        for mapping in &mappings {
+            let source = match (&mapping.from, &mapping.value, &mapping.variable, &mapping.template) {
+                (Some(name), ..) => Source::Column(column(name)?),
+                (_, Some(value), ..) => Source::Static(static_value(value)),
+                (_, _, Some(variable), _) => Source::Variable(Value::Text(match variable {
+                    Variable::SyncId => run.sync_id.clone(),
+                    Variable::RunId => run.run_id.clone(),
+                    Variable::RunStartedAt => run.run_started_at.clone(),
+                })),
+                (_, _, _, Some(text)) => {
+                    Source::Template(Box::new(Template::parse(text).map_err(|e| mapping_error(mapping, e))?))
+                }
+                _ => return Err(mapping_error(mapping, "the mapping names no value".into())),
+            };
+            let path = field_path(&mapping.to).map_err(|e| mapping_error(mapping, e))?;
+            fields.push(Field {
+                to: mapping.to.clone(),
+                path,
+                source,
+                cast: mapping.cast,
+                matching: false,
+            });
+        }
+        if let Some(matching) = &spec.record_matching {
+            let index = column(&matching.from)?;
+            match fields.iter_mut().find(|f| f.to == matching.to) {
+                Some(field) => field.matching = true,
+                None => fields.push(Field {
+                    to: matching.to.clone(),
+                    path: vec![PathStep::Field(matching.to.clone())],
+                    source: Source::Column(index),
+                    cast: None,
+                    matching: true,
+                }),
+            }
+        }
+        let uses_templates = fields.iter().any(|f| matches!(f.source, Source::Template(_)));
+        Ok(RecordPlan {
+            key_index,
+            fields,
+            skip_nulls: spec.skip_nulls,
+            columns: uses_templates.then(|| columns.to_vec()),
+        })
+    }
+
+    /// The row's primary key as a string; `None` when it is null.
+    pub fn key(&self, row: &Row) -> Option<String> {
+        row[self.key_index].as_key()
+    }
+
+    /// The record's fingerprint and its JSON text, or why this row cannot be
+    /// mapped.
+    pub fn record(&self, row: &Row) -> Result<(Fingerprint, String), String> {
+        let template_record = self
+            .columns
+            .as_ref()
+            .map(|columns| template::record_object(columns, row));
+        let mut compared: Vec<(String, Value)> = Vec::with_capacity(self.fields.len());
+        let mut object = Map::with_capacity(self.fields.len());
+        for field in &self.fields {
+            let value = match &field.source {
+                Source::Column(index) => row[*index].clone(),
+                Source::Static(value) | Source::Variable(value) => value.clone(),
+                Source::Template(template) => {
+                    let record = template_record.as_ref().expect("kept when templates exist");
+                    let text = template
+                        .render(record)
+                        .map_err(|e| format!("field {:?}: the template failed: {e}", field.to))?;
+                    Value::Text(text)
+                }
+            };
+            let value = match field.cast {
+                Some(to) => cast::cast(value, to).map_err(|e| format!("field {:?}: {e}", field.to))?,
+                None => value,
+            };
+            if field.matching && value.is_null() {
+                return Err(format!("the record-matching field {:?} is null", field.to));
+            }
+            if self.skip_nulls && value.is_null() {
+                continue;
+            }
+            insert_at(&mut object, &field.path, value.to_json()).map_err(|e| format!("field {:?}: {e}", field.to))?;
+            if !matches!(field.source, Source::Variable(_)) {
+                compared.push((field.to.clone(), value));
+            }
+        }
+        Ok((fingerprint(&compared), Json::Object(object).to_string()))
+    }
+}
+
+/// Writes `value` at `path`, creating the objects and arrays on the way.
+fn insert_at(object: &mut Map<String, Json>, path: &[PathStep], value: Json) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("paths have a step");
+    let mut current = object;
+    for step in parents {
+        let PathStep::Field(name) = step else {
+            unreachable!("only the last step appends")
+        };
+        let slot = current.entry(name.clone()).or_insert_with(|| Json::Object(Map::new()));
+        current = slot
+            .as_object_mut()
+            .ok_or_else(|| format!("{name:?} already holds a value, not an object"))?;
+    }
+    match last {
+        PathStep::Field(name) => {
+            current.insert(name.clone(), value);
+        }
+        PathStep::Append(name) => {
+            let slot = current.entry(name.clone()).or_insert_with(|| Json::Array(Vec::new()));
+            slot.as_array_mut()
+                .ok_or_else(|| format!("{name:?} already holds a value, not an array"))?
+                .push(value);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_shared::config::{
+        CsvSourceConfig, DeleteBehavior, DestinationConfig, JsonlDestinationConfig, ModelConfig, RecordMatching,
+        SourceConfig, SyncMode, SyncType,
+    };
+
+    fn spec(mappings: Vec<FieldMapping>) -> SyncSpec {
+        SyncSpec {
+            name: "s".into(),
+            model_name: "m".into(),
+            model: ModelConfig {
+                source: "src".into(),
+                query: None,
+                file: Some("f.csv".into()),
+                primary_key: "id".into(),
+            },
+            source: SourceConfig::Csv(CsvSourceConfig { path: ".".into() }),
+            destination_name: "d".into(),
+            destination: DestinationConfig::Jsonl(JsonlDestinationConfig {
+                path: "out.jsonl".into(),
+                batch_size: 10,
+            }),
+            sync_type: SyncType::Object,
+            mode: SyncMode::Upsert,
+            delete_behavior: DeleteBehavior::DoNothing,
+            mappings,
+            skip_nulls: false,
+            record_matching: None,
+            shards: None,
+            max_rows_per_shard: None,
+        }
+    }
+
+    fn run(id: &str) -> RunContext {
+        RunContext {
+            sync_id: "s".into(),
+            run_id: id.into(),
+            run_started_at: "2026-11-24T17:00:00Z".into(),
+        }
+    }
+
+    fn columns(names: &[&str]) -> Vec<Column> {
+        names
+            .iter()
+            .map(|n| Column {
+                name: n.to_string(),
+                source_type: "text".into(),
+            })
+            .collect()
+    }
+
+    fn mapping(to: &str, edit: impl FnOnce(&mut FieldMapping)) -> FieldMapping {
+        let mut mapping = FieldMapping {
+            to: to.into(),
+            from: None,
+            value: None,
+            variable: None,
+            template: None,
+            cast: None,
+        };
+        edit(&mut mapping);
+        mapping
+    }
+
+    #[test]
+    fn only_mapped_fields_are_fingerprinted() {
+        let plan = RecordPlan::new(
+            &spec(vec![FieldMapping::column("email", "Email")]),
+            &columns(&["id", "email", "noise"]),
+            &run("r1"),
+        )
+        .unwrap();
+        let row = vec![Value::Int(1), Value::Text("a@x".into()), Value::Text("n1".into())];
+        let other_noise = vec![Value::Int(1), Value::Text("a@x".into()), Value::Text("n2".into())];
+        assert_eq!(plan.record(&row), plan.record(&other_noise));
+        assert_eq!(plan.record(&row).unwrap().1, r#"{"Email":"a@x"}"#);
+        assert_eq!(plan.key(&row).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn missing_columns_are_named() {
+        let err = RecordPlan::new(&spec(vec![]), &columns(&["ident"]), &run("r"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("\"id\"") && err.to_string().contains("ident"),
+            "{err}"
+        );
+        let mapped = spec(vec![FieldMapping::column("mail", "Email")]);
+        let err = RecordPlan::new(&mapped, &columns(&["id", "email"]), &run("r"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("\"mail\""), "{err}");
+    }
+
+    #[test]
+    fn static_values_variables_templates_nesting_and_casts() {
+        let mappings = vec![
+            FieldMapping::column("id", "id"),
+            mapping("source", |m| m.value = Some(serde_json::json!("warehouse"))),
+            mapping("priority", |m| m.value = Some(serde_json::json!(3))),
+            mapping("meta.run", |m| m.variable = Some(Variable::RunId)),
+            mapping("meta.sync", |m| m.variable = Some(Variable::SyncId)),
+            mapping("hashed", |m| {
+                m.template = Some("{{ record['email'] | downcase | strip | sha256 }}".into())
+            }),
+            mapping("address.city", |m| m.from = Some("city".into())),
+            mapping("tags[]", |m| m.from = Some("plan".into())),
+            mapping("tags[]", |m| m.value = Some(serde_json::json!("customer"))),
+            mapping("score", |m| {
+                m.from = Some("score".into());
+                m.cast = Some(Cast::Float);
+            }),
+        ];
+        let cols = columns(&["id", "email", "city", "plan", "score"]);
+        let row = vec![
+            Value::Int(1),
+            Value::Text(" A@X.io".into()),
+            Value::Text("Oslo".into()),
+            Value::Text("pro".into()),
+            Value::Text("4.5".into()),
+        ];
+        let first = RecordPlan::new(&spec(mappings.clone()), &cols, &run("run-1")).unwrap();
+        let (fp1, json) = first.record(&row).unwrap();
+        let record: Json = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            record,
+            serde_json::json!({
+                "id": 1, "source": "warehouse", "priority": 3,
+                "meta": {"run": "run-1", "sync": "s"},
+                // sha256("a@x.io")
+                "hashed": "aa8a6b1226018606fb52fd4fb5e6f407d7a610c996250306acf156a247c08e26",
+                "address": {"city": "Oslo"},
+                "tags": ["pro", "customer"],
+                "score": 4.5
+            })
+        );
+        // A new run id is sent, but does not make the row a change.
+        let second = RecordPlan::new(&spec(mappings.clone()), &cols, &run("run-2")).unwrap();
+        let (fp2, json2) = second.record(&row).unwrap();
+        assert_eq!(fp1, fp2);
+        assert_ne!(json, json2);
+        // Reordering the mappings changes neither (the fingerprint sorts fields).
+        let mut reordered = mappings.clone();
+        reordered.swap(1, 2);
+        let third = RecordPlan::new(&spec(reordered), &cols, &run("run-1")).unwrap();
+        assert_eq!(third.record(&row).unwrap().0, fp1);
+    }
+
+    #[test]
+    fn a_mapping_that_fails_rejects_the_row_with_the_reason() {
+        let mappings = vec![mapping("score", |m| {
+            m.from = Some("score".into());
+            m.cast = Some(Cast::Integer);
+        })];
+        let plan = RecordPlan::new(&spec(mappings), &columns(&["id", "score"]), &run("r")).unwrap();
+        let err = plan
+            .record(&vec![Value::Int(1), Value::Text("high".into())])
+            .unwrap_err();
+        assert_eq!(err, "field \"score\": cannot cast \"high\" to integer");
+        assert!(plan.record(&vec![Value::Int(1), Value::Text("7".into())]).is_ok());
+    }
+
+    #[test]
+    fn skip_nulls_and_record_matching() {
+        let mut with_matching = spec(vec![FieldMapping::column("name", "name")]);
+        with_matching.skip_nulls = true;
+        with_matching.record_matching = Some(RecordMatching {
+            from: "email".into(),
+            to: "Email".into(),
+        });
+        let plan = RecordPlan::new(&with_matching, &columns(&["id", "email", "name"]), &run("r")).unwrap();
+        let (fp_null, json) = plan
+            .record(&vec![Value::Int(1), Value::Text("a@x".into()), Value::Null])
+            .unwrap();
+        assert_eq!(json, r#"{"Email":"a@x"}"#);
+        let (fp_named, _) = plan
+            .record(&vec![Value::Int(1), Value::Text("a@x".into()), Value::Text("A".into())])
+            .unwrap();
+        assert_ne!(fp_null, fp_named, "a null becoming a value is a change");
+        let err = plan
+            .record(&vec![Value::Int(1), Value::Null, Value::Text("A".into())])
+            .unwrap_err();
+        assert!(err.contains("record-matching") && err.contains("Email"), "{err}");
+    }
+}
