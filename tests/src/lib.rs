@@ -6,5 +6,6 @@ pub mod fleet;
 pub mod model;
 pub mod process;
 pub mod s3;
+pub mod scenario;
 pub mod services;
 pub mod sink;

@@ -4,154 +4,9 @@
 //! 3 removed, 3 added), runs again and checks what the mode promises: the
 //! counts, and the destination's records afterwards.
 
-use ebb_coordinator::run::{RunStatus, TriggerOptions};
-use ebb_coordinator::runtime::{start_embedded, Runtime};
+use ebb_coordinator::run::RunStatus;
 use ebb_coordinator::store::RunRecord;
-use ebb_shared::config::Config;
-use ebb_tests::embedded::run_to_end;
-use ebb_tests::model::create_people;
-use ebb_tests::services::fresh_postgres_database;
-use ebb_tests::sink::Sink;
-use sqlx::{PgPool, Row};
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
-const ROWS: i64 = 40;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Target {
-    Http,
-    Table,
-}
-
-/// What a destination holds: record id → email (`None` once cleared).
-type Held = BTreeMap<String, Option<String>>;
-
-struct Case {
-    pool: PgPool,
-    sink: Sink,
-    runtime: Runtime,
-    target: Target,
-    _dir: tempfile::TempDir,
-}
-
-impl Case {
-    /// A model of 40 people, an empty destination and one sync `s` with
-    /// `sync` (type, mode, delete behaviour) to `target`.
-    async fn start(target: Target, sync: &str) -> Case {
-        let database = fresh_postgres_database("modes").await;
-        let pool = PgPool::connect(&database.url).await.unwrap();
-        create_people(&pool, ROWS).await;
-        sqlx::query("CREATE TABLE dest (id BIGINT PRIMARY KEY, email TEXT, name TEXT, score NUMERIC, active BOOLEAN)")
-            .execute(&pool)
-            .await
-            .unwrap();
-        let sink = Sink::start().await;
-        let destination = match target {
-            Target::Http => "dest".to_string(),
-            Target::Table => "table".to_string(),
-        };
-        let text = format!(
-            r#"
-sources:
-  warehouse: {{ type: postgres, url: "{url}" }}
-models:
-  people: {{ source: warehouse, query: "SELECT id, email, name, score, active FROM people", primary_key: id }}
-destinations:
-  dest: {{ type: http, url: "{sink}", batch_size: 7 }}
-  table: {{ type: postgres, url: "{url}", table: dest, key_column: id, batch_size: 7 }}
-syncs:
-  s:
-    model: people
-    destination: {destination}
-    shards: 2
-{sync}
-"#,
-            url = database.url,
-            sink = sink.url(),
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::from_yaml_str(Path::new("modes.yaml"), &text, dir.path())
-            .unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let runtime = start_embedded(Arc::new(config), dir.path(), 2, 2).await.unwrap();
-        Case {
-            pool,
-            sink,
-            runtime,
-            target,
-            _dir: dir,
-        }
-    }
-
-    async fn run(&self) -> RunRecord {
-        run_to_end(&self.runtime, "s", TriggerOptions::default()).await
-    }
-
-    /// 4 rows changed (ids 1–4), 3 removed (5–7), 3 added (101–103).
-    async fn mutate(&self) {
-        for statement in [
-            "UPDATE people SET email = 'changed-' || id || '@example.com' WHERE id <= 4",
-            "DELETE FROM people WHERE id BETWEEN 5 AND 7",
-            "INSERT INTO people SELECT g, 'person' || g || '@example.com', 'Person ' || g, 1, true \
-             FROM generate_series(101, 103) g",
-        ] {
-            sqlx::query(statement).execute(&self.pool).await.unwrap();
-        }
-    }
-
-    async fn model(&self) -> Held {
-        sqlx::query("SELECT id, email FROM people")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get::<i64, _>("id").to_string(), r.get::<Option<String>, _>("email")))
-            .collect()
-    }
-
-    async fn held(&self) -> Held {
-        match self.target {
-            Target::Http => self
-                .sink
-                .records()
-                .into_iter()
-                .map(|(id, fields)| (id, fields["email"].as_str().map(str::to_string)))
-                .collect(),
-            Target::Table => sqlx::query("SELECT id, email FROM dest")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get::<i64, _>("id").to_string(), r.get::<Option<String>, _>("email")))
-                .collect(),
-        }
-    }
-
-    /// Records that exist in the destination before any sync.
-    async fn seed(&self, ids: std::ops::RangeInclusive<i64>) {
-        for id in ids {
-            match self.target {
-                Target::Http => self.sink.seed(
-                    &id.to_string(),
-                    serde_json::json!({"id": id, "email": format!("seed-{id}@example.com")}),
-                ),
-                Target::Table => {
-                    sqlx::query("INSERT INTO dest (id, email) VALUES ($1, 'seed-' || $1 || '@example.com')")
-                        .bind(id)
-                        .execute(&self.pool)
-                        .await
-                        .unwrap();
-                }
-            }
-        }
-    }
-
-    async fn stop(self) {
-        self.runtime.shutdown(Duration::from_secs(5)).await;
-    }
-}
+use ebb_tests::scenario::{Case, Held, Target};
 
 fn counts(run: &RunRecord) -> [[u64; 3]; 3] {
     [&run.planned, &run.succeeded, &run.failed].map(|c| [c.added, c.changed, c.removed])
@@ -207,7 +62,7 @@ async fn update_mode_updates_existing_records_and_rejects_misses_with_a_reason()
         assert_eq!(first.status, RunStatus::Warning, "{target:?}: {first:?}");
         assert_eq!(counts(&first), [[40, 0, 0], [20, 0, 0], [20, 0, 0]], "{target:?}");
         let rows = case
-            .runtime
+            .runtime()
             .coordinator
             .as_ref()
             .unwrap()
