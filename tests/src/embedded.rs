@@ -19,5 +19,6 @@ pub async fn run_to_end(runtime: &Runtime, sync: &str, options: TriggerOptions) 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("run {} of {sync} did not finish within 60s", run.id);
+    let stuck = coordinator.store().run(&run.id).await.unwrap();
+    panic!("run {} of {sync} did not finish within 60s: {stuck:?}", run.id);
 }

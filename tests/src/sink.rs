@@ -153,8 +153,16 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(b
         log(status);
         return (StatusCode::from_u16(status).unwrap(), "destination is down").into_response();
     }
-    if behavior.throttle_times > 0 {
-        state.behavior.lock().unwrap().throttle_times -= 1;
+    // Taken under the lock: concurrent requests must not both spend the last one.
+    let throttled = {
+        let mut current = state.behavior.lock().unwrap();
+        let throttled = current.throttle_times > 0;
+        if throttled {
+            current.throttle_times -= 1;
+        }
+        throttled
+    };
+    if throttled {
         log(429);
         return (
             StatusCode::TOO_MANY_REQUESTS,
@@ -171,7 +179,10 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(b
         return (StatusCode::BAD_REQUEST, format!("unknown operation {operation:?}")).into_response();
     }
     let key_of = |record: &Value| record["key"].as_str().unwrap_or_default().to_string();
-    if records.iter().any(|r| behavior.refuse_batches_with.contains(&key_of(r))) {
+    if records
+        .iter()
+        .any(|r| behavior.refuse_batches_with.contains(&key_of(r)))
+    {
         log(400);
         return (StatusCode::BAD_REQUEST, "the batch holds an invalid record").into_response();
     }

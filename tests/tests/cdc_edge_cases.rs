@@ -50,7 +50,10 @@ async fn removing_a_mapped_field_resends_every_row_once() {
     )
     .await;
     assert_eq!(planned(&case.run().await), [0, 40, 0]);
-    assert!(case.sink.records()["1"].get("name").is_none(), "the record is sent without the field");
+    assert!(
+        case.sink.records()["1"].get("name").is_none(),
+        "the record is sent without the field"
+    );
     assert_eq!(planned(&case.run().await), [0, 0, 0], "once");
     case.stop().await;
 }

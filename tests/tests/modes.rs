@@ -37,7 +37,11 @@ async fn insert_mode_creates_new_keys_only_and_never_sends_a_key_twice() {
     for target in BOTH {
         let case = Case::start(target, "    mode: insert").await;
         let second = two_runs(&case).await;
-        assert_eq!(counts(&second), [[3, 0, 0], [3, 0, 0], [0, 0, 0]], "{target:?}: {second:?}");
+        assert_eq!(
+            counts(&second),
+            [[3, 0, 0], [3, 0, 0], [0, 0, 0]],
+            "{target:?}: {second:?}"
+        );
         let held = case.held().await;
         assert_eq!(held.len(), 43, "{target:?}: removed rows stay, added rows arrive");
         assert_eq!(held["1"], original(1), "{target:?}: a changed row is not updated");
@@ -76,9 +80,17 @@ async fn update_mode_updates_existing_records_and_rejects_misses_with_a_reason()
         let second = case.run().await;
         // The 20 misses are retried with the 3 new rows; 4 changed rows update;
         // removed rows are left alone.
-        assert_eq!(counts(&second), [[23, 4, 0], [0, 4, 0], [23, 0, 0]], "{target:?}: {second:?}");
+        assert_eq!(
+            counts(&second),
+            [[23, 4, 0], [0, 4, 0], [23, 0, 0]],
+            "{target:?}: {second:?}"
+        );
         let held = case.held().await;
-        assert_eq!(ids(&held), (1..=20).collect::<Vec<_>>(), "{target:?}: update never creates");
+        assert_eq!(
+            ids(&held),
+            (1..=20).collect::<Vec<_>>(),
+            "{target:?}: update never creates"
+        );
         assert_eq!(held["2"].as_deref(), Some("changed-2@example.com"));
         assert_eq!(held["9"], original(9));
         assert_eq!(held["6"], original(6), "{target:?}: do_nothing keeps removed rows");
@@ -163,7 +175,11 @@ async fn all_mode_sends_every_row_every_run() {
         let second = two_runs(&case).await;
         assert_eq!(counts(&second), [[3, 37, 0], [3, 37, 0], [0, 0, 0]], "{target:?}");
         let third = case.run().await;
-        assert_eq!(counts(&third)[0], [0, 40, 0], "{target:?}: nothing changed, all sent again");
+        assert_eq!(
+            counts(&third)[0],
+            [0, 40, 0],
+            "{target:?}: nothing changed, all sent again"
+        );
         let held = case.held().await;
         assert_eq!(held.len(), 43, "{target:?}: no CDC, so removed rows are not removed");
         case.stop().await;
@@ -180,7 +196,11 @@ async fn archive_mode_archives_rows_that_enter_the_model() {
     let archived = case.sink.archived();
     assert_eq!(archived.len(), 43);
     assert!(archived.contains("101") && archived.contains("5"));
-    assert_eq!(case.sink.applied("archive", "1"), 1, "a changed row is not archived again");
+    assert_eq!(
+        case.sink.applied("archive", "1"),
+        1,
+        "a changed row is not archived again"
+    );
     case.stop().await;
 }
 
@@ -213,7 +233,11 @@ async fn event_syncs_send_each_event_once() {
             .await
             .unwrap();
         let third = case.run().await;
-        assert_eq!(counts(&third)[0], [0, 0, 0], "{target:?}: an event that comes back is not resent");
+        assert_eq!(
+            counts(&third)[0],
+            [0, 0, 0],
+            "{target:?}: an event that comes back is not resent"
+        );
         if target == Target::Http {
             assert_eq!(case.sink.applied("track", "6"), 1);
         }

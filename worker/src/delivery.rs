@@ -201,7 +201,8 @@ impl Delivery<'_> {
         let action = ops[0].action;
         let mut answers: Vec<Option<Result<(), String>>> = vec![None; ops.len()];
         // Parts still to send, the next one last.
-        let mut parts = vec![0..ops.len()];
+        let mut parts: Vec<Range<usize>> = Vec::new();
+        parts.push(0..ops.len());
         while let Some(part) = parts.pop() {
             match self.send_part(action, &records[part.clone()], down).await {
                 Ok(rows) => {

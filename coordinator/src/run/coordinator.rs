@@ -146,16 +146,15 @@ impl Coordinator {
             kind: TaskKind::Extract,
             run_started_at_ms: run.created_at,
         };
-        match self.publish_task(&task).await {
-            Ok(()) => {
-                self.store
-                    .transition(&run.id, RunStatus::Queued, RunStatus::Querying, None)
-                    .await?;
-            }
-            Err(error) => {
-                self.fail_run(&run.id, &format!("could not queue the extract task: {error}"))
-                    .await?;
-            }
+        // The run is querying before its task is out: a worker can finish the
+        // extraction before this function goes on, and its result must find
+        // the run ready for it (a result for a run still queued is dropped).
+        self.store
+            .transition(&run.id, RunStatus::Queued, RunStatus::Querying, None)
+            .await?;
+        if let Err(error) = self.publish_task(&task).await {
+            self.fail_run(&run.id, &format!("could not queue the extract task: {error}"))
+                .await?;
         }
         Ok(self.store.run(&run.id).await?.unwrap_or(run))
     }
