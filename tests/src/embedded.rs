@@ -2,7 +2,7 @@
 
 use ebb_coordinator::run::TriggerOptions;
 use ebb_coordinator::runtime::Runtime;
-use ebb_coordinator::store::RunRecord;
+use ebb_coordinator::store::{RunRecord, RunRow};
 use std::time::Duration;
 
 /// Triggers a run of `sync` and waits until it ends (at most a minute).
@@ -21,4 +21,16 @@ pub async fn run_to_end(runtime: &Runtime, sync: &str, options: TriggerOptions) 
     }
     let stuck = coordinator.store().run(&run.id).await.unwrap();
     panic!("run {} of {sync} did not finish within 60s: {stuck:?}", run.id);
+}
+
+/// The rows of a run the destination rejected, with this key.
+pub async fn rejected_rows(runtime: &Runtime, run_id: &str, key: &str) -> Vec<RunRow> {
+    runtime
+        .coordinator
+        .as_ref()
+        .expect("an embedded runtime runs a coordinator")
+        .store()
+        .run_rows(run_id, Some("rejected"), Some(key), 10)
+        .await
+        .unwrap()
 }

@@ -5,6 +5,7 @@
 
 use ebb_coordinator::run::RunStatus;
 use ebb_coordinator::store::RunRecord;
+use ebb_tests::embedded::rejected_rows;
 use ebb_tests::scenario::{Case, Target};
 use ebb_tests::sink::Behavior;
 
@@ -136,15 +137,7 @@ async fn a_mapping_error_rejects_the_row_and_the_run_goes_on() {
     assert_eq!(first.status, RunStatus::Warning, "{first:?}");
     assert_eq!(failed(&first), [4, 0, 0]);
     assert_eq!(first.succeeded.added, 36);
-    let rejected = case
-        .runtime()
-        .coordinator
-        .as_ref()
-        .unwrap()
-        .store()
-        .run_rows(&first.id, Some("rejected"), Some("20"), 10)
-        .await
-        .unwrap();
+    let rejected = rejected_rows(case.runtime(), &first.id, "20").await;
     assert_eq!(rejected.len(), 1);
     assert!(
         rejected[0].reason.contains("cannot cast \"n/a\" to integer"),

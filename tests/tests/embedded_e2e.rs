@@ -8,7 +8,7 @@ use ebb_coordinator::run::{RunStatus, TriggerOptions};
 use ebb_coordinator::runtime::start_embedded;
 use ebb_shared::config::Config;
 use ebb_shared::protocol::OpCounts;
-use ebb_tests::embedded::run_to_end;
+use ebb_tests::embedded::{rejected_rows, run_to_end};
 use ebb_tests::model::{create_people, model_emails, mutate, sink_emails, table_emails};
 use ebb_tests::services::fresh_postgres_database;
 use ebb_tests::sink::{Behavior, Sink};
@@ -138,14 +138,7 @@ async fn rejected_rows_do_not_advance_and_are_retried_next_run() {
     assert_eq!(first.status, RunStatus::Warning, "{first:?}");
     assert_eq!(first.succeeded.added, 497);
     assert_eq!(first.failed.added, 3);
-    let rows = runtime
-        .coordinator
-        .as_ref()
-        .unwrap()
-        .store()
-        .run_rows(&first.id, Some("rejected"), Some("42"), 10)
-        .await
-        .unwrap();
+    let rows = rejected_rows(&runtime, &first.id, "42").await;
     assert_eq!(rows.len(), 1, "the rejected row is recorded with its key");
     assert!(rows[0].reason.contains("invalid here"), "{rows:?}");
     assert_eq!(rows[0].operation.as_deref(), Some("added"));

@@ -6,6 +6,7 @@
 
 use ebb_coordinator::run::RunStatus;
 use ebb_coordinator::store::RunRecord;
+use ebb_tests::embedded::rejected_rows;
 use ebb_tests::scenario::{Case, Held, Target};
 
 fn counts(run: &RunRecord) -> [[u64; 3]; 3] {
@@ -65,15 +66,7 @@ async fn update_mode_updates_existing_records_and_rejects_misses_with_a_reason()
         let first = case.run().await;
         assert_eq!(first.status, RunStatus::Warning, "{target:?}: {first:?}");
         assert_eq!(counts(&first), [[40, 0, 0], [20, 0, 0], [20, 0, 0]], "{target:?}");
-        let rows = case
-            .runtime()
-            .coordinator
-            .as_ref()
-            .unwrap()
-            .store()
-            .run_rows(&first.id, Some("rejected"), Some("33"), 10)
-            .await
-            .unwrap();
+        let rows = rejected_rows(case.runtime(), &first.id, "33").await;
         assert_eq!(rows.len(), 1, "{target:?}: the miss is recorded by key");
         assert!(rows[0].reason.contains("33"), "{target:?}: {:?}", rows[0]);
         case.mutate().await;

@@ -121,8 +121,7 @@ impl Worker {
             attempt,
             outcome,
         };
-        let mut message = OutgoingMessage::new(protocol::encode(&result));
-        ebb_shared::telemetry::inject(&mut message.headers);
+        let message = OutgoingMessage::traced(protocol::encode(&result));
         match self.queue.publish(QueueName::Results, message).await {
             Ok(()) => {
                 if let Err(error) = delivery.ack().await {

@@ -162,8 +162,7 @@ impl Coordinator {
     /// Publishes a task carrying the current trace context, so the worker's
     /// spans join the run's trace.
     async fn publish_task(&self, task: &TaskMessage) -> Result<(), QueueError> {
-        let mut message = OutgoingMessage::new(protocol::encode(task));
-        ebb_shared::telemetry::inject(&mut message.headers);
+        let message = OutgoingMessage::traced(protocol::encode(task));
         self.queue.publish(QueueName::Tasks, message).await
     }
 

@@ -75,6 +75,14 @@ impl OutgoingMessage {
             headers: BTreeMap::new(),
         }
     }
+
+    /// A message carrying the current span's trace context, so that whoever
+    /// takes it continues the same trace.
+    pub fn traced(payload: Vec<u8>) -> Self {
+        let mut message = OutgoingMessage::new(payload);
+        crate::telemetry::inject(&mut message.headers);
+        message
+    }
 }
 
 #[async_trait]
