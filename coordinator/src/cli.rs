@@ -3,10 +3,12 @@
 use crate::api::views::TriggerBody;
 use crate::client::Backend;
 use crate::output;
+use crate::run::rows::{RowFilter, RowsFormat};
 use crate::runtime;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use ebb_shared::config::Config;
+use ebb_shared::protocol::RowOutcome;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -55,6 +57,10 @@ enum Command {
         queue: QueueArgs,
         #[arg(long, default_value = "0.0.0.0:8080", env = "EBB_LISTEN")]
         listen: String,
+        /// The workers' object store (as they are given it), to serve every row's result
+        /// (`ebb runs rows`); without it only samples of rejected and invalid rows are kept.
+        #[arg(long, env = "EBB_STORE_URL")]
+        store_url: Option<String>,
     },
     /// A stateless worker of a fleet: extracts, diffs and delivers. Start as many as you like, on any hosts.
     Worker {
@@ -132,17 +138,29 @@ enum RunsCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Rejected and invalid rows of a run, searchable by key.
+    /// Every row a run planned (and every invalid one) with its outcome: search by key, filter, export.
+    ///
+    /// Examples:
+    ///   ebb runs rows RUN --failed                  the rows the destination rejected, and why
+    ///   ebb runs rows RUN --key 42                  what became of row 42
+    ///   ebb runs rows RUN --format csv > rows.csv   export every row
     Rows {
         run: String,
-        /// Only the rows the destination rejected.
-        #[arg(long)]
+        /// Only the rows that failed (the destination or the mapping rejected them).
+        #[arg(long, conflicts_with = "outcome")]
         failed: bool,
-        /// Only rows with this primary key.
+        /// Only rows with this outcome: succeeded, failed or invalid.
+        #[arg(long, value_parser = ["succeeded", "failed", "invalid"])]
+        outcome: Option<String>,
+        /// Only the row with this primary key.
         #[arg(long)]
         key: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
+        /// At most this many rows (table: 100 unless said; jsonl and csv: all unless said).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// table (for reading), jsonl or csv (for export; every row, streamed).
+        #[arg(long, default_value = "table", value_parser = ["table", "jsonl", "csv"])]
+        format: String,
         #[command(flatten)]
         target: Target,
     },
@@ -329,9 +347,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             state_url,
             queue,
             listen,
+            store_url,
         } => {
             let loaded = config.load()?;
-            let runtime = runtime::start_coordinator(loaded, &state_url, &queue.settings()).await?;
+            let runtime =
+                runtime::start_coordinator(loaded, &state_url, &queue.settings(), store_url.as_deref()).await?;
             serve_until_signal(runtime, &listen).await
         }
         Command::Worker {
@@ -421,16 +441,33 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Runs(RunsCommand::Rows {
             run,
             failed,
+            outcome,
             key,
             limit,
+            format,
             target,
         }) => {
+            let outcome = if failed {
+                Some(RowOutcome::Failed)
+            } else {
+                outcome.as_deref().and_then(RowOutcome::parse)
+            };
+            let filter = RowFilter { outcome, key, limit };
             let backend = target.backend().await?;
-            let rows = backend
-                .rows(&run, failed.then_some("rejected"), key.as_deref(), limit)
-                .await;
+            let result = match format.as_str() {
+                "table" => backend
+                    .rows(&run, filter)
+                    .await
+                    .map(|rows| print!("{}", output::rows_table(&rows))),
+                export => {
+                    let format = RowsFormat::parse(export).map_err(|e| anyhow::anyhow!(e))?;
+                    let mut stdout = std::io::BufWriter::new(std::io::stdout());
+                    let written = backend.write_rows(&run, filter, format, &mut stdout).await;
+                    written.and_then(|_| Ok(std::io::Write::flush(&mut stdout)?))
+                }
+            };
             backend.close().await;
-            print!("{}", output::rows_table(&rows?));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
     }

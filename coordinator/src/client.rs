@@ -2,9 +2,11 @@
 //! REST API. Both answer with the API's own shapes.
 
 use crate::api::views::{List, RunRowView, RunView, TriggerAnswer, TriggerBody};
+use crate::run::rows::{RowFilter, RowsFormat};
 use crate::run::TriggerOptions;
 use crate::runtime::Runtime;
 use anyhow::{anyhow, bail, Context};
+use ebb_shared::protocol::RowResult;
 
 pub enum Backend {
     Embedded(Runtime),
@@ -108,30 +110,82 @@ impl Backend {
         }
     }
 
-    pub async fn rows(
+    /// Writes the rows of a run that pass `filter` to `out` in `format`
+    /// (every row for jsonl and csv unless `filter.limit` says less), as they
+    /// arrive; returns how many.
+    pub async fn write_rows(
         &self,
         run_id: &str,
-        kind: Option<&str>,
-        key: Option<&str>,
-        limit: i64,
-    ) -> anyhow::Result<Vec<RunRowView>> {
+        filter: RowFilter,
+        format: RowsFormat,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> anyhow::Result<u64> {
         match self {
             Backend::Embedded(runtime) => {
                 let coordinator = runtime.coordinator.as_ref().expect("embedded runs a coordinator");
-                let rows = coordinator.store().run_rows(run_id, kind, key, limit).await?;
-                Ok(rows.into_iter().map(RunRowView::from).collect())
-            }
-            Backend::Remote { .. } => {
-                let mut path = format!("/api/v1/runs/{run_id}/rows?limit={limit}");
-                if let Some(kind) = kind {
-                    path.push_str(&format!("&kind={kind}"));
+                if coordinator.store().run(run_id).await?.is_none() {
+                    bail!("no run {run_id:?}");
                 }
-                if let Some(key) = key {
+                let mut rows = coordinator.rows(run_id, filter).await?;
+                out.write_all(format.header().as_bytes())?;
+                let mut written = 0;
+                while let Some(row) = rows.recv().await {
+                    out.write_all(format.line(&row?).as_bytes())?;
+                    written += 1;
+                }
+                Ok(written)
+            }
+            Backend::Remote {
+                base_url,
+                token,
+                client,
+            } => {
+                let format_name = match format {
+                    RowsFormat::Json => "json",
+                    RowsFormat::Jsonl => "jsonl",
+                    RowsFormat::Csv => "csv",
+                };
+                let mut path = format!("{base_url}/api/v1/runs/{run_id}/rows?format={format_name}");
+                if let Some(outcome) = filter.outcome {
+                    path.push_str(&format!("&outcome={}", outcome.as_str()));
+                }
+                if let Some(key) = &filter.key {
                     path.push_str(&format!("&key={}", url_encode(key)));
                 }
-                Ok(self.get::<List<RunRowView>>(&path).await?.data)
+                if let Some(limit) = filter.limit {
+                    path.push_str(&format!("&limit={limit}"));
+                }
+                let mut request = client.get(path);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let mut response = request
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the coordinator at {base_url}"))?;
+                if !response.status().is_success() {
+                    return answer::<serde_json::Value>(response).await.map(|_| 0);
+                }
+                let mut written = 0;
+                while let Some(chunk) = response.chunk().await? {
+                    written += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+                    out.write_all(&chunk)?;
+                }
+                Ok(written.saturating_sub(u64::from(format == RowsFormat::Csv)))
             }
         }
+    }
+
+    /// Rows of a run as the API's views, at most `filter.limit` (100 by default).
+    pub async fn rows(&self, run_id: &str, mut filter: RowFilter) -> anyhow::Result<Vec<RunRowView>> {
+        filter.limit = Some(filter.limit.unwrap_or(100));
+        let mut jsonl = Vec::new();
+        self.write_rows(run_id, filter, RowsFormat::Jsonl, &mut jsonl).await?;
+        jsonl
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| Ok(RunRowView::from(serde_json::from_slice::<RowResult>(line)?)))
+            .collect()
     }
 
     pub async fn close(self) {

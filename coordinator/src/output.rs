@@ -100,14 +100,14 @@ pub fn summary(run: &RunView) -> String {
 }
 
 pub fn rows_table(rows: &[RunRowView]) -> String {
-    let mut out = String::new();
+    let mut out = format!("{:<10} {:<9} {:<24} {}\n", "OUTCOME", "OPERATION", "KEY", "ERROR");
     for row in rows {
         out.push_str(&format!(
-            "{:<9} {:<8} {:<24} {}\n",
-            row.kind,
+            "{:<10} {:<9} {:<24} {}\n",
+            row.outcome,
             row.operation.as_deref().unwrap_or("-"),
             row.key,
-            row.reason
+            row.error.as_deref().unwrap_or("")
         ));
     }
     out

@@ -130,7 +130,7 @@ pub async fn start_embedded(
     let store = StateStore::connect(&state_url).await?;
     let queue: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new());
     let storage = Storage::from_url(&data_dir.join("objects").display().to_string())?;
-    let coordinator = Coordinator::new(store, queue.clone(), config);
+    let coordinator = Coordinator::new(store, queue.clone(), Some(storage.clone()), config);
     coordinator.interrupt_orphaned_runs(false).await?;
     let mut runtime = Runtime::new();
     runtime.start_coordinator(coordinator);
@@ -141,10 +141,18 @@ pub async fn start_embedded(
 }
 
 /// The coordinator of a fleet: PostgreSQL (or SQLite) state and RabbitMQ.
-pub async fn start_coordinator(config: Arc<Config>, state_url: &str, queue: &QueueSettings) -> anyhow::Result<Runtime> {
+/// `store_url`, the fleet's object store, serves row-level results; without it
+/// the API has only the state DB's samples of rejected and invalid rows.
+pub async fn start_coordinator(
+    config: Arc<Config>,
+    state_url: &str,
+    queue: &QueueSettings,
+    store_url: Option<&str>,
+) -> anyhow::Result<Runtime> {
     let store = StateStore::connect(state_url).await?;
     let queue: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(queue.amqp()).await?);
-    let coordinator = Coordinator::new(store, queue, config);
+    let storage = store_url.map(Storage::from_url).transpose()?;
+    let coordinator = Coordinator::new(store, queue, storage, config);
     coordinator.interrupt_orphaned_runs(true).await?;
     let mut runtime = Runtime::new();
     runtime.start_coordinator(coordinator);

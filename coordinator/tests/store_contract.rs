@@ -60,7 +60,7 @@ fn report(index: u32, range: HashRange, key: &str, added: u64) -> ShardReport {
         duplicate_keys: 0,
         invalid_sample: vec![],
         rejected_sample: vec![],
-        rejections_key: None,
+        rows_key: None,
         destination_error: None,
     }
 }

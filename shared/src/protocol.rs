@@ -159,9 +159,10 @@ pub struct ShardReport {
     /// Up to `REPORTED_ROWS_LIMIT` rejected rows, for the run's detail.
     #[serde(default)]
     pub rejected_sample: Vec<RowFailure>,
-    /// Every rejected row, as JSON lines in the object store.
+    /// Every planned and invalid row of the shard with its outcome, as JSON
+    /// lines of `RowResult` in the object store.
     #[serde(default)]
-    pub rejections_key: Option<String>,
+    pub rows_key: Option<String>,
     /// Set when the destination failed for the whole shard (all rows failed with it).
     #[serde(default)]
     pub destination_error: Option<String>,
@@ -189,6 +190,45 @@ pub struct RowFailure {
     pub key: String,
     pub operation: Operation,
     pub error: String,
+}
+
+/// What became of one row in a run: one line of a shard's row file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowResult {
+    pub key: String,
+    /// How CDC saw the row; none for an invalid row, which was never planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    pub outcome: RowOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowOutcome {
+    /// The destination accepted it.
+    Succeeded,
+    /// The destination (or the mapping) rejected it; it is retried next run.
+    Failed,
+    /// Its key is null or not unique: counted, never sent.
+    Invalid,
+}
+
+impl RowOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RowOutcome::Succeeded => "succeeded",
+            RowOutcome::Failed => "failed",
+            RowOutcome::Invalid => "invalid",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RowOutcome> {
+        [RowOutcome::Succeeded, RowOutcome::Failed, RowOutcome::Invalid]
+            .into_iter()
+            .find(|o| o.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

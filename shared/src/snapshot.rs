@@ -271,9 +271,10 @@ pub mod paths {
         )
     }
 
-    pub fn rejections(sync: &str, run_id: &str, range: &HashRange, attempt: &str) -> String {
+    /// The outcome of every planned and invalid row of one shard attempt.
+    pub fn rows(sync: &str, run_id: &str, range: &HashRange, attempt: &str) -> String {
         format!(
-            "syncs/{sync}/runs/{run_id}/rejections/{}-{}-{attempt}.jsonl",
+            "syncs/{sync}/runs/{run_id}/rows/{}-{}-{attempt}.jsonl",
             range.start_hex(),
             range.last_hex()
         )

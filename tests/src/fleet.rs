@@ -46,10 +46,14 @@ impl Fleet {
         let port = free_port();
         let api = format!("http://127.0.0.1:{port}");
         let queue_prefix = format!("t{}.", rand::random::<u32>());
+        // The coordinator reads the workers' row files to serve row-level results.
         let mut env = vec![
             ("EBB_STATE_URL", state.url.clone()),
             ("EBB_QUEUE_URL", queue_url.clone()),
             ("EBB_QUEUE_PREFIX", queue_prefix.clone()),
+            ("EBB_STORE_URL", s3.store_url("fleet")),
+            ("AWS_ACCESS_KEY_ID", s3.access_key().to_string()),
+            ("AWS_SECRET_ACCESS_KEY", s3.secret_key().to_string()),
         ];
         env.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let coordinator = EbbProcess::spawn(

@@ -9,7 +9,8 @@ use crate::limits::{LeaseProvider, Limiters};
 use ebb_shared::config::SyncSpec;
 use ebb_shared::hashing::HashRange;
 use ebb_shared::protocol::{
-    InvalidReason, InvalidRow, OpCounts, RowFailure, ShardReport, ShardTask, REPORTED_ROWS_LIMIT,
+    InvalidReason, InvalidRow, OpCounts, Operation, RowFailure, RowOutcome, RowResult, ShardReport, ShardTask,
+    REPORTED_ROWS_LIMIT,
 };
 use ebb_shared::snapshot::{paths, read_entries, Entry, EntryWriter, FileKind};
 use ebb_shared::storage::Storage;
@@ -158,49 +159,42 @@ pub async fn process_shard(
             planned.count(op.operation);
         }
     }
+    // Every row's outcome goes to the shard's row file: searchable by key and
+    // exportable per run. The report carries counts and capped samples only.
+    let mut row_file = RowFile::default();
     let mut succeeded = OpCounts::default();
     let mut failed = OpCounts::default();
     let mut rejected_sample = Vec::new();
-    let mut rejections = String::new();
     for (op, outcome) in plan.iter().zip(&outcomes) {
+        let key = &diff.entry(op).key;
         match outcome {
+            // A CDC reset marks rows as synced; they were not planned.
             Ok(()) if task.reset_cdc => {}
-            Ok(()) => succeeded.count(op.operation),
+            Ok(()) => {
+                succeeded.count(op.operation);
+                row_file.push(key, Some(op.operation), RowOutcome::Succeeded, None);
+            }
             Err(error) => {
                 failed.count(op.operation);
-                let failure = RowFailure {
-                    key: diff.entry(op).key.clone(),
-                    operation: op.operation,
-                    error: error.clone(),
-                };
-                rejections.push_str(
-                    &serde_json::to_string(&serde_json::json!({
-                        "key": failure.key,
-                        "operation": failure.operation.as_str(),
-                        "error": failure.error,
-                    }))
-                    .expect("json"),
-                );
-                rejections.push('\n');
+                row_file.push(key, Some(op.operation), RowOutcome::Failed, Some(error));
                 if rejected_sample.len() < REPORTED_ROWS_LIMIT {
-                    rejected_sample.push(failure);
+                    rejected_sample.push(RowFailure {
+                        key: key.clone(),
+                        operation: op.operation,
+                        error: error.clone(),
+                    });
                 }
             }
         }
     }
-    let rejections_key = if rejections.is_empty() {
-        None
-    } else {
-        let key = paths::rejections(&spec.name, run_id, &range, attempt);
-        ctx.storage.create(&key, rejections.into_bytes()).await?;
-        Some(key)
-    };
 
     let mut duplicate_keys = 0;
     let mut invalid_sample = Vec::new();
     for state in &diff.rows {
         if let crate::diff::RowState::Duplicate { key, rows, .. } = state {
             duplicate_keys += rows;
+            let reason = format!("duplicate key: {rows} rows of the model share it");
+            row_file.push(key, None, RowOutcome::Invalid, Some(&reason));
             if invalid_sample.len() < REPORTED_ROWS_LIMIT {
                 invalid_sample.push(InvalidRow {
                     key: key.clone(),
@@ -209,6 +203,13 @@ pub async fn process_shard(
             }
         }
     }
+    let rows_key = if row_file.is_empty() {
+        None
+    } else {
+        let key = paths::rows(&spec.name, run_id, &range, attempt);
+        ctx.storage.create(&key, row_file.into_bytes()).await?;
+        Some(key)
+    };
 
     let ok: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
     let mut writer = EntryWriter::new();
@@ -238,7 +239,35 @@ pub async fn process_shard(
         duplicate_keys,
         invalid_sample,
         rejected_sample,
-        rejections_key,
+        rows_key,
         destination_error,
     })
+}
+
+/// A shard's row results as JSON lines.
+#[derive(Default)]
+struct RowFile {
+    text: String,
+}
+
+impl RowFile {
+    fn push(&mut self, key: &str, operation: Option<Operation>, outcome: RowOutcome, error: Option<&String>) {
+        let line = RowResult {
+            key: key.to_string(),
+            operation,
+            outcome,
+            error: error.cloned(),
+        };
+        self.text
+            .push_str(&serde_json::to_string(&line).expect("row results serialize"));
+        self.text.push('\n');
+    }
+
+    fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.text.into_bytes()
+    }
 }

@@ -6,6 +6,7 @@
 pub mod views;
 
 use crate::leases::LocalLeases;
+use crate::run::rows::{RowFilter, RowsError, RowsFormat};
 use crate::run::{Coordinator, TriggerError, TriggerOptions};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -13,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ebb_shared::protocol::RowOutcome;
 use ebb_worker::limits::{LeaseProvider, LeaseRelease, LeaseRequest, RateLimitedReport};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -173,29 +175,71 @@ async fn show_run(State(state): State<ApiState>, Path(id): Path<String>) -> Resu
 
 #[derive(Deserialize)]
 struct RowsQuery {
+    /// succeeded, failed or invalid.
+    outcome: Option<String>,
+    /// The older spelling: rejected (= failed) or invalid.
     kind: Option<String>,
     key: Option<String>,
-    limit: Option<i64>,
+    limit: Option<u64>,
+    /// json (default; at most `limit`, 100 unless said), jsonl or csv (every row).
+    format: Option<String>,
 }
 
+/// Every planned and invalid row of a run with its outcome, searchable by key
+/// and outcome; `format=jsonl|csv` streams them all as an export.
 async fn run_rows(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(query): Query<RowsQuery>,
-) -> Result<Json<List<RunRowView>>, ApiError> {
-    let rows = state
-        .coordinator
-        .store()
-        .run_rows(
-            &id,
-            query.kind.as_deref(),
-            query.key.as_deref(),
-            query.limit.unwrap_or(100).clamp(1, 10_000),
-        )
-        .await?;
-    Ok(Json(List {
-        data: rows.into_iter().map(RunRowView::from).collect(),
-    }))
+) -> Result<Response, ApiError> {
+    let bad_request = |message: String| ApiError(StatusCode::BAD_REQUEST, message);
+    let outcome = match (query.outcome.as_deref(), query.kind.as_deref()) {
+        (Some(text), _) => Some(
+            RowOutcome::parse(text)
+                .ok_or_else(|| bad_request(format!("outcome {text:?}: use succeeded, failed or invalid")))?,
+        ),
+        (None, Some("rejected")) => Some(RowOutcome::Failed),
+        (None, Some("invalid")) => Some(RowOutcome::Invalid),
+        (None, Some(other)) => return Err(bad_request(format!("kind {other:?}: use rejected or invalid"))),
+        (None, None) => None,
+    };
+    let format = RowsFormat::parse(query.format.as_deref().unwrap_or("json")).map_err(bad_request)?;
+    if state.coordinator.store().run(&id).await?.is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no run {id:?}")));
+    }
+    let limit = match format {
+        RowsFormat::Json => Some(query.limit.unwrap_or(100).clamp(1, 10_000)),
+        RowsFormat::Jsonl | RowsFormat::Csv => query.limit,
+    };
+    let filter = RowFilter {
+        outcome,
+        key: query.key,
+        limit,
+    };
+    let mut rows = state.coordinator.rows(&id, filter).await.map_err(rows_error)?;
+    if format == RowsFormat::Json {
+        let mut data = Vec::new();
+        while let Some(row) = rows.recv().await {
+            data.push(RunRowView::from(row.map_err(rows_error)?));
+        }
+        return Ok(Json(List { data }).into_response());
+    }
+    // Streamed: the coordinator holds one shard's rows at a time, whatever the run's size.
+    let header = futures::stream::once(async move { Ok::<_, std::io::Error>(format.header().to_string()) });
+    let lines = futures::stream::unfold(rows, move |mut rows| async move {
+        let line = match rows.recv().await? {
+            Ok(row) => Ok(format.line(&row)),
+            Err(error) => Err(std::io::Error::other(error.to_string())),
+        };
+        Some((line, rows))
+    });
+    let body = axum::body::Body::from_stream(futures::StreamExt::chain(header, lines));
+    Ok(([(axum::http::header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+fn rows_error(error: RowsError) -> ApiError {
+    tracing::error!(%error, "reading row results");
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
 }
 
 async fn cancel_run(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunView>, ApiError> {

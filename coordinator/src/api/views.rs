@@ -1,8 +1,9 @@
 //! The JSON shapes of the REST API, in Hightouch's words (camelCase, counts as
 //! `{addedCount, changedCount, removedCount}`), shared by server and CLI client.
 
-use crate::store::{RunRecord, RunRow};
+use crate::store::RunRecord;
 use ebb_shared::protocol::OpCounts;
+use ebb_shared::protocol::RowResult;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,18 +137,20 @@ impl RunView {
 #[serde(rename_all = "camelCase")]
 pub struct RunRowView {
     pub key: String,
-    pub kind: String,
+    /// added, changed or removed; absent for invalid rows.
     pub operation: Option<String>,
-    pub reason: String,
+    /// succeeded, failed or invalid.
+    pub outcome: String,
+    pub error: Option<String>,
 }
 
-impl From<RunRow> for RunRowView {
-    fn from(row: RunRow) -> Self {
+impl From<RowResult> for RunRowView {
+    fn from(row: RowResult) -> Self {
         RunRowView {
             key: row.key,
-            kind: row.kind,
-            operation: row.operation,
-            reason: row.reason,
+            operation: row.operation.map(|o| o.as_str().to_string()),
+            outcome: row.outcome.as_str().to_string(),
+            error: row.error,
         }
     }
 }

@@ -9,10 +9,12 @@ use crate::metrics::Metrics;
 use crate::store::{pointer_base, CommitOutcome, NewRun, RunRecord, ShardPlanRow, StateStore, StoreError};
 use ebb_shared::config::{Config, SyncSpec};
 use ebb_shared::hashing::{HashRange, BUCKET_COUNT};
+use ebb_shared::protocol::RowResult;
 use ebb_shared::protocol::{
     self, ExtractReport, ResultMessage, ShardReport, ShardTask, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
 };
 use ebb_shared::queue::{MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT};
+use ebb_shared::storage::Storage;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,9 @@ pub enum TriggerError {
 pub struct Coordinator {
     store: StateStore,
     queue: Arc<dyn MessageQueue>,
+    /// Where the workers write row files, for row-level results; optional for
+    /// a fleet coordinator.
+    storage: Option<Storage>,
     config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     /// Rows answered so far per run and shard, from progress reports. Kept in
@@ -65,10 +70,16 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(store: StateStore, queue: Arc<dyn MessageQueue>, config: Arc<Config>) -> Arc<Coordinator> {
+    pub fn new(
+        store: StateStore,
+        queue: Arc<dyn MessageQueue>,
+        storage: Option<Storage>,
+        config: Arc<Config>,
+    ) -> Arc<Coordinator> {
         Arc::new(Coordinator {
             store,
             queue,
+            storage,
             config,
             metrics: Arc::new(Metrics::default()),
             progress: Mutex::new(HashMap::new()),
@@ -81,6 +92,15 @@ impl Coordinator {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The rows of a run that pass `filter`, streamed from the row files.
+    pub async fn rows(
+        &self,
+        run_id: &str,
+        filter: super::rows::RowFilter,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<RowResult, super::rows::RowsError>>, super::rows::RowsError> {
+        super::rows::stream_rows(&self.store, self.storage.as_ref(), run_id, filter).await
     }
 
     /// Rows answered so far in a run's shards.

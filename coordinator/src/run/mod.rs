@@ -3,6 +3,7 @@
 
 pub mod coordinator;
 pub mod planner;
+pub mod rows;
 pub mod state;
 
 pub use coordinator::{Coordinator, TriggerError, TriggerOptions};

@@ -4,13 +4,14 @@
 use super::StoreError;
 use sqlx::AnyPool;
 
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE ebb_syncs (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE ebb_syncs (
         name TEXT PRIMARY KEY,
         primary_key TEXT NOT NULL,
         created_at BIGINT NOT NULL
     )",
-    "CREATE TABLE ebb_runs (
+        "CREATE TABLE ebb_runs (
         id TEXT PRIMARY KEY,
         sync_name TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -37,14 +38,14 @@ const MIGRATIONS: &[&[&str]] = &[&[
         shards_total BIGINT NOT NULL DEFAULT 0,
         shards_done BIGINT NOT NULL DEFAULT 0
     )",
-    // A sync never has two runs in flight.
-    "CREATE UNIQUE INDEX ebb_runs_one_active ON ebb_runs (sync_name)
+        // A sync never has two runs in flight.
+        "CREATE UNIQUE INDEX ebb_runs_one_active ON ebb_runs (sync_name)
         WHERE status IN ('queued', 'querying', 'processing', 'reporting')",
-    // A schedule tick starts at most one run.
-    "CREATE UNIQUE INDEX ebb_runs_one_per_tick ON ebb_runs (sync_name, schedule_tick)
+        // A schedule tick starts at most one run.
+        "CREATE UNIQUE INDEX ebb_runs_one_per_tick ON ebb_runs (sync_name, schedule_tick)
         WHERE schedule_tick IS NOT NULL",
-    "CREATE INDEX ebb_runs_by_sync ON ebb_runs (sync_name, created_at)",
-    "CREATE TABLE ebb_run_shards (
+        "CREATE INDEX ebb_runs_by_sync ON ebb_runs (sync_name, created_at)",
+        "CREATE TABLE ebb_run_shards (
         run_id TEXT NOT NULL,
         shard_index BIGINT NOT NULL,
         range_start TEXT NOT NULL,
@@ -54,7 +55,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         snapshot_key TEXT,
         PRIMARY KEY (run_id, shard_index)
     )",
-    "CREATE TABLE ebb_snapshot_pointers (
+        "CREATE TABLE ebb_snapshot_pointers (
         sync_name TEXT NOT NULL,
         range_start TEXT NOT NULL,
         range_last TEXT NOT NULL,
@@ -62,15 +63,18 @@ const MIGRATIONS: &[&[&str]] = &[&[
         run_id TEXT NOT NULL,
         PRIMARY KEY (sync_name, range_start)
     )",
-    "CREATE TABLE ebb_run_rows (
+        "CREATE TABLE ebb_run_rows (
         run_id TEXT NOT NULL,
         row_key TEXT NOT NULL,
         kind TEXT NOT NULL,
         operation TEXT,
         reason TEXT NOT NULL
     )",
-    "CREATE INDEX ebb_run_rows_by_run ON ebb_run_rows (run_id, kind, row_key)",
-]];
+        "CREATE INDEX ebb_run_rows_by_run ON ebb_run_rows (run_id, kind, row_key)",
+    ],
+    // Each committed shard names its row file: the outcome of every row.
+    &["ALTER TABLE ebb_run_shards ADD COLUMN rows_key TEXT"],
+];
 
 pub(super) async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {
     sqlx::query(

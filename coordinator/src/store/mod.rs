@@ -300,9 +300,11 @@ impl StateStore {
         }
         insert_pointer(&mut tx, sync, &report.range, &report.snapshot_key, run_id).await?;
         sqlx::query(
-            "UPDATE ebb_run_shards SET status = 'committed', snapshot_key = $1 WHERE run_id = $2 AND shard_index = $3",
+            "UPDATE ebb_run_shards SET status = 'committed', snapshot_key = $1, rows_key = $2 \
+             WHERE run_id = $3 AND shard_index = $4",
         )
         .bind(&report.snapshot_key)
+        .bind(report.rows_key.as_deref())
         .bind(run_id)
         .bind(report.index as i64)
         .execute(&mut *tx)
@@ -348,6 +350,28 @@ impl StateStore {
             .ok_or_else(|| StoreError::Corrupt(format!("run {run_id} vanished")))?;
         tx.commit().await?;
         Ok(CommitOutcome::Committed(Box::new(run)))
+    }
+
+    /// The row files of a run's committed shards, with the range each covers,
+    /// in range order.
+    pub async fn row_files(&self, run_id: &str) -> Result<Vec<(HashRange, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT range_start, range_last, rows_key FROM ebb_run_shards \
+             WHERE run_id = $1 AND status = 'committed' AND rows_key IS NOT NULL ORDER BY range_start",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let range = HashRange::from_hex(
+                    &row.try_get::<String, _>("range_start")?,
+                    &row.try_get::<String, _>("range_last")?,
+                )
+                .map_err(StoreError::Corrupt)?;
+                Ok((range, row.try_get::<String, _>("rows_key")?))
+            })
+            .collect()
     }
 
     /// The current snapshot pointers of a sync, ordered by range.
