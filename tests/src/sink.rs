@@ -25,6 +25,11 @@ pub struct Behavior {
     pub fail_with: Option<u16>,
     /// Time to take per request.
     pub latency: Duration,
+    /// The first this-many requests that apply records take `slow_latency`
+    /// more (after applying them): a client with a shorter timeout gives up
+    /// on a batch that did arrive.
+    pub slow_times: u32,
+    pub slow_latency: Duration,
     /// Answer `429` with `Retry-After: n` to the first requests, this many times.
     pub throttle_times: u32,
     pub throttle_retry_after_secs: u32,
@@ -245,8 +250,17 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(b
     // The latency comes after the records are applied: a client that dies while
     // waiting has delivered them without knowing it, the case that makes
     // duplicates after a crash.
-    if !behavior.latency.is_zero() {
-        tokio::time::sleep(behavior.latency).await;
+    let slow = {
+        let mut current = state.behavior.lock().unwrap();
+        let slow = current.slow_times > 0;
+        if slow {
+            current.slow_times -= 1;
+        }
+        slow
+    };
+    let latency = behavior.latency + if slow { behavior.slow_latency } else { Duration::ZERO };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     Json(json!({"errors": errors})).into_response()
 }

@@ -1,13 +1,15 @@
 //! Property tests of change data capture through real syncs: random sequences
 //! of model mutations (inserts, updates, deletes, a column's type changing,
 //! null and duplicate keys) and random destination failures (per-record
-//! rejections, batches refused without detail, `429`s) drive real runs on the
-//! embedded runtime, against PostgreSQL and the local HTTP destination.
+//! rejections, batches refused without detail, `429`s, timeouts after the
+//! destination applied a batch) drive real runs on the embedded runtime,
+//! against PostgreSQL and the local HTTP destination.
 //!
 //! After every run without failures the destination holds what the mode
 //! promises (upsert: every valid row, and the rows it kept; mirror: exactly the
-//! model; insert: every key, once), and no accepted row is ever sent twice: a
-//! key is applied at most once per state it took in the model.
+//! model; insert: every key, once), and no accepted row is ever sent twice
+//! outside an in-flight retry: a key is applied at most once per state it took
+//! in the model, plus once per request that timed out after applying it.
 //!
 //! `EBB_PROPTEST_CASES` sets the number of cases (default 16).
 
@@ -52,11 +54,13 @@ struct Failures {
     reject: BTreeSet<u8>,
     refuse: BTreeSet<u8>,
     throttle: u32,
+    /// Requests that time out after the destination applied them.
+    timeouts: u32,
 }
 
 impl Failures {
     fn any(&self) -> bool {
-        !self.reject.is_empty() || !self.refuse.is_empty() || self.throttle > 0
+        !self.reject.is_empty() || !self.refuse.is_empty() || self.throttle > 0 || self.timeouts > 0
     }
 }
 
@@ -83,8 +87,14 @@ fn failures() -> impl Strategy<Value = Failures> {
             prop::collection::btree_set(0..KEYS, 0..4),
             prop::collection::btree_set(0..KEYS, 0..3),
             0..3u32,
+            0..3u32,
         )
-            .prop_map(|(reject, refuse, throttle)| Failures { reject, refuse, throttle }),
+            .prop_map(|(reject, refuse, throttle, timeouts)| Failures {
+                reject,
+                refuse,
+                throttle,
+                timeouts,
+            }),
     ]
 }
 
@@ -209,7 +219,7 @@ sources:
 models:
   m: {{ source: warehouse, query: "{query}", primary_key: id }}
 destinations:
-  api: {{ type: http, url: "{sink}", batch_size: 4 }}
+  api: {{ type: http, url: "{sink}", batch_size: 4, timeout: 300ms }}
 syncs:
   s: {{ model: m, destination: api, mode: {mode}, shards: 2 }}
 "#,
@@ -227,6 +237,8 @@ fn behavior(failures: &Failures) -> Behavior {
         refuse_batches_with: failures.refuse.iter().map(|k| k.to_string()).collect(),
         throttle_times: failures.throttle,
         throttle_retry_after_secs: 0,
+        slow_times: failures.timeouts,
+        slow_latency: Duration::from_millis(600),
         ..Default::default()
     }
 }
@@ -237,9 +249,19 @@ fn behavior(failures: &Failures) -> Behavior {
 struct SendBudget {
     last_seen: HashMap<String, Value>,
     allowed: HashMap<String, u32>,
+    timeouts: u32,
 }
 
 impl SendBudget {
+    /// A request that timed out after it was applied is sent again: each may
+    /// apply any key once more.
+    fn allow_resends(&mut self, timeouts: u32) {
+        self.timeouts += timeouts;
+        for allowed in self.allowed.values_mut() {
+            *allowed += timeouts;
+        }
+    }
+
     fn observe(&mut self, model: &ModelState, mode: Mode) {
         for (key, record) in &model.valid {
             let novel = self.last_seen.get(key) != Some(record);
@@ -288,6 +310,7 @@ async fn check(
         }
         let model = harness.model(score_as_text).await;
         budget.observe(&model, mode);
+        budget.allow_resends(step.failures.timeouts);
         sink.set_behavior(behavior(&step.failures));
         let run = run_to_end(&runtime, "s", TriggerOptions::default()).await;
         prop_assert!(run.status.is_terminal(), "step {index}: {run:?}");
@@ -331,7 +354,10 @@ async fn check(
             "key {key} applied {applied} times for {allowed} states"
         );
         if mode == Mode::Insert {
-            prop_assert_eq!(applied, 1, "insert sends key {} once", key);
+            prop_assert!(applied >= 1, "insert never sent key {key}");
+            if budget.timeouts == 0 {
+                prop_assert_eq!(applied, 1, "insert sends key {} once", key);
+            }
         }
     }
     runtime.shutdown(Duration::from_secs(5)).await;
