@@ -1,0 +1,400 @@
+//! `ebb-bench`: how close Ebb runs to the floor.
+//!
+//! Builds a ~10-column model of each size in PostgreSQL, then, in the same run:
+//! the floor (`COPY (query) TO STDOUT` into nothing), a first sync and
+//! incremental syncs (0%, 1%, 10% of rows changed: updates, inserts and
+//! deletes mixed) on embedded defaults into a local HTTP sink that accepts
+//! batches as fast as it can, and the diff stage alone against the same diff
+//! done inside PostgreSQL (a FULL OUTER JOIN of the previous and current
+//! tables). It prints a table of absolute figures and ratios.
+//!
+//! ```sh
+//! cargo run --release -p ebb-bench -- --rows 1000000
+//! ```
+//!
+//! Traffic stays on loopback: PostgreSQL on 127.0.0.1 and the sink in-process.
+
+use anyhow::Context;
+use clap::Parser;
+use ebb_coordinator::run::TriggerOptions;
+use ebb_coordinator::runtime::{start_embedded, Runtime};
+use ebb_coordinator::store::RunRecord;
+use ebb_shared::config::Config;
+use ebb_shared::hashing::{key_hash, HashRange, BUCKET_COUNT};
+use ebb_shared::snapshot::Entry;
+use ebb_worker::behaviour::Behaviour;
+use ebb_worker::diff::ShardDiff;
+use ebb_worker::mapping::{RecordPlan, RunContext};
+use futures::StreamExt;
+use sqlx::{Connection, Executor, PgConnection};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Ebb's end-to-end benchmarks against the floor of reading the model (PostgreSQL on loopback).")]
+struct Args {
+    /// Model sizes to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000000")]
+    rows: Vec<u64>,
+    /// A PostgreSQL server to build the data set in (database `ebb_bench` is created).
+    #[arg(
+        long,
+        env = "EBB_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+    /// Rows per batch sent to the sink.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+}
+
+const COLUMNS: &str = "id, email, name, plan, score, active, days, updated_at, city, note";
+
+struct Figures {
+    rows: u64,
+    floor: Duration,
+    first: Duration,
+    incremental: Vec<(u32, Duration, RunRecord)>,
+    ebb_diff: Duration,
+    sql_diff: Duration,
+    peak_rss_mib: u64,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let base = args
+        .postgres_url
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or_default();
+    let mut admin = PgConnection::connect(&args.postgres_url)
+        .await
+        .with_context(|| format!("PostgreSQL at {} (start it, or pass --postgres-url)", args.postgres_url))?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'ebb_bench')")
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        admin.execute("CREATE DATABASE ebb_bench").await?;
+    }
+    let url = format!("{base}/ebb_bench");
+    let mut all = Vec::new();
+    for rows in &args.rows {
+        all.push(run_size(&url, *rows, args.batch_size).await?);
+    }
+    print_table(&all);
+    Ok(())
+}
+
+async fn run_size(url: &str, rows: u64, batch_size: usize) -> anyhow::Result<Figures> {
+    let table = format!("bench_model_{rows}");
+    let mut db = PgConnection::connect(url).await?;
+    build_dataset(&mut db, &table, rows).await?;
+    let query = format!("SELECT {COLUMNS} FROM {table}");
+
+    eprintln!("[{rows}] floor: COPY out");
+    let floor = copy_out(&mut db, &query).await?;
+
+    let sink = Sink::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        r#"
+sources:
+  warehouse: {{ type: postgres, url: "{url}" }}
+models:
+  model: {{ source: warehouse, query: "{query}", primary_key: id }}
+destinations:
+  sink: {{ type: http, url: "{sink}", batch_size: {batch_size}, max_concurrency: 8 }}
+syncs:
+  bench: {{ model: model, destination: sink, mode: mirror }}
+"#,
+        sink = sink.url
+    );
+    let config = Arc::new(Config::from_yaml_str(Path::new("bench.yaml"), &config, dir.path())?);
+    let runtime = start_embedded(config.clone(), dir.path(), 2, 2).await?;
+
+    eprintln!("[{rows}] first sync");
+    let (first, run) = timed_run(&runtime).await;
+    anyhow::ensure!(run.succeeded.added == rows, "first sync: {run:?}");
+
+    // A copy of the model as the first run saw it, for the SQL diff.
+    db.execute("DROP TABLE IF EXISTS bench_prev").await?;
+    db.execute(format!("CREATE TABLE bench_prev AS SELECT * FROM {table}").as_str())
+        .await?;
+    let mut incremental = Vec::new();
+    for percent in [0u32, 1, 10] {
+        mutate(&mut db, &table, rows, percent).await?;
+        eprintln!("[{rows}] incremental sync, {percent}% changed");
+        let (elapsed, run) = timed_run(&runtime).await;
+        incremental.push((percent, elapsed, run));
+    }
+    runtime.shutdown(Duration::from_secs(30)).await;
+    // Before the diff stage, which holds both tables' entries in this process.
+    let peak_rss_mib = peak_rss_kib() / 1024;
+
+    eprintln!("[{rows}] diff stage: Ebb's merge-diff and the SQL diff");
+    let sql_diff = sql_diff(&mut db, &table).await?;
+    let ebb_diff = ebb_diff(url, &table, &config).await?;
+    // The mutated model and its copy are of no further use.
+    db.execute(format!("DROP TABLE {table}").as_str()).await?;
+    db.execute("DROP TABLE bench_prev").await?;
+    Ok(Figures {
+        rows,
+        floor,
+        first,
+        incremental,
+        ebb_diff,
+        sql_diff,
+        peak_rss_mib,
+    })
+}
+
+async fn build_dataset(db: &mut PgConnection, table: &str, rows: u64) -> anyhow::Result<()> {
+    eprintln!("[{rows}] building {table}");
+    db.execute(format!("DROP TABLE IF EXISTS {table}").as_str()).await?;
+    db.execute(
+        format!(
+            "CREATE TABLE {table} (id BIGINT PRIMARY KEY, email TEXT, name TEXT, plan TEXT, score NUMERIC(10,2), \
+             active BOOLEAN, days INT, updated_at TIMESTAMPTZ, city TEXT, note TEXT)"
+        )
+        .as_str(),
+    )
+    .await?;
+    db.execute(
+        format!(
+            "INSERT INTO {table} SELECT g, 'person' || g || '@example.com', 'Person ' || g, \
+             (ARRAY['free','starter','pro','enterprise'])[1 + g % 4], (g % 100000) / 100.0, g % 2 = 0, \
+             (g % 365)::int, timestamptz '2026-01-01' + g * interval '1 second', \
+             (ARRAY['Oslo','Lima','Pune','Kyiv'])[1 + g % 4], CASE WHEN g % 10 = 0 THEN NULL ELSE 'note ' || g END \
+             FROM generate_series(1, {rows}) g"
+        )
+        .as_str(),
+    )
+    .await?;
+    db.execute(format!("VACUUM ANALYZE {table}").as_str()).await?;
+    Ok(())
+}
+
+/// The floor: Postgres exporting the model's result, read and thrown away.
+async fn copy_out(db: &mut PgConnection, query: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut stream = db.copy_out_raw(format!("COPY ({query}) TO STDOUT").as_str()).await?;
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk?.len();
+    }
+    anyhow::ensure!(bytes > 0, "COPY returned nothing");
+    Ok(started.elapsed())
+}
+
+/// Updates, inserts and deletes `percent`% of the rows (3:1:1).
+async fn mutate(db: &mut PgConnection, table: &str, rows: u64, percent: u32) -> anyhow::Result<()> {
+    if percent == 0 {
+        return Ok(());
+    }
+    let changed = rows * percent as u64 / 100;
+    let (updates, inserts, deletes) = (changed * 3 / 5, changed / 5, changed / 5);
+    let step = (rows / updates.max(1)).max(1);
+    let max_id: i64 = sqlx::query_scalar(&format!("SELECT max(id) FROM {table}"))
+        .fetch_one(&mut *db)
+        .await?;
+    db.execute(
+        format!(
+            "UPDATE {table} SET email = 'changed' || {percent} || '-' || id || '@example.com' \
+             WHERE id % {step} = 1 AND id <= {}",
+            updates * step
+        )
+        .as_str(),
+    )
+    .await?;
+    db.execute(
+        format!(
+            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE id % {step} = 2 ORDER BY id LIMIT {deletes})"
+        )
+        .as_str(),
+    )
+    .await?;
+    db.execute(
+        format!(
+            "INSERT INTO {table} SELECT {max_id} + g, 'new' || g || '@example.com', 'New ' || g, 'free', 0, true, 0, \
+             now(), 'Oslo', NULL FROM generate_series(1, {inserts}) g"
+        )
+        .as_str(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn timed_run(runtime: &Runtime) -> (Duration, RunRecord) {
+    let coordinator = runtime.coordinator.as_ref().expect("embedded");
+    let started = Instant::now();
+    let run = coordinator
+        .trigger("bench", TriggerOptions::default())
+        .await
+        .expect("trigger");
+    loop {
+        let run = coordinator.store().run(&run.id).await.unwrap().unwrap();
+        if run.status.is_terminal() {
+            return (started.elapsed(), run);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The diff of the previous and current tables inside PostgreSQL.
+async fn sql_diff(db: &mut PgConnection, table: &str) -> anyhow::Result<Duration> {
+    let columns = |alias: &str| {
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("{alias}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let query = format!(
+        "SELECT count(*) FROM bench_prev p FULL OUTER JOIN {table} c ON p.id = c.id \
+         WHERE p.id IS NULL OR c.id IS NULL OR ({}) IS DISTINCT FROM ({})",
+        columns("p"),
+        columns("c")
+    );
+    let started = Instant::now();
+    let differing: i64 = sqlx::query_scalar(&query).fetch_one(&mut *db).await?;
+    anyhow::ensure!(differing > 0, "the SQL diff found no change");
+    Ok(started.elapsed())
+}
+
+/// Ebb's diff stage on the same rows: entries of both tables, mapped and
+/// hashed beforehand, then merge-diffed shard by shard (50k rows each), as
+/// workers do. Only the diff (sort, merge, plan, next snapshot) is timed.
+async fn ebb_diff(url: &str, table: &str, config: &Config) -> anyhow::Result<Duration> {
+    let spec = config.sync_spec("bench")?;
+    let previous = entries(url, "bench_prev", &spec).await?;
+    let current = entries(url, table, &spec).await?;
+    let behaviour = Behaviour::of(&spec);
+    let shards = (previous.len() / 50_000).clamp(1, BUCKET_COUNT);
+    let mut elapsed = Duration::ZERO;
+    let split = |mut all: Vec<Entry>| {
+        let mut parts: Vec<Vec<Entry>> = (0..shards).map(|_| Vec::new()).collect();
+        for entry in all.drain(..) {
+            parts[HashRange::bucket_of(entry.key_hash) * shards / BUCKET_COUNT].push(entry);
+        }
+        parts
+    };
+    let mut previous = split(previous);
+    for part in &mut previous {
+        part.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    }
+    for (current, previous) in split(current).into_iter().zip(previous) {
+        let started = Instant::now();
+        let diff = ShardDiff::compute(current, previous);
+        let plan = diff.plan(&behaviour, false);
+        let ok = vec![true; plan.len()];
+        let kept = diff.next_snapshot(&behaviour, &plan, &ok).len();
+        elapsed += started.elapsed();
+        std::hint::black_box(kept);
+    }
+    Ok(elapsed)
+}
+
+async fn entries(url: &str, table: &str, spec: &ebb_shared::config::SyncSpec) -> anyhow::Result<Vec<Entry>> {
+    let mut model = spec.model.clone();
+    model.query = Some(format!("SELECT {COLUMNS} FROM {table}"));
+    let source =
+        ebb_shared::config::SourceConfig::Postgres(ebb_shared::config::PostgresSourceConfig { url: url.into() });
+    let mut rows = ebb_worker::sources::open("warehouse", &source, "model", &model).await?;
+    let run = RunContext {
+        sync_id: "bench".into(),
+        run_id: "diff".into(),
+        run_started_at: String::new(),
+    };
+    let plan = RecordPlan::new(spec, &rows.columns, &run)?;
+    let mut out = Vec::new();
+    while let Some(batch) = rows.next_batch().await {
+        for row in batch? {
+            let key = plan.key(&row).expect("ids are never null");
+            let (fingerprint, record) = plan.record(&row).map_err(anyhow::Error::msg)?;
+            out.push(Entry {
+                key_hash: key_hash(&key),
+                key,
+                fingerprint,
+                record,
+                mapping_error: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A destination that accepts every batch at once and counts the bytes.
+struct Sink {
+    url: String,
+    _bytes: Arc<AtomicU64>,
+}
+
+impl Sink {
+    async fn start() -> anyhow::Result<Sink> {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counted = bytes.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    "{}"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Sink { url, _bytes: bytes })
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn print_table(all: &[Figures]) {
+    println!("| rows | scenario | time | rows/s | ÷ floor |");
+    println!("|---:|---|---:|---:|---:|");
+    for f in all {
+        let row = |name: &str, d: Duration, rows: u64| {
+            println!(
+                "| {} | {name} | {:.2} s | {:.0} | {:.2}× |",
+                f.rows,
+                d.as_secs_f64(),
+                rows as f64 / d.as_secs_f64(),
+                d.as_secs_f64() / f.floor.as_secs_f64()
+            )
+        };
+        row("floor: COPY (query) TO STDOUT", f.floor, f.rows);
+        row("first sync, standalone", f.first, f.rows);
+        for (percent, elapsed, run) in &f.incremental {
+            row(
+                &format!("incremental, {percent}% changed ({} rows sent)", run.succeeded.total()),
+                *elapsed,
+                f.rows,
+            );
+        }
+        println!(
+            "| {} | diff stage: Ebb {:.2} s vs SQL FULL OUTER JOIN {:.2} s | | | SQL ÷ Ebb {:.1}× |",
+            f.rows,
+            f.ebb_diff.as_secs_f64(),
+            f.sql_diff.as_secs_f64(),
+            f.sql_diff.as_secs_f64() / f.ebb_diff.as_secs_f64()
+        );
+        println!(
+            "| {} | peak RSS of the standalone process (sink included) | {} MiB | | |",
+            f.rows, f.peak_rss_mib
+        );
+    }
+}
