@@ -16,6 +16,10 @@
 
 use anyhow::Context;
 use clap::Parser;
+
+mod fleet;
+mod plot;
+mod sink;
 use ebb_coordinator::run::TriggerOptions;
 use ebb_coordinator::runtime::{start_embedded, Runtime};
 use ebb_coordinator::store::RunRecord;
@@ -26,9 +30,9 @@ use ebb_worker::behaviour::Behaviour;
 use ebb_worker::diff::ShardDiff;
 use ebb_worker::mapping::{RecordPlan, RunContext};
 use futures::StreamExt;
+use sink::Sink;
 use sqlx::{Connection, Executor, PgConnection};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +52,16 @@ struct Args {
     /// Rows per batch sent to the sink.
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
+    /// Rows of the model of the latency-bound scenarios (scaling with workers,
+    /// rate-limit accuracy).
+    #[arg(long, default_value_t = 60_000)]
+    fleet_rows: u64,
+    /// Skip the scenarios that start `ebb` processes (they need RabbitMQ).
+    #[arg(long)]
+    no_fleet: bool,
+    /// Also write a chart of time against rows (SVG) here.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 const COLUMNS: &str = "id, email, name, plan, score, active, days, updated_at, city, note";
@@ -56,6 +70,7 @@ struct Figures {
     rows: u64,
     floor: Duration,
     first: Duration,
+    distributed: Option<fleet::Distributed>,
     incremental: Vec<(u32, Duration, RunRecord)>,
     ebb_diff: Duration,
     sql_diff: Duration,
@@ -65,6 +80,8 @@ struct Figures {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Warnings only, unless EBB_LOG asks for more (`EBB_LOG=info` shows each task's time).
+    let _telemetry = ebb_shared::telemetry::init("ebb-bench", "warn");
     let base = args
         .postgres_url
         .rsplit_once('/')
@@ -82,13 +99,39 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("{base}/ebb_bench");
     let mut all = Vec::new();
     for rows in &args.rows {
-        all.push(run_size(&url, *rows, args.batch_size).await?);
+        all.push(run_size(&url, *rows, args.batch_size, !args.no_fleet).await?);
     }
+    let latency_bound = if args.no_fleet {
+        None
+    } else {
+        Some(latency_bound(&url, args.fleet_rows).await?)
+    };
     print_table(&all);
+    if let Some((scaling, rate_limit)) = &latency_bound {
+        print_latency_bound(args.fleet_rows, scaling, rate_limit);
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot(&all)).with_context(|| format!("writing the chart to {}", path.display()))?;
+        eprintln!("chart written to {}", path.display());
+    }
     Ok(())
 }
 
-async fn run_size(url: &str, rows: u64, batch_size: usize) -> anyhow::Result<Figures> {
+/// Scaling with workers and rate-limit accuracy, on a model of their own.
+async fn latency_bound(url: &str, rows: u64) -> anyhow::Result<(Vec<fleet::Scaling>, fleet::RateLimit)> {
+    let table = "bench_fleet_model";
+    let mut db = PgConnection::connect(url).await?;
+    build_dataset(&mut db, table, rows).await?;
+    let query = format!("SELECT {COLUMNS} FROM {table}");
+    eprintln!("[{rows}] scaling: 1, 2 and 4 workers against a sink with 20 ms latency");
+    let scaling = fleet::scaling(url, &query, rows).await?;
+    eprintln!("[{rows}] rate limit: 3 workers sharing 100 requests/s");
+    let rate_limit = fleet::rate_limit(url, &query, rows).await?;
+    db.execute(format!("DROP TABLE {table}").as_str()).await?;
+    Ok((scaling, rate_limit))
+}
+
+async fn run_size(url: &str, rows: u64, batch_size: usize, with_fleet: bool) -> anyhow::Result<Figures> {
     let table = format!("bench_model_{rows}");
     let mut db = PgConnection::connect(url).await?;
     build_dataset(&mut db, &table, rows).await?;
@@ -96,6 +139,13 @@ async fn run_size(url: &str, rows: u64, batch_size: usize) -> anyhow::Result<Fig
 
     eprintln!("[{rows}] floor: COPY out");
     let floor = copy_out(&mut db, &query).await?;
+
+    let distributed = if with_fleet {
+        eprintln!("[{rows}] distributed: coordinator and 2 workers, first sync and an unchanged run");
+        Some(fleet::distributed(url, &query, rows, batch_size).await?)
+    } else {
+        None
+    };
 
     let sink = Sink::start().await?;
     let dir = tempfile::tempdir()?;
@@ -144,6 +194,7 @@ syncs:
         rows,
         floor,
         first,
+        distributed,
         incremental,
         ebb_diff,
         sql_diff,
@@ -326,33 +377,6 @@ async fn entries(url: &str, table: &str, spec: &ebb_shared::config::SyncSpec) ->
     Ok(out)
 }
 
-/// A destination that accepts every batch at once and counts the bytes.
-struct Sink {
-    url: String,
-    _bytes: Arc<AtomicU64>,
-}
-
-impl Sink {
-    async fn start() -> anyhow::Result<Sink> {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let counted = bytes.clone();
-        let app = axum::Router::new().route(
-            "/",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let counted = counted.clone();
-                async move {
-                    counted.fetch_add(body.len() as u64, Ordering::Relaxed);
-                    "{}"
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/", listener.local_addr()?);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Sink { url, _bytes: bytes })
-    }
-}
-
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -364,37 +388,129 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn print_table(all: &[Figures]) {
-    println!("| rows | scenario | time | rows/s | ÷ floor |");
-    println!("|---:|---|---:|---:|---:|");
+    println!("| rows | scenario | time | rows/s | Ebb ÷ floor | Ebb ÷ SQL diff |");
+    println!("|---:|---|---:|---:|---:|---:|");
     for f in all {
-        let row = |name: &str, d: Duration, rows: u64| {
+        let row = |name: &str, d: Duration| {
             println!(
-                "| {} | {name} | {:.2} s | {:.0} | {:.2}× |",
-                f.rows,
+                "| {} | {name} | {:.2} s | {} | {:.2}× | |",
+                thousands(f.rows),
                 d.as_secs_f64(),
-                rows as f64 / d.as_secs_f64(),
+                thousands((f.rows as f64 / d.as_secs_f64()) as u64),
                 d.as_secs_f64() / f.floor.as_secs_f64()
             )
         };
-        row("floor: COPY (query) TO STDOUT", f.floor, f.rows);
-        row("first sync, standalone", f.first, f.rows);
+        row("floor: `COPY (query) TO STDOUT`", f.floor);
+        row("first sync, standalone", f.first);
         for (percent, elapsed, run) in &f.incremental {
             row(
-                &format!("incremental, {percent}% changed ({} rows sent)", run.succeeded.total()),
+                &format!(
+                    "incremental, {percent}% changed, standalone ({} rows sent)",
+                    thousands(run.succeeded.total())
+                ),
                 *elapsed,
-                f.rows,
             );
         }
+        if let Some(d) = &f.distributed {
+            row("first sync, distributed (coordinator + 2 workers)", d.first);
+            row("incremental, 0% changed, distributed", d.unchanged);
+        }
         println!(
-            "| {} | diff stage: Ebb {:.2} s vs SQL FULL OUTER JOIN {:.2} s | | | SQL ÷ Ebb {:.1}× |",
-            f.rows,
+            "| {} | diff stage: Ebb {:.2} s, SQL `FULL OUTER JOIN` {:.2} s | | | | {:.2}× |",
+            thousands(f.rows),
             f.ebb_diff.as_secs_f64(),
             f.sql_diff.as_secs_f64(),
-            f.sql_diff.as_secs_f64() / f.ebb_diff.as_secs_f64()
+            f.ebb_diff.as_secs_f64() / f.sql_diff.as_secs_f64()
         );
         println!(
-            "| {} | peak RSS of the standalone process (sink included) | {} MiB | | |",
-            f.rows, f.peak_rss_mib
+            "| {} | peak RSS, standalone process (2 workers, coordinator and sink in it) | {} MiB | | | |",
+            thousands(f.rows),
+            f.peak_rss_mib
+        );
+        if let Some(d) = &f.distributed {
+            let workers: Vec<String> = d.worker_rss_mib.iter().map(|m| format!("{m} MiB")).collect();
+            println!(
+                "| {} | peak RSS, distributed: coordinator / workers | {} MiB / {} | | | |",
+                thousands(f.rows),
+                d.coordinator_rss_mib,
+                workers.join(", ")
+            );
+        }
+    }
+}
+
+fn print_latency_bound(rows: u64, scaling: &[fleet::Scaling], rate_limit: &fleet::RateLimit) {
+    println!();
+    println!(
+        "Scaling: first sync of {} rows, batches of 20, 16 shards, a sink with 20 ms latency",
+        thousands(rows)
+    );
+    println!();
+    println!("| workers | run time | speed-up | requests | sink requests/s | speed-up |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let base = &scaling[0];
+    for s in scaling {
+        println!(
+            "| {} | {:.2} s | {:.2}× | {} | {:.0} | {:.2}× |",
+            s.workers,
+            s.run.as_secs_f64(),
+            base.run.as_secs_f64() / s.run.as_secs_f64(),
+            thousands(s.requests as u64),
+            s.sink_rate,
+            s.sink_rate / base.sink_rate
         );
     }
+    println!();
+    println!(
+        "Rate limit: {} workers sharing {:.0} requests/s: {} requests, peak {} in any one second, mean {:.1}/s ({:.1}% of the limit)",
+        rate_limit.workers,
+        rate_limit.limit,
+        thousands(rate_limit.requests as u64),
+        rate_limit.peak_in_any_second,
+        rate_limit.mean_rate,
+        100.0 * rate_limit.mean_rate / rate_limit.limit
+    );
+}
+
+/// Time against rows, one line per scenario.
+fn plot(all: &[Figures]) -> String {
+    let mut series: Vec<plot::Series> = Vec::new();
+    let mut add = |name: &str, time: &dyn Fn(&Figures) -> Option<Duration>| {
+        let points: Vec<(f64, f64)> = all
+            .iter()
+            .filter_map(|f| time(f).map(|d| (f.rows as f64, d.as_secs_f64())))
+            .collect();
+        if !points.is_empty() {
+            series.push(plot::Series {
+                name: name.to_string(),
+                points,
+            });
+        }
+    };
+    add("floor (COPY out)", &|f| Some(f.floor));
+    add("first sync, standalone", &|f| Some(f.first));
+    add("first sync, distributed", &|f| f.distributed.as_ref().map(|d| d.first));
+    for (i, percent) in [0, 1, 10].iter().enumerate() {
+        add(&format!("incremental {percent}%, standalone"), &|f| {
+            f.incremental.get(i).map(|x| x.1)
+        });
+    }
+    add("incremental 0%, distributed", &|f| {
+        f.distributed.as_ref().map(|d| d.unchanged)
+    });
+    add("diff stage, Ebb", &|f| Some(f.ebb_diff));
+    add("diff stage, SQL FULL OUTER JOIN", &|f| Some(f.sql_diff));
+    plot::svg("Time against rows (log-log): Ebb's runs and the floor", &series)
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

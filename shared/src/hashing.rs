@@ -31,11 +31,23 @@ pub fn fingerprint(fields: &[(String, Value)]) -> Fingerprint {
     ordered.sort_by(|a, b| a.0.cmp(&b.0));
     let mut buf = Vec::with_capacity(64 * ordered.len());
     for (name, value) in ordered {
-        buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
-        buf.extend_from_slice(name.as_bytes());
-        value.encode_canonical(&mut buf);
+        encode_field(&mut buf, name, value);
     }
-    xxh3_128_with_seed(&buf, FINGERPRINT_SEED)
+    fingerprint_of_encoding(&buf)
+}
+
+/// Appends one field's canonical encoding. A caller that encodes fields itself
+/// (to avoid building the pairs `fingerprint` takes) must append them sorted by
+/// name, then hash the buffer with `fingerprint_of_encoding`.
+pub fn encode_field(buf: &mut Vec<u8>, name: &str, value: &Value) {
+    buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    buf.extend_from_slice(name.as_bytes());
+    value.encode_canonical(buf);
+}
+
+/// The fingerprint of fields already encoded by `encode_field`, in name order.
+pub fn fingerprint_of_encoding(encoded: &[u8]) -> Fingerprint {
+    xxh3_128_with_seed(encoded, FINGERPRINT_SEED)
 }
 
 /// A contiguous, inclusive range `[start, last]` of the key-hash space, the same as

@@ -39,8 +39,8 @@ pub enum TaskKind {
 pub struct ShardTask {
     pub index: u32,
     pub range: HashRange,
-    /// The current run's chunk objects whose buckets lie in `range`.
-    pub chunks: Vec<String>,
+    /// The current run's chunks whose buckets lie in `range`.
+    pub chunks: Vec<ChunkRef>,
     /// The committed snapshot objects overlapping `range`, each with the part of
     /// the hash space it is current for.
     pub previous: Vec<SnapshotPointer>,
@@ -94,7 +94,68 @@ pub struct ExtractReport {
 pub struct BucketReport {
     pub bucket: u32,
     pub rows: u64,
-    pub chunks: Vec<String>,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Where some of extraction's output lies: a whole object, or a byte range of
+/// one (extraction packs every bucket it holds into one object).
+///
+/// On the wire it is a string, `key` or `key#bytes=START-END`: a worker too old
+/// to know ranges then fails on a key it cannot find, rather than reading a
+/// whole packed object as if it were one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChunkRef {
+    pub key: String,
+    pub bytes: Option<std::ops::Range<u64>>,
+}
+
+const RANGE_MARK: &str = "#bytes=";
+
+impl ChunkRef {
+    pub fn whole(key: impl Into<String>) -> ChunkRef {
+        ChunkRef {
+            key: key.into(),
+            bytes: None,
+        }
+    }
+
+    pub fn part(key: impl Into<String>, bytes: std::ops::Range<u64>) -> ChunkRef {
+        ChunkRef {
+            key: key.into(),
+            bytes: Some(bytes),
+        }
+    }
+
+    fn parse(text: &str) -> ChunkRef {
+        let ranged = text.rsplit_once(RANGE_MARK).and_then(|(key, range)| {
+            let (start, end) = range.split_once('-')?;
+            let (start, end) = (start.parse().ok()?, end.parse().ok()?);
+            (start <= end).then(|| ChunkRef::part(key, start..end))
+        });
+        ranged.unwrap_or_else(|| ChunkRef::whole(text))
+    }
+}
+
+impl std::fmt::Display for ChunkRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.bytes {
+            None => f.write_str(&self.key),
+            Some(range) => write!(f, "{}{RANGE_MARK}{}-{}", self.key, range.start, range.end),
+        }
+    }
+}
+
+impl Serialize for ChunkRef {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(ChunkRef::parse(&text))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +341,23 @@ mod tests {
         });
         let decoded: TaskFailure = decode(&newer).unwrap();
         assert_eq!(decoded.error, "x");
+    }
+
+    #[test]
+    fn chunk_refs_travel_as_strings_and_old_plain_keys_still_read() {
+        let part = ChunkRef::part("syncs/s/runs/r/chunks/a/part-00000.ebb", 10..250);
+        let whole = ChunkRef::whole("syncs/s#x/b0001-00000.ebb");
+        let bytes = encode(&vec![part.clone(), whole.clone()]);
+        assert_eq!(
+            decode::<Vec<String>>(&bytes).unwrap()[0],
+            "syncs/s/runs/r/chunks/a/part-00000.ebb#bytes=10-250"
+        );
+        assert_eq!(decode::<Vec<ChunkRef>>(&bytes).unwrap(), vec![part, whole]);
+        let old = encode(&vec!["syncs/s/runs/r/chunks/a/b0001-00000.ebb".to_string()]);
+        assert_eq!(
+            decode::<Vec<ChunkRef>>(&old).unwrap(),
+            vec![ChunkRef::whole("syncs/s/runs/r/chunks/a/b0001-00000.ebb")]
+        );
     }
 
     #[test]

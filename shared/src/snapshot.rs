@@ -112,6 +112,51 @@ impl EntryWriter {
         self.entries += 1;
     }
 
+    /// Appends an entry whose record `build` writes straight into the file's
+    /// buffer, returning its fingerprint; if `build` fails, the row is kept as
+    /// a mapping error instead. Saves a copy of every record on the hot path.
+    pub fn push_building(
+        &mut self,
+        key_hash: KeyHash,
+        key: &str,
+        build: impl FnOnce(&mut Vec<u8>) -> Result<Fingerprint, String>,
+    ) {
+        let start = self.body.len();
+        self.body.extend_from_slice(&key_hash.to_le_bytes());
+        self.body.extend_from_slice(&0u128.to_le_bytes());
+        self.body.push(0);
+        self.body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.body.extend_from_slice(key.as_bytes());
+        let length_at = self.body.len();
+        self.body.extend_from_slice(&0u32.to_le_bytes());
+        match build(&mut self.body) {
+            Ok(fingerprint) => {
+                let record_len = (self.body.len() - length_at - 4) as u32;
+                self.body[start + 8..start + 24].copy_from_slice(&fingerprint.to_le_bytes());
+                self.body[length_at..length_at + 4].copy_from_slice(&record_len.to_le_bytes());
+                self.entries += 1;
+            }
+            Err(error) => {
+                self.body.truncate(start);
+                self.push_mapping_error(key_hash, key, &error);
+            }
+        }
+    }
+
+    /// The entries' encoded bytes so far; `byte_len()` taken before and after
+    /// a push bounds that entry.
+    pub fn encoded(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Appends one entry as another writer encoded it (a slice of `encoded`
+    /// bounding one entry), so entries can be built on several threads and
+    /// gathered into per-bucket files by one.
+    pub fn push_encoded(&mut self, entry: &[u8]) {
+        self.body.extend_from_slice(entry);
+        self.entries += 1;
+    }
+
     pub fn push_entry(&mut self, entry: &Entry) {
         match &entry.mapping_error {
             Some(error) => self.push_mapping_error(entry.key_hash, &entry.key, error),
@@ -172,14 +217,60 @@ pub fn read_entries(bytes: &[u8]) -> Result<(Header, EntryIter<'_>), FormatError
         });
     }
     let flagged = header.format_version >= 2;
+    let remaining = header.entries;
     Ok((
         header,
         EntryIter {
             bytes,
             position: header_end,
             flagged,
+            remaining,
         },
     ))
+}
+
+/// Reads files written back to back into one object (extraction packs one
+/// file per bucket into each object it writes, and a shard reads a run of
+/// them with one ranged read).
+pub fn read_entry_files(bytes: &[u8]) -> EntryFiles<'_> {
+    EntryFiles {
+        bytes,
+        offset: 0,
+        current: None,
+    }
+}
+
+pub struct EntryFiles<'a> {
+    bytes: &'a [u8],
+    /// Where the file being read starts.
+    offset: usize,
+    current: Option<EntryIter<'a>>,
+}
+
+impl Iterator for EntryFiles<'_> {
+    type Item = Result<Entry, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(file) = &mut self.current {
+                if let Some(entry) = file.next() {
+                    return Some(entry);
+                }
+                self.offset += file.position;
+                self.current = None;
+            }
+            if self.offset >= self.bytes.len() {
+                return None;
+            }
+            match read_entries(&self.bytes[self.offset..]) {
+                Ok((_, file)) => self.current = Some(file),
+                Err(error) => {
+                    self.offset = self.bytes.len();
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
 }
 
 pub struct EntryIter<'a> {
@@ -187,6 +278,8 @@ pub struct EntryIter<'a> {
     position: usize,
     /// Entries carry a flags byte (format version 2 and later).
     flagged: bool,
+    /// Entries the header announced and not yet read.
+    remaining: u64,
 }
 
 impl EntryIter<'_> {
@@ -235,12 +328,13 @@ impl Iterator for EntryIter<'_> {
     type Item = Result<Entry, FormatError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.position >= self.bytes.len() {
+        if self.remaining == 0 {
             return None;
         }
+        self.remaining -= 1;
         let entry = self.read_entry();
         if entry.is_err() {
-            self.position = self.bytes.len();
+            self.remaining = 0;
         }
         Some(entry)
     }
@@ -251,8 +345,9 @@ impl Iterator for EntryIter<'_> {
 pub mod paths {
     use crate::hashing::HashRange;
 
-    pub fn chunk(sync: &str, run_id: &str, attempt: &str, bucket: usize, part: u32) -> String {
-        format!("syncs/{sync}/runs/{run_id}/chunks/{attempt}/b{bucket:04}-{part:05}.ebb")
+    /// An object of extraction's output holding one file per bucket, back to back.
+    pub fn chunks(sync: &str, run_id: &str, attempt: &str, part: u32) -> String {
+        format!("syncs/{sync}/runs/{run_id}/chunks/{attempt}/part-{part:05}.ebb")
     }
 
     pub fn snapshot(sync: &str, run_id: &str, range: &HashRange, attempt: &str) -> String {
@@ -284,6 +379,30 @@ pub mod paths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_built_in_place_or_moved_between_writers_read_back_the_same() {
+        let mut expected = EntryWriter::new();
+        expected.push(1, "a", 5, r#"{"x":1}"#);
+        expected.push_mapping_error(2, "b", "cannot cast");
+        let mut scratch = EntryWriter::new();
+        scratch.push_building(1, "a", |out| {
+            out.extend_from_slice(br#"{"x":1}"#);
+            Ok(5)
+        });
+        let middle = scratch.byte_len();
+        scratch.push_building(2, "b", |out| {
+            out.extend_from_slice(b"{\"half");
+            Err("cannot cast".into())
+        });
+        assert_eq!(scratch.encoded(), expected.encoded());
+        let mut gathered = EntryWriter::new();
+        gathered.push_encoded(&scratch.encoded()[..middle]);
+        gathered.push_encoded(&scratch.encoded()[middle..]);
+        assert_eq!(gathered.len(), 2);
+        let finish = |w: EntryWriter| w.finish(FileKind::Chunk, "s", "r", HashRange::FULL);
+        assert_eq!(finish(gathered), finish(expected));
+    }
 
     #[test]
     fn round_trip() {

@@ -123,6 +123,14 @@ impl Storage {
         result.bytes().await.map_err(|e| classify(e, key))
     }
 
+    /// Bytes `range` of an object.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, StorageError> {
+        self.store
+            .get_range(&ObjectPath::from(key), range)
+            .await
+            .map_err(|e| classify(e, key))
+    }
+
     /// Keys below `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let prefix = ObjectPath::from(prefix);

@@ -5,15 +5,21 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use tokio::process::{Child, Command};
 
-/// The `ebb` binary of this workspace, built on first use.
+/// The `ebb` binary of this workspace, built on first use, in the profile this
+/// crate is built in: the benchmarks (release) run a release fleet.
 pub fn ebb_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = !cfg!(debug_assertions);
+            let mut args = vec!["build", "--quiet", "-p", "ebb-coordinator", "--bin", "ebb"];
+            if release {
+                args.push("--release");
+            }
             let status = std::process::Command::new(cargo)
-                .args(["build", "--quiet", "-p", "ebb-coordinator", "--bin", "ebb"])
+                .args(&args)
                 .current_dir(&root)
                 .status()
                 .expect("cargo runs");
@@ -21,7 +27,7 @@ pub fn ebb_binary() -> PathBuf {
             let target = std::env::var("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| root.join("target"));
-            target.join("debug").join("ebb")
+            target.join(if release { "release" } else { "debug" }).join("ebb")
         })
         .clone()
 }

@@ -1,20 +1,21 @@
 //! Extraction: run the model query, hash every key and partition the rows into
-//! per-bucket chunk files in the object store. Memory stays bounded: buckets are
-//! flushed as chunk files whenever the buffered bytes pass a budget.
+//! buckets of the hash space, written to the object store. Memory stays
+//! bounded: the buffered buckets are written out together whenever their bytes
+//! pass a budget.
 
 use crate::error::TaskError;
 use crate::mapping::{RecordPlan, RunContext};
-use crate::sources;
+use crate::sources::{self, Row};
 use ebb_shared::config::SyncSpec;
 use ebb_shared::hashing::{key_hash, HashRange, BUCKET_COUNT};
-use ebb_shared::protocol::{BucketReport, ExtractReport};
+use ebb_shared::protocol::{BucketReport, ChunkRef, ExtractReport};
 use ebb_shared::snapshot::{paths, EntryWriter, FileKind};
-use ebb_shared::storage::Storage;
+use ebb_shared::storage::{Storage, StorageError};
+use futures::{stream, StreamExt};
+use std::sync::Arc;
 
-/// Buffered bytes across all buckets before the largest ones are flushed.
+/// Buffered bytes across all buckets before they are written out as one object.
 const BUFFER_BUDGET: usize = 48 << 20;
-/// A bucket is flushed on its own once it holds this much.
-const CHUNK_TARGET: usize = 8 << 20;
 
 pub async fn extract(
     storage: &Storage,
@@ -23,31 +24,86 @@ pub async fn extract(
     attempt: &str,
 ) -> Result<ExtractReport, TaskError> {
     let run_id = run.run_id.as_str();
-    let mut rows = sources::open(&spec.model.source, &spec.source, &spec.model_name, &spec.model).await?;
-    let plan = RecordPlan::new(spec, &rows.columns, run)?;
+    let rows = sources::open(&spec.model.source, &spec.source, &spec.model_name, &spec.model).await?;
+    let columns: Vec<String> = rows.columns.iter().map(|c| c.name.clone()).collect();
+    let plan = Arc::new(RecordPlan::new(spec, &rows.columns, run)?);
+    // Mapping and hashing are most of extraction's CPU: batches are mapped on
+    // every core at once and gathered in their original order, so chunks (and
+    // which of two duplicate rows comes first) do not depend on timing.
+    let mappers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mapped = stream::unfold(rows, |mut rows| async move {
+        rows.next_batch().await.map(|batch| (batch, rows))
+    })
+    .map(|batch| {
+        let plan = plan.clone();
+        async move {
+            let batch = batch?;
+            let mapped = tokio::task::spawn_blocking(move || MappedBatch::map(&plan, batch)).await;
+            // A panic while mapping is a bug: let it surface as one.
+            Ok::<_, TaskError>(mapped.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+        }
+    })
+    .buffered(mappers);
+    let mut mapped = std::pin::pin!(mapped);
     let mut buckets = Buckets::new(storage, spec, run_id, attempt);
-    let mut rows_queried = 0u64;
-    let mut null_keys = 0u64;
-    while let Some(batch) = rows.next_batch().await {
-        for row in batch? {
-            rows_queried += 1;
-            let Some(key) = plan.key(&row) else {
-                null_keys += 1;
-                continue;
-            };
-            let hash = key_hash(&key);
-            buckets.push(hash, &key, plan.record(&row)).await?;
+    let (mut rows_queried, mut null_keys) = (0u64, 0u64);
+    while let Some(batch) = mapped.next().await {
+        let batch = batch?;
+        rows_queried += batch.rows;
+        null_keys += batch.null_keys;
+        for (bucket, start, end) in &batch.spans {
+            buckets.push(*bucket, &batch.entries.encoded()[*start..*end]).await?;
         }
     }
     let buckets = buckets.finish().await?;
     Ok(ExtractReport {
         rows_queried,
         null_keys,
-        columns: rows.columns.iter().map(|c| c.name.clone()).collect(),
+        columns,
         buckets,
     })
 }
 
+/// One batch of rows, mapped and encoded as entries, with the bucket and byte
+/// span of each.
+struct MappedBatch {
+    entries: EntryWriter,
+    spans: Vec<(usize, usize, usize)>,
+    rows: u64,
+    null_keys: u64,
+}
+
+impl MappedBatch {
+    fn map(plan: &RecordPlan, rows: Vec<Row>) -> MappedBatch {
+        let mut batch = MappedBatch {
+            entries: EntryWriter::new(),
+            spans: Vec::with_capacity(rows.len()),
+            rows: rows.len() as u64,
+            null_keys: 0,
+        };
+        let mut scratch = Vec::new();
+        for row in &rows {
+            let Some(key) = plan.key(row) else {
+                batch.null_keys += 1;
+                continue;
+            };
+            let hash = key_hash(&key);
+            let start = batch.entries.byte_len();
+            batch
+                .entries
+                .push_building(hash, &key, |out| plan.write_record(row, out, &mut scratch));
+            batch
+                .spans
+                .push((HashRange::bucket_of(hash), start, batch.entries.byte_len()));
+        }
+        batch
+    }
+}
+
+/// Buffers entries per bucket and writes them out together: each object holds
+/// one entry file per bucket, back to back, and every bucket's report names
+/// its byte range. A run writes a handful of objects, not one per bucket, and
+/// a shard reads its run of buckets with one ranged read per object.
 struct Buckets<'a> {
     storage: &'a Storage,
     spec: &'a SyncSpec,
@@ -56,6 +112,9 @@ struct Buckets<'a> {
     writers: Vec<Option<EntryWriter>>,
     reports: Vec<BucketReport>,
     buffered: usize,
+    objects: u32,
+    /// The previous object's upload, overlapping with filling the next.
+    uploading: Option<tokio::task::JoinHandle<Result<(), StorageError>>>,
 }
 
 impl<'a> Buckets<'a> {
@@ -74,55 +133,64 @@ impl<'a> Buckets<'a> {
                 })
                 .collect(),
             buffered: 0,
+            objects: 0,
+            uploading: None,
         }
     }
 
-    /// Buffers a row: its mapped record, or why it could not be mapped.
-    async fn push(&mut self, hash: u64, key: &str, mapped: Result<(u128, String), String>) -> Result<(), TaskError> {
-        let bucket = HashRange::bucket_of(hash);
-        let writer = self.writers[bucket].get_or_insert_with(EntryWriter::new);
-        let before = writer.byte_len();
-        match mapped {
-            Ok((fingerprint, record)) => writer.push(hash, key, fingerprint, &record),
-            Err(error) => writer.push_mapping_error(hash, key, &error),
-        }
-        self.buffered += writer.byte_len() - before;
+    /// Buffers one encoded entry in its bucket.
+    async fn push(&mut self, bucket: usize, entry: &[u8]) -> Result<(), TaskError> {
+        self.writers[bucket]
+            .get_or_insert_with(EntryWriter::new)
+            .push_encoded(entry);
+        self.buffered += entry.len();
         self.reports[bucket].rows += 1;
-        if writer.byte_len() >= CHUNK_TARGET {
-            self.flush(bucket).await?;
-        }
-        while self.buffered > BUFFER_BUDGET {
-            let largest = (0..BUCKET_COUNT)
-                .max_by_key(|&b| self.writers[b].as_ref().map_or(0, EntryWriter::byte_len))
-                .expect("buckets exist");
-            self.flush(largest).await?;
+        if self.buffered >= BUFFER_BUDGET {
+            self.write_object().await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self, bucket: usize) -> Result<(), TaskError> {
-        let Some(writer) = self.writers[bucket].take() else {
+    /// Writes every buffered bucket into one new object.
+    async fn write_object(&mut self) -> Result<(), TaskError> {
+        if self.buffered == 0 {
             return Ok(());
-        };
-        self.buffered -= writer.byte_len();
-        let report = &mut self.reports[bucket];
-        let key = paths::chunk(
-            &self.spec.name,
-            self.run_id,
-            self.attempt,
-            bucket,
-            report.chunks.len() as u32,
-        );
-        let bytes = writer.finish(FileKind::Chunk, &self.spec.name, self.run_id, HashRange::bucket(bucket));
-        self.storage.create(&key, bytes).await?;
-        report.chunks.push(key);
+        }
+        let key = paths::chunks(&self.spec.name, self.run_id, self.attempt, self.objects);
+        self.objects += 1;
+        let mut object = Vec::with_capacity(self.buffered + (64 << 10));
+        for (bucket, slot) in self.writers.iter_mut().enumerate() {
+            let Some(writer) = slot.take() else { continue };
+            let start = object.len() as u64;
+            object.extend_from_slice(&writer.finish(
+                FileKind::Chunk,
+                &self.spec.name,
+                self.run_id,
+                HashRange::bucket(bucket),
+            ));
+            self.reports[bucket]
+                .chunks
+                .push(ChunkRef::part(key.clone(), start..object.len() as u64));
+        }
+        self.buffered = 0;
+        self.finish_upload().await?;
+        let storage = self.storage.clone();
+        self.uploading = Some(tokio::spawn(async move { storage.create(&key, object).await }));
+        Ok(())
+    }
+
+    async fn finish_upload(&mut self) -> Result<(), TaskError> {
+        if let Some(upload) = self.uploading.take() {
+            upload
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        }
         Ok(())
     }
 
     async fn finish(mut self) -> Result<Vec<BucketReport>, TaskError> {
-        for bucket in 0..BUCKET_COUNT {
-            self.flush(bucket).await?;
-        }
+        self.write_object().await?;
+        self.finish_upload().await?;
         Ok(self.reports.into_iter().filter(|r| r.rows > 0).collect())
     }
 }

@@ -9,10 +9,10 @@ use crate::limits::{LeaseProvider, Limiters};
 use ebb_shared::config::SyncSpec;
 use ebb_shared::hashing::HashRange;
 use ebb_shared::protocol::{
-    InvalidReason, InvalidRow, OpCounts, Operation, RowFailure, RowOutcome, RowResult, ShardReport, ShardTask,
-    REPORTED_ROWS_LIMIT,
+    ChunkRef, InvalidReason, InvalidRow, OpCounts, Operation, RowFailure, RowOutcome, RowResult, ShardReport,
+    ShardTask, REPORTED_ROWS_LIMIT,
 };
-use ebb_shared::snapshot::{paths, read_entries, Entry, EntryWriter, FileKind};
+use ebb_shared::snapshot::{paths, read_entry_files, Entry, EntryWriter, FileKind};
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -26,23 +26,35 @@ pub struct ShardContext<'a> {
     pub retry: RetryPolicy,
 }
 
-/// Objects fetched at once. A shard reads many small chunk objects; fetched one
+/// Reads fetched at once: a shard reads a range of several objects, and one
 /// by one it would spend its time on round trips.
 const FETCH_CONCURRENCY: usize = 8;
 
-/// Loads the entries of `objects` that lie in each object's range, in the order
-/// the objects are given.
-async fn load_entries(storage: &Storage, objects: Vec<(String, HashRange)>) -> Result<Vec<Entry>, TaskError> {
-    let mut fetched = futures::stream::iter(
-        objects
-            .into_iter()
-            .map(|(key, keep)| async move { storage.get(&key).await.map(|bytes| (bytes, keep)) }),
-    )
+/// Loads the entries of `objects` that lie in each one's hash range, in the
+/// order given. Adjacent byte ranges of one object are read together.
+async fn load_entries(storage: &Storage, objects: Vec<(ChunkRef, HashRange)>) -> Result<Vec<Entry>, TaskError> {
+    let mut reads: Vec<(ChunkRef, HashRange)> = Vec::with_capacity(objects.len());
+    for (chunk, keep) in objects {
+        if let Some((last, last_keep)) = reads.last_mut() {
+            if let (Some(joined), true) = (contiguous(last, &chunk), *last_keep == keep) {
+                *last = joined;
+                continue;
+            }
+        }
+        reads.push((chunk, keep));
+    }
+    let mut fetched = futures::stream::iter(reads.into_iter().map(|(chunk, keep)| async move {
+        let bytes = match &chunk.bytes {
+            None => storage.get(&chunk.key).await,
+            Some(range) => storage.get_range(&chunk.key, range.clone()).await,
+        };
+        bytes.map(|bytes| (bytes, keep))
+    }))
     .buffered(FETCH_CONCURRENCY);
     let mut entries = Vec::new();
     while let Some(object) = fetched.next().await {
         let (bytes, keep) = object?;
-        for entry in read_entries(&bytes)?.1 {
+        for entry in read_entry_files(&bytes) {
             let entry = entry?;
             if keep.contains(entry.key_hash) {
                 entries.push(entry);
@@ -50,6 +62,16 @@ async fn load_entries(storage: &Storage, objects: Vec<(String, HashRange)>) -> R
         }
     }
     Ok(entries)
+}
+
+/// `first` and `next` as one read, when `next` starts where `first` ends.
+fn contiguous(first: &ChunkRef, next: &ChunkRef) -> Option<ChunkRef> {
+    match (&first.bytes, &next.bytes) {
+        (Some(a), Some(b)) if first.key == next.key && a.end == b.start => {
+            Some(ChunkRef::part(first.key.clone(), a.start..b.end))
+        }
+        _ => None,
+    }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(shard = task.index))]
@@ -63,13 +85,21 @@ pub async fn process_shard(
 ) -> Result<ShardReport, TaskError> {
     let range = task.range;
     let started = std::time::Instant::now();
-    let chunks = task.chunks.iter().map(|key| (key.clone(), range)).collect();
+    // Sorted by object and offset, a shard's buckets in one object are adjacent.
+    let mut chunks: Vec<(ChunkRef, HashRange)> = task.chunks.iter().map(|chunk| (chunk.clone(), range)).collect();
+    chunks.sort_by(|(a, _), (b, _)| {
+        (&a.key, a.bytes.as_ref().map(|r| r.start)).cmp(&(&b.key, b.bytes.as_ref().map(|r| r.start)))
+    });
     let current = load_entries(ctx.storage, chunks).await?;
     // Pointers are disjoint; read in range order their entries stay sorted.
-    let mut pointers: Vec<(String, HashRange)> = task
+    let mut pointers: Vec<(ChunkRef, HashRange)> = task
         .previous
         .iter()
-        .filter_map(|p| p.range.intersect(&range).map(|part| (p.object_key.clone(), part)))
+        .filter_map(|p| {
+            p.range
+                .intersect(&range)
+                .map(|part| (ChunkRef::whole(p.object_key.clone()), part))
+        })
         .collect();
     pointers.sort_by_key(|(_, part)| part.start);
     let previous = load_entries(ctx.storage, pointers).await?;

@@ -489,7 +489,7 @@ fn shard_tasks(
     pointers: &[ebb_shared::protocol::SnapshotPointer],
 ) -> Vec<(ShardTask, String)> {
     let mut bucket_rows = vec![0u64; BUCKET_COUNT];
-    let mut bucket_chunks: Vec<&[String]> = vec![&[]; BUCKET_COUNT];
+    let mut bucket_chunks: Vec<&[protocol::ChunkRef]> = vec![&[]; BUCKET_COUNT];
     for bucket in &report.buckets {
         let index = bucket.bucket as usize;
         if index < BUCKET_COUNT {

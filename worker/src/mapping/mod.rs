@@ -18,9 +18,10 @@ mod template;
 use crate::error::TaskError;
 use crate::sources::Row;
 use ebb_shared::config::{field_path, Cast, FieldMapping, PathStep, SyncSpec, Variable};
-use ebb_shared::hashing::{fingerprint, Fingerprint};
+use ebb_shared::hashing::{encode_field, fingerprint, fingerprint_of_encoding, Fingerprint};
 use ebb_shared::value::{Column, Value};
 use serde_json::{Map, Value as Json};
+use std::borrow::Cow;
 
 pub use template::Template;
 
@@ -42,6 +43,8 @@ enum Source {
 
 struct Field {
     to: String,
+    /// `"to":` as JSON text, for writing records directly.
+    json_key: Vec<u8>,
     path: Vec<PathStep>,
     source: Source,
     cast: Option<Cast>,
@@ -55,6 +58,10 @@ pub struct RecordPlan {
     skip_nulls: bool,
     /// Columns, kept for templates, which see the whole row.
     columns: Option<Vec<Column>>,
+    /// When every field is a distinct top-level name (the usual case), the
+    /// fields' indices sorted by name: records are then written straight from
+    /// the row in the order serde_json's map would give, with no map built.
+    flat_order: Option<Vec<usize>>,
 }
 
 fn static_value(json: &Json) -> Value {
@@ -133,6 +140,7 @@ impl RecordPlan {
             let path = field_path(&mapping.to).map_err(|e| mapping_error(mapping, e))?;
             fields.push(Field {
                 to: mapping.to.clone(),
+                json_key: json_key(&mapping.to),
                 path,
                 source,
                 cast: mapping.cast,
@@ -145,6 +153,7 @@ impl RecordPlan {
                 Some(field) => field.matching = true,
                 None => fields.push(Field {
                     to: matching.to.clone(),
+                    json_key: json_key(&matching.to),
                     path: vec![PathStep::Field(matching.to.clone())],
                     source: Source::Column(index),
                     cast: None,
@@ -153,11 +162,16 @@ impl RecordPlan {
             }
         }
         let uses_templates = fields.iter().any(|f| matches!(f.source, Source::Template(_)));
+        let mut flat_order: Vec<usize> = (0..fields.len()).collect();
+        flat_order.sort_by(|&a, &b| fields[a].to.cmp(&fields[b].to));
+        let flat = fields.iter().all(|f| matches!(f.path.as_slice(), [PathStep::Field(_)]))
+            && flat_order.windows(2).all(|w| fields[w[0]].to != fields[w[1]].to);
         Ok(RecordPlan {
             key_index,
             fields,
             skip_nulls: spec.skip_nulls,
             columns: uses_templates.then(|| columns.to_vec()),
+            flat_order: flat.then_some(flat_order),
         })
     }
 
@@ -169,31 +183,95 @@ impl RecordPlan {
     /// The record's fingerprint and its JSON text, or why this row cannot be
     /// mapped.
     pub fn record(&self, row: &Row) -> Result<(Fingerprint, String), String> {
-        let template_record = self
-            .columns
+        let mut json = Vec::new();
+        let fingerprint = self.write_record(row, &mut json, &mut Vec::new())?;
+        Ok((fingerprint, String::from_utf8(json).expect("records are JSON text")))
+    }
+
+    /// Appends the record's JSON text to `out` and returns its fingerprint, or
+    /// why this row cannot be mapped (then `out` may hold part of a record).
+    /// `scratch` is a buffer the caller reuses across rows.
+    pub fn write_record(&self, row: &Row, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<Fingerprint, String> {
+        let Some(order) = &self.flat_order else {
+            let (fingerprint, json) = self.record_via_map(row)?;
+            out.extend_from_slice(json.as_bytes());
+            return Ok(fingerprint);
+        };
+        // Values are taken in mapping order, so the first failing mapping is
+        // the one named, whatever the field names.
+        let template_record = self.template_record(row);
+        let values = self
+            .fields
+            .iter()
+            .map(|field| self.value(field, row, template_record.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        scratch.clear();
+        out.push(b'{');
+        let mut first = true;
+        for &index in order {
+            let (field, value) = (&self.fields[index], &*values[index]);
+            if self.skip_nulls && value.is_null() {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&field.json_key);
+            write_json(value, out);
+            if !matches!(field.source, Source::Variable(_)) {
+                encode_field(scratch, &field.to, value);
+            }
+        }
+        out.push(b'}');
+        Ok(fingerprint_of_encoding(scratch))
+    }
+
+    fn template_record(&self, row: &Row) -> Option<liquid::Object> {
+        self.columns
             .as_ref()
-            .map(|columns| template::record_object(columns, row));
+            .map(|columns| template::record_object(columns, row))
+    }
+
+    /// One field's value for a row: borrowed unless a template or a cast makes
+    /// a new one.
+    fn value<'a>(
+        &'a self,
+        field: &'a Field,
+        row: &'a Row,
+        template_record: Option<&liquid::Object>,
+    ) -> Result<Cow<'a, Value>, String> {
+        let value = match &field.source {
+            Source::Column(index) => Cow::Borrowed(&row[*index]),
+            Source::Static(value) | Source::Variable(value) => Cow::Borrowed(value),
+            Source::Template(template) => {
+                let record = template_record.expect("kept when templates exist");
+                let text = template
+                    .render(record)
+                    .map_err(|e| format!("field {:?}: the template failed: {e}", field.to))?;
+                Cow::Owned(Value::Text(text))
+            }
+        };
+        let value = match field.cast {
+            Some(to) => {
+                Cow::Owned(cast::cast(value.into_owned(), to).map_err(|e| format!("field {:?}: {e}", field.to))?)
+            }
+            None => value,
+        };
+        if field.matching && value.is_null() {
+            return Err(format!("the record-matching field {:?} is null", field.to));
+        }
+        Ok(value)
+    }
+
+    /// The general way: builds the record as a JSON map, for nested paths,
+    /// appended arrays and repeated names.
+    fn record_via_map(&self, row: &Row) -> Result<(Fingerprint, String), String> {
+        let template_record = self.template_record(row);
         let mut compared: Vec<(String, Value)> = Vec::with_capacity(self.fields.len());
         let mut object = Map::with_capacity(self.fields.len());
         for field in &self.fields {
-            let value = match &field.source {
-                Source::Column(index) => row[*index].clone(),
-                Source::Static(value) | Source::Variable(value) => value.clone(),
-                Source::Template(template) => {
-                    let record = template_record.as_ref().expect("kept when templates exist");
-                    let text = template
-                        .render(record)
-                        .map_err(|e| format!("field {:?}: the template failed: {e}", field.to))?;
-                    Value::Text(text)
-                }
-            };
-            let value = match field.cast {
-                Some(to) => cast::cast(value, to).map_err(|e| format!("field {:?}: {e}", field.to))?,
-                None => value,
-            };
-            if field.matching && value.is_null() {
-                return Err(format!("the record-matching field {:?} is null", field.to));
-            }
+            let value = self.value(field, row, template_record.as_ref())?.into_owned();
             if self.skip_nulls && value.is_null() {
                 continue;
             }
@@ -204,6 +282,43 @@ impl RecordPlan {
         }
         Ok((fingerprint(&compared), Json::Object(object).to_string()))
     }
+}
+
+fn json_key(name: &str) -> Vec<u8> {
+    let mut key = serde_json::to_vec(name).expect("strings serialize");
+    key.push(b':');
+    key
+}
+
+/// Writes a value as `Value::to_json` then serde_json would, byte for byte:
+/// records are persisted in snapshots, so both ways must agree.
+fn write_json(value: &Value, out: &mut Vec<u8>) {
+    let written = match value {
+        Value::Null => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
+        Value::Bool(b) => {
+            out.extend_from_slice(if *b { b"true" } else { b"false" });
+            Ok(())
+        }
+        Value::Int(i) => serde_json::to_writer(&mut *out, i),
+        // Non-finite floats become null, as `Value::to_json` makes them.
+        Value::Float(f) => serde_json::to_writer(&mut *out, f),
+        Value::Decimal(s) | Value::Text(s) | Value::Timestamp(s) => serde_json::to_writer(&mut *out, s),
+        Value::Json(j) => serde_json::to_writer(&mut *out, j),
+        Value::Bytes(bytes) => {
+            out.push(b'"');
+            for byte in bytes {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push(HEX[(byte >> 4) as usize]);
+                out.push(HEX[(byte & 15) as usize]);
+            }
+            out.push(b'"');
+            Ok(())
+        }
+    };
+    written.expect("writing JSON into memory cannot fail");
 }
 
 /// Writes `value` at `path`, creating the objects and arrays on the way.
@@ -419,5 +534,75 @@ mod tests {
             .record(&vec![Value::Int(1), Value::Null, Value::Text("A".into())])
             .unwrap_err();
         assert!(err.contains("record-matching") && err.contains("Email"), "{err}");
+    }
+
+    /// Records and fingerprints are persisted in snapshots, so the direct
+    /// writer must produce exactly what the general map-building path does.
+    #[test]
+    fn flat_records_match_the_general_path_byte_for_byte() {
+        let mappings = vec![
+            FieldMapping::column("id", "zeta"),
+            FieldMapping::column("text", "Alpha"),
+            FieldMapping::column("float", "\"quoted\"\tkey"),
+            FieldMapping::column("json", "ä-umlaut"),
+            FieldMapping::column("bytes", "bytes"),
+            FieldMapping::column("ts", "when"),
+            FieldMapping::column("decimal", "amount"),
+            FieldMapping::column("flag", "flag"),
+            mapping("run", |m| m.variable = Some(Variable::RunId)),
+            mapping("static", |m| {
+                m.value = Some(serde_json::json!({"b": [1, 2.5], "a": null}))
+            }),
+            mapping("casted", |m| {
+                m.from = Some("text".into());
+                m.cast = Some(Cast::String);
+            }),
+            mapping("tpl", |m| m.template = Some("{{ record['text'] | upcase }}".into())),
+        ];
+        let cols = columns(&["id", "text", "float", "json", "bytes", "ts", "decimal", "flag"]);
+        let rows = [
+            vec![
+                Value::Int(-7),
+                Value::Text("line\nbreak \"q\" \\ \u{1} é 😀".into()),
+                Value::Float(1.0),
+                Value::Json(serde_json::json!({"z": 1, "a": [true, null, "x"]})),
+                Value::Bytes(vec![0, 15, 255]),
+                Value::Timestamp("2026-11-24 17:00:00+00".into()),
+                Value::Decimal("12.50".into()),
+                Value::Bool(true),
+            ],
+            vec![
+                Value::Int(i64::MAX),
+                Value::Text(String::new()),
+                Value::Float(f64::NAN),
+                Value::Null,
+                Value::Bytes(vec![]),
+                Value::Null,
+                Value::Null,
+                Value::Bool(false),
+            ],
+            vec![
+                Value::Int(0),
+                Value::Null,
+                Value::Float(-1.5e300),
+                Value::Json(serde_json::json!("plain")),
+                Value::Null,
+                Value::Timestamp(String::new()),
+                Value::Decimal("-0.001".into()),
+                Value::Null,
+            ],
+        ];
+        for skip_nulls in [false, true] {
+            let mut spec = spec(mappings.clone());
+            spec.skip_nulls = skip_nulls;
+            let plan = RecordPlan::new(&spec, &cols, &run("r")).unwrap();
+            assert!(
+                plan.flat_order.is_some(),
+                "distinct top-level names take the direct path"
+            );
+            for row in &rows {
+                assert_eq!(plan.record(row), plan.record_via_map(row), "row {row:?}");
+            }
+        }
     }
 }

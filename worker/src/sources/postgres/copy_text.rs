@@ -1,47 +1,81 @@
 //! A streaming parser for Postgres's `COPY … TO STDOUT` text format: one row per
 //! line, fields separated by tabs, `\N` for NULL, and backslash escapes.
 
+/// Parses lines into one reused buffer, so a row costs no allocation here: the
+/// callback sees each field as a slice of it.
 #[derive(Default)]
 pub(super) struct LineParser {
     partial: Vec<u8>,
-    fields: Vec<Option<String>>,
+    /// The current line's fields, unescaped, back to back.
+    text: Vec<u8>,
+    /// Each field's span in `text`; `None` for NULL.
+    spans: Vec<Option<(usize, usize)>>,
+}
+
+/// One parsed line.
+pub(super) struct Fields<'a> {
+    text: &'a [u8],
+    spans: &'a [Option<(usize, usize)>],
+}
+
+impl Fields<'_> {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Field `i` as text (invalid UTF-8 replaced), `None` for NULL.
+    pub fn get(&self, i: usize) -> Option<std::borrow::Cow<'_, str>> {
+        self.spans[i].map(|(start, end)| String::from_utf8_lossy(&self.text[start..end]))
+    }
 }
 
 impl LineParser {
     /// Feeds bytes as they arrive; calls `row` for every complete line.
-    pub fn feed(&mut self, mut bytes: &[u8], mut row: impl FnMut(&[Option<String>])) {
-        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+    pub fn feed(&mut self, mut bytes: &[u8], mut row: impl FnMut(&Fields<'_>)) {
+        while let Some(newline) = memchr(b'\n', bytes) {
             let line = &bytes[..newline];
             if self.partial.is_empty() {
                 self.parse_line(line);
             } else {
-                self.partial.extend_from_slice(line);
-                let whole = std::mem::take(&mut self.partial);
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
                 self.parse_line(&whole);
+                whole.clear();
+                self.partial = whole;
             }
-            row(&self.fields);
+            row(&Fields {
+                text: &self.text,
+                spans: &self.spans,
+            });
             bytes = &bytes[newline + 1..];
         }
         self.partial.extend_from_slice(bytes);
     }
 
     fn parse_line(&mut self, line: &[u8]) {
-        self.fields.clear();
+        self.text.clear();
+        self.spans.clear();
         for raw in line.split(|&b| b == b'\t') {
             if raw == b"\\N" {
-                self.fields.push(None);
+                self.spans.push(None);
             } else {
-                self.fields.push(Some(unescape(raw)));
+                let start = self.text.len();
+                unescape_into(raw, &mut self.text);
+                self.spans.push(Some((start, self.text.len())));
             }
         }
     }
 }
 
-fn unescape(raw: &[u8]) -> String {
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}
+
+fn unescape_into(raw: &[u8], out: &mut Vec<u8>) {
     if !raw.contains(&b'\\') {
-        return String::from_utf8_lossy(raw).into_owned();
+        out.extend_from_slice(raw);
+        return;
     }
-    let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
         if raw[i] != b'\\' || i + 1 == raw.len() {
@@ -81,7 +115,6 @@ fn unescape(raw: &[u8]) -> String {
             other => out.push(other),
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -92,7 +125,13 @@ mod tests {
         let mut parser = LineParser::default();
         let mut rows = Vec::new();
         for chunk in chunks {
-            parser.feed(chunk, |fields| rows.push(fields.to_vec()));
+            parser.feed(chunk, |fields| {
+                rows.push(
+                    (0..fields.len())
+                        .map(|i| fields.get(i).map(|f| f.into_owned()))
+                        .collect(),
+                )
+            });
         }
         rows
     }

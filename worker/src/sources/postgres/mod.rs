@@ -125,7 +125,7 @@ impl PgType {
     }
 }
 
-fn convert_row(fields: &[Option<String>], types: &[PgType]) -> Result<Row, String> {
+fn convert_row(fields: &copy_text::Fields<'_>, types: &[PgType]) -> Result<Row, String> {
     if fields.len() != types.len() {
         return Err(format!(
             "COPY returned {} fields where the query has {} columns",
@@ -133,32 +133,32 @@ fn convert_row(fields: &[Option<String>], types: &[PgType]) -> Result<Row, Strin
             types.len()
         ));
     }
-    fields
+    types
         .iter()
-        .zip(types)
-        .map(|(field, pg_type)| match field {
+        .enumerate()
+        .map(|(i, pg_type)| match fields.get(i) {
             None => Ok(Value::Null),
             Some(text) => convert(text, *pg_type),
         })
         .collect()
 }
 
-fn convert(text: &str, pg_type: PgType) -> Result<Value, String> {
+fn convert(text: std::borrow::Cow<'_, str>, pg_type: PgType) -> Result<Value, String> {
     Ok(match pg_type {
         PgType::Int => Value::Int(text.parse().map_err(|e| format!("integer {text:?}: {e}"))?),
         PgType::Float => Value::Float(text.parse().map_err(|e| format!("float {text:?}: {e}"))?),
-        PgType::Decimal => Value::Decimal(text.to_string()),
-        PgType::Bool => Value::Bool(text == "t"),
-        PgType::Json => Value::Json(serde_json::from_str(text).map_err(|e| format!("json {text:?}: {e}"))?),
-        PgType::Timestamp => Value::Timestamp(text.to_string()),
+        PgType::Decimal => Value::Decimal(text.into_owned()),
+        PgType::Bool => Value::Bool(&*text == "t"),
+        PgType::Json => Value::Json(serde_json::from_str(&text).map_err(|e| format!("json {text:?}: {e}"))?),
+        PgType::Timestamp => Value::Timestamp(text.into_owned()),
         PgType::Bytes => {
-            let hex = text.strip_prefix("\\x").unwrap_or(text);
+            let hex = text.strip_prefix("\\x").unwrap_or(&text);
             let bytes = (0..hex.len() / 2)
                 .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
                 .collect::<Result<Vec<u8>, _>>()
                 .map_err(|e| format!("bytea {text:?}: {e}"))?;
             Value::Bytes(bytes)
         }
-        PgType::Text => Value::Text(text.to_string()),
+        PgType::Text => Value::Text(text.into_owned()),
     })
 }
