@@ -25,7 +25,7 @@ use ebb_coordinator::runtime::{start_embedded, Runtime};
 use ebb_coordinator::store::RunRecord;
 use ebb_shared::config::Config;
 use ebb_shared::hashing::{key_hash, HashRange, BUCKET_COUNT};
-use ebb_shared::snapshot::Entry;
+use ebb_shared::snapshot::{read_entry_files, Entry, EntryWriter, FileKind};
 use ebb_worker::behaviour::Behaviour;
 use ebb_worker::diff::ShardDiff;
 use ebb_worker::mapping::{RecordPlan, RunContext};
@@ -315,29 +315,40 @@ async fn sql_diff(db: &mut PgConnection, table: &str) -> anyhow::Result<Duration
     Ok(started.elapsed())
 }
 
-/// Ebb's diff stage on the same rows: entries of both tables, mapped and
-/// hashed beforehand, then merge-diffed shard by shard (50k rows each), as
-/// workers do. Only the diff (sort, merge, plan, next snapshot) is timed.
+/// Ebb's diff stage on the same rows, as a worker does it: both tables are
+/// mapped, hashed and encoded beforehand into 50k-row shards (the previous
+/// side sorted, as snapshots are; the current side in model order, as chunks
+/// are). Timed: decoding both sides of each shard, the merge-diff, the plan
+/// and the next snapshot's entries.
 async fn ebb_diff(url: &str, table: &str, config: &Config) -> anyhow::Result<Duration> {
     let spec = config.sync_spec("bench")?;
-    let previous = entries(url, "bench_prev", &spec).await?;
-    let current = entries(url, table, &spec).await?;
     let behaviour = Behaviour::of(&spec);
+    let previous = entries(url, "bench_prev", &spec).await?;
     let shards = (previous.len() / 50_000).clamp(1, BUCKET_COUNT);
-    let mut elapsed = Duration::ZERO;
-    let split = |mut all: Vec<Entry>| {
+    let encode = |all: Vec<Entry>, sorted: bool| {
         let mut parts: Vec<Vec<Entry>> = (0..shards).map(|_| Vec::new()).collect();
-        for entry in all.drain(..) {
+        for entry in all {
             parts[HashRange::bucket_of(entry.key_hash) * shards / BUCKET_COUNT].push(entry);
         }
         parts
+            .into_iter()
+            .map(|mut part| {
+                if sorted {
+                    part.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+                }
+                let mut writer = EntryWriter::new();
+                part.iter().for_each(|entry| writer.push_entry(entry));
+                writer.finish(FileKind::Chunk, "bench", "diff", HashRange::FULL)
+            })
+            .collect::<Vec<_>>()
     };
-    let mut previous = split(previous);
-    for part in &mut previous {
-        part.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    }
-    for (current, previous) in split(current).into_iter().zip(previous) {
+    let previous = encode(previous, true);
+    let current = encode(entries(url, table, &spec).await?, false);
+    let mut elapsed = Duration::ZERO;
+    for (current, previous) in current.iter().zip(&previous) {
         let started = Instant::now();
+        let current: Vec<Entry> = read_entry_files(current).collect::<Result<_, _>>()?;
+        let previous: Vec<Entry> = read_entry_files(previous).collect::<Result<_, _>>()?;
         let diff = ShardDiff::compute(current, previous);
         let plan = diff.plan(&behaviour, false);
         let ok = vec![true; plan.len()];

@@ -39,7 +39,7 @@ pub struct Header {
 }
 
 /// One row as CDC sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
     pub key_hash: KeyHash,
     pub key: String,

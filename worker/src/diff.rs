@@ -12,12 +12,14 @@ use ebb_shared::protocol::Operation;
 use ebb_shared::snapshot::Entry;
 use std::cmp::Ordering;
 
+/// The rarer states box their second entry, so the common ones stay small:
+/// a shard holds one `RowState` per row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowState {
     Unchanged(Entry),
     Added(Entry),
     Changed {
-        previous: Entry,
+        previous: Box<Entry>,
         current: Entry,
     },
     Removed(Entry),
@@ -26,7 +28,7 @@ pub enum RowState {
     Duplicate {
         key: String,
         rows: u64,
-        previous: Option<Entry>,
+        previous: Option<Box<Entry>>,
     },
 }
 
@@ -46,24 +48,37 @@ pub struct ShardDiff {
 impl ShardDiff {
     /// Merges the current rows (any order) with the previous snapshot (sorted).
     pub fn compute(mut current: Vec<Entry>, previous: Vec<Entry>) -> ShardDiff {
-        current.sort_unstable_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        // Sorting small (hash, index) pairs instead of whole entries keeps the
+        // sort in cache; keys are compared only when hashes collide.
+        let mut order: Vec<(u64, u32)> = current
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| (entry.key_hash, index as u32))
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| current[a.1 as usize].key.cmp(&current[b.1 as usize].key))
+        });
         let mut rows = Vec::with_capacity(current.len().max(previous.len()));
-        let mut current = current.into_iter().peekable();
+        let mut ordered = order.into_iter().map(|(_, index)| index as usize).peekable();
         let mut previous = previous.into_iter().peekable();
         loop {
-            let order = match (current.peek(), previous.peek()) {
+            let order = match (ordered.peek(), previous.peek()) {
                 (None, None) => break,
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
-                (Some(c), Some(p)) => c.sort_key().cmp(&p.sort_key()),
+                (Some(&c), Some(p)) => current[c].sort_key().cmp(&p.sort_key()),
             };
             match order {
                 Ordering::Greater => rows.push(RowState::Removed(previous.next().unwrap())),
                 Ordering::Less | Ordering::Equal => {
-                    let entry = current.next().unwrap();
+                    let entry = std::mem::take(&mut current[ordered.next().unwrap()]);
                     let mut copies = 1u64;
-                    while current.peek().is_some_and(|next| next.sort_key() == entry.sort_key()) {
-                        current.next();
+                    while ordered
+                        .peek()
+                        .is_some_and(|&next| current[next].sort_key() == entry.sort_key())
+                    {
+                        ordered.next();
                         copies += 1;
                     }
                     let prior = if order == Ordering::Equal {
@@ -75,12 +90,12 @@ impl ShardDiff {
                         _ if copies > 1 => RowState::Duplicate {
                             key: entry.key,
                             rows: copies,
-                            previous: prior,
+                            previous: prior.map(Box::new),
                         },
                         None => RowState::Added(entry),
                         Some(prior) if prior.fingerprint == entry.fingerprint => RowState::Unchanged(prior),
                         Some(prior) => RowState::Changed {
-                            previous: prior,
+                            previous: Box::new(prior),
                             current: entry,
                         },
                     });
@@ -147,11 +162,11 @@ impl ShardDiff {
                 (RowState::Added(entry), Some(true)) => Some(entry),
                 (RowState::Added(_), _) => None,
                 (RowState::Changed { current, .. }, Some(true)) => Some(current),
-                (RowState::Changed { previous, .. }, _) => Some(previous),
+                (RowState::Changed { previous, .. }, _) => Some(&**previous),
                 (RowState::Removed(_), Some(true)) => None,
                 (RowState::Removed(previous), Some(false)) => Some(previous),
                 (RowState::Removed(previous), None) => remember_removed.then_some(previous),
-                (RowState::Duplicate { previous, .. }, _) => previous.as_ref(),
+                (RowState::Duplicate { previous, .. }, _) => previous.as_deref(),
             })
             .collect()
     }
