@@ -177,6 +177,13 @@ impl EntryWriter {
     }
 
     pub fn finish(self, kind: FileKind, sync: &str, run_id: &str, range: HashRange) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.body.len());
+        self.finish_into(&mut out, kind, sync, run_id, range);
+        out
+    }
+
+    /// Appends the whole file to `out`, which may already hold other files.
+    pub fn finish_into(&self, out: &mut Vec<u8>, kind: FileKind, sync: &str, run_id: &str, range: HashRange) {
         let header = Header {
             format_version: FORMAT_VERSION,
             kind,
@@ -187,12 +194,10 @@ impl EntryWriter {
             entries: self.entries,
         };
         let header = rmp_serde::to_vec_named(&header).expect("header serializes");
-        let mut out = Vec::with_capacity(8 + header.len() + self.body.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(header.len() as u32).to_le_bytes());
         out.extend_from_slice(&header);
         out.extend_from_slice(&self.body);
-        out
     }
 }
 

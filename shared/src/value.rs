@@ -54,6 +54,22 @@ impl Value {
         }
     }
 
+    /// Writes the key form (`as_key`) into `out`, replacing what it held;
+    /// `false` for a null key. Saves an allocation per row on the hot path.
+    pub fn write_key(&self, out: &mut String) -> bool {
+        use std::fmt::Write;
+        out.clear();
+        match self {
+            Value::Null => return false,
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::Decimal(s) | Value::Text(s) | Value::Timestamp(s) => out.push_str(s),
+            other => out.push_str(&other.as_key().unwrap_or_default()),
+        }
+        true
+    }
+
     /// Appends the canonical, self-delimiting encoding of this value: a type tag,
     /// then a length-prefixed payload. Two values encode equally iff they have the
     /// same type and content.
@@ -122,6 +138,18 @@ mod tests {
 
     #[test]
     fn keys_are_strings() {
+        let mut key = String::from("stale");
+        for value in [
+            Value::Int(-42),
+            Value::Text("a".into()),
+            Value::Bool(true),
+            Value::Float(1.5),
+            Value::Bytes(vec![1, 255]),
+        ] {
+            assert!(value.write_key(&mut key));
+            assert_eq!(Some(key.clone()), value.as_key());
+        }
+        assert!(!Value::Null.write_key(&mut key));
         assert_eq!(Value::Int(42).as_key().as_deref(), Some("42"));
         assert_eq!(Value::Text("a".into()).as_key().as_deref(), Some("a"));
         assert_eq!(Value::Null.as_key(), None);

@@ -27,7 +27,8 @@ pub async fn extract(
     let rows = sources::open(&spec.model.source, &spec.source, &spec.model_name, &spec.model).await?;
     let columns: Vec<String> = rows.columns.iter().map(|c| c.name.clone()).collect();
     let plan = Arc::new(RecordPlan::new(spec, &rows.columns, run)?);
-    // Mapping and hashing are most of extraction's CPU: batches are mapped on
+    // Parsing, mapping and hashing are most of extraction's CPU: batches are
+    // parsed and mapped on
     // every core at once and gathered in their original order, so chunks (and
     // which of two duplicate rows comes first) do not depend on timing.
     let mappers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -81,12 +82,12 @@ impl MappedBatch {
             rows: rows.len() as u64,
             null_keys: 0,
         };
-        let mut scratch = Vec::new();
+        let (mut scratch, mut key) = (Vec::new(), String::new());
         for row in &rows {
-            let Some(key) = plan.key(row) else {
+            if !plan.write_key(row, &mut key) {
                 batch.null_keys += 1;
                 continue;
-            };
+            }
             let hash = key_hash(&key);
             let start = batch.entries.byte_len();
             batch
@@ -162,12 +163,13 @@ impl<'a> Buckets<'a> {
         for (bucket, slot) in self.writers.iter_mut().enumerate() {
             let Some(writer) = slot.take() else { continue };
             let start = object.len() as u64;
-            object.extend_from_slice(&writer.finish(
+            writer.finish_into(
+                &mut object,
                 FileKind::Chunk,
                 &self.spec.name,
                 self.run_id,
                 HashRange::bucket(bucket),
-            ));
+            );
             self.reports[bucket]
                 .chunks
                 .push(ChunkRef::part(key.clone(), start..object.len() as u64));

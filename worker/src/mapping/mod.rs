@@ -62,6 +62,8 @@ pub struct RecordPlan {
     /// fields' indices sorted by name: records are then written straight from
     /// the row in the order serde_json's map would give, with no map built.
     flat_order: Option<Vec<usize>>,
+    /// No templates and no casts: every value can be borrowed.
+    plain: bool,
 }
 
 fn static_value(json: &Json) -> Value {
@@ -166,18 +168,27 @@ impl RecordPlan {
         flat_order.sort_by(|&a, &b| fields[a].to.cmp(&fields[b].to));
         let flat = fields.iter().all(|f| matches!(f.path.as_slice(), [PathStep::Field(_)]))
             && flat_order.windows(2).all(|w| fields[w[0]].to != fields[w[1]].to);
+        let plain = fields
+            .iter()
+            .all(|f| f.cast.is_none() && !matches!(f.source, Source::Template(_)));
         Ok(RecordPlan {
             key_index,
             fields,
             skip_nulls: spec.skip_nulls,
             columns: uses_templates.then(|| columns.to_vec()),
             flat_order: flat.then_some(flat_order),
+            plain,
         })
     }
 
     /// The row's primary key as a string; `None` when it is null.
     pub fn key(&self, row: &Row) -> Option<String> {
         row[self.key_index].as_key()
+    }
+
+    /// Writes the row's primary key into `key`; `false` when it is null.
+    pub fn write_key(&self, row: &Row, key: &mut String) -> bool {
+        row[self.key_index].write_key(key)
     }
 
     /// The record's fingerprint and its JSON text, or why this row cannot be
@@ -197,6 +208,17 @@ impl RecordPlan {
             out.extend_from_slice(json.as_bytes());
             return Ok(fingerprint);
         };
+        if self.plain {
+            // Nothing to compute: every value is borrowed from the row or the plan.
+            if let Some(field) = self
+                .fields
+                .iter()
+                .find(|f| f.matching && self.borrowed(f, row).is_null())
+            {
+                return Err(format!("the record-matching field {:?} is null", field.to));
+            }
+            return Ok(self.write_flat(order, |index| self.borrowed(&self.fields[index], row), out, scratch));
+        }
         // Values are taken in mapping order, so the first failing mapping is
         // the one named, whatever the field names.
         let template_record = self.template_record(row);
@@ -205,11 +227,22 @@ impl RecordPlan {
             .iter()
             .map(|field| self.value(field, row, template_record.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.write_flat(order, |index| &*values[index], out, scratch))
+    }
+
+    /// Writes a flat record's fields in name order, returning the fingerprint.
+    fn write_flat<'v>(
+        &self,
+        order: &[usize],
+        value_of: impl Fn(usize) -> &'v Value,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Fingerprint {
         scratch.clear();
         out.push(b'{');
         let mut first = true;
         for &index in order {
-            let (field, value) = (&self.fields[index], &*values[index]);
+            let (field, value) = (&self.fields[index], value_of(index));
             if self.skip_nulls && value.is_null() {
                 continue;
             }
@@ -224,7 +257,16 @@ impl RecordPlan {
             }
         }
         out.push(b'}');
-        Ok(fingerprint_of_encoding(scratch))
+        fingerprint_of_encoding(scratch)
+    }
+
+    /// A value that needs no computing: a column's or a constant.
+    fn borrowed<'a>(&'a self, field: &'a Field, row: &'a Row) -> &'a Value {
+        match &field.source {
+            Source::Column(index) => &row[*index],
+            Source::Static(value) | Source::Variable(value) => value,
+            Source::Template(_) => unreachable!("plain plans have no templates"),
+        }
     }
 
     fn template_record(&self, row: &Row) -> Option<liquid::Object> {

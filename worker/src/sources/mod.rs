@@ -16,19 +16,47 @@ pub const BATCH_ROWS: usize = 2048;
 
 pub type Row = Vec<Value>;
 
+/// A batch as a source hands it over: rows, or bytes still to be parsed into
+/// rows. A source whose parsing costs real CPU defers it, so extraction can
+/// parse on its mapping threads, in parallel, instead of on the reader.
+pub enum Batch {
+    Rows(Vec<Row>),
+    Unparsed(Box<dyn FnOnce() -> Result<Vec<Row>, TaskError> + Send>),
+}
+
+impl Batch {
+    pub fn into_rows(self) -> Result<Vec<Row>, TaskError> {
+        match self {
+            Batch::Rows(rows) => Ok(rows),
+            Batch::Unparsed(parse) => parse(),
+        }
+    }
+}
+
+impl From<Vec<Row>> for Batch {
+    fn from(rows: Vec<Row>) -> Self {
+        Batch::Rows(rows)
+    }
+}
+
 pub struct RowStream {
     pub columns: Vec<Column>,
-    batches: mpsc::Receiver<Result<Vec<Row>, TaskError>>,
+    batches: mpsc::Receiver<Result<Batch, TaskError>>,
 }
 
 impl RowStream {
-    fn channel(columns: Vec<Column>) -> (mpsc::Sender<Result<Vec<Row>, TaskError>>, RowStream) {
+    fn channel(columns: Vec<Column>) -> (mpsc::Sender<Result<Batch, TaskError>>, RowStream) {
         let (sender, batches) = mpsc::channel(4);
         (sender, RowStream { columns, batches })
     }
 
-    /// The next batch; `None` at the end of the result.
+    /// The next batch of rows; `None` at the end of the result.
     pub async fn next_batch(&mut self) -> Option<Result<Vec<Row>, TaskError>> {
+        self.next_unparsed().await.map(|batch| batch?.into_rows())
+    }
+
+    /// The next batch, possibly still to be parsed (`Batch::into_rows`).
+    pub async fn next_unparsed(&mut self) -> Option<Result<Batch, TaskError>> {
         self.batches.recv().await
     }
 }

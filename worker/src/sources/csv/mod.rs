@@ -59,13 +59,13 @@ pub(super) async fn open(
             );
             if batch.len() >= BATCH_ROWS {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-                if sender.blocking_send(Ok(full)).is_err() {
+                if sender.blocking_send(Ok(full.into())).is_err() {
                     return;
                 }
             }
         }
         if !batch.is_empty() {
-            let _ = sender.blocking_send(Ok(batch));
+            let _ = sender.blocking_send(Ok(batch.into()));
         }
     });
     Ok(stream)

@@ -52,6 +52,11 @@ impl LineParser {
         self.partial.extend_from_slice(bytes);
     }
 
+    /// Whether bytes after the last newline wait for the rest of their line.
+    pub fn has_partial_line(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
     fn parse_line(&mut self, line: &[u8]) {
         self.text.clear();
         self.spans.clear();

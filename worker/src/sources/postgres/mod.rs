@@ -3,12 +3,13 @@
 
 mod copy_text;
 
-use super::{classify_sqlx, Row, RowStream, BATCH_ROWS};
+use super::{classify_sqlx, Batch, Row, RowStream, BATCH_ROWS};
 use crate::error::TaskError;
 use ebb_shared::config::{expand_env, ModelConfig, PostgresSourceConfig};
 use ebb_shared::value::Value;
 use futures::StreamExt;
 use sqlx::{Connection, Executor, PgConnection};
+use std::sync::Arc;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -58,35 +59,29 @@ pub(super) async fn open(
                 .copy_out_raw(copy.as_str())
                 .await
                 .map_err(|e| classify_sqlx(e, &source_name, &model_name))?;
-            let mut parser = copy_text::LineParser::default();
-            let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+            // Whole lines are cut into batches here and parsed later, on
+            // extraction's mapping threads.
+            let types: Arc<[PgType]> = types.into();
+            let mut pending: Vec<u8> = Vec::with_capacity(UNPARSED_BATCH_BYTES + (64 << 10));
             while let Some(chunk) = bytes.next().await {
                 let chunk = chunk.map_err(|e| classify_sqlx(e, &source_name, &model_name))?;
-                let mut failed = None;
-                parser.feed(&chunk, |fields| {
-                    if failed.is_some() {
-                        return;
-                    }
-                    match convert_row(fields, &types) {
-                        Ok(row) => batch.push(row),
-                        Err(reason) => failed = Some(reason),
-                    }
-                });
-                if let Some(reason) = failed {
-                    return Err(TaskError::SourceRead {
-                        source_name: source_name.clone(),
-                        reason,
-                    });
-                }
-                if batch.len() >= BATCH_ROWS {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-                    if sender.send(Ok(full)).await.is_err() {
+                pending.extend_from_slice(&chunk);
+                if pending.len() >= UNPARSED_BATCH_BYTES {
+                    let Some(last_newline) = pending.iter().rposition(|&b| b == b'\n') else {
+                        continue;
+                    };
+                    let rest = pending.split_off(last_newline + 1);
+                    let lines = std::mem::replace(&mut pending, rest);
+                    let batch = unparsed(lines, types.clone(), source_name.clone());
+                    if sender.send(Ok(batch)).await.is_err() {
                         return Ok(());
                     }
                 }
             }
-            if !batch.is_empty() {
-                let _ = sender.send(Ok(batch)).await;
+            if !pending.is_empty() {
+                let _ = sender
+                    .send(Ok(unparsed(pending, types.clone(), source_name.clone())))
+                    .await;
             }
             Ok(())
         }
@@ -96,6 +91,33 @@ pub(super) async fn open(
         }
     });
     Ok(stream)
+}
+
+/// COPY text handed over per batch: about 2,000 rows of a 10-column model.
+const UNPARSED_BATCH_BYTES: usize = 256 << 10;
+
+/// Whole lines of COPY text, to be parsed into rows.
+fn unparsed(lines: Vec<u8>, types: Arc<[PgType]>, source_name: String) -> Batch {
+    Batch::Unparsed(Box::new(move || {
+        let mut parser = copy_text::LineParser::default();
+        let mut rows: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+        let mut failed = None;
+        parser.feed(&lines, |fields| {
+            if failed.is_none() {
+                match convert_row(fields, &types) {
+                    Ok(row) => rows.push(row),
+                    Err(reason) => failed = Some(reason),
+                }
+            }
+        });
+        if parser.has_partial_line() {
+            failed.get_or_insert_with(|| "COPY output ended in the middle of a line".to_string());
+        }
+        match failed {
+            None => Ok(rows),
+            Some(reason) => Err(TaskError::SourceRead { source_name, reason }),
+        }
+    }))
 }
 
 #[derive(Debug, Clone, Copy)]

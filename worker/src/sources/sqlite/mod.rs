@@ -58,13 +58,13 @@ pub(super) async fn open(
             batch.push(row);
             if batch.len() >= BATCH_ROWS {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-                if sender.send(Ok(full)).await.is_err() {
+                if sender.send(Ok(full.into())).await.is_err() {
                     return;
                 }
             }
         }
         if !batch.is_empty() {
-            let _ = sender.send(Ok(batch)).await;
+            let _ = sender.send(Ok(batch.into())).await;
         }
     });
     Ok(stream)
