@@ -1,18 +1,22 @@
 //! `ebb-bench`: how close Ebb runs to the floor.
 //!
 //! Builds a ~10-column model of each size in PostgreSQL, then, in the same run:
-//! the floor (`COPY (query) TO STDOUT` into nothing), a first sync and
+//! the floor (`COPY (query) TO STDOUT` into nothing); a first sync and an
+//! unchanged run on a fleet (coordinator and two worker processes, RabbitMQ,
+//! an S3 server) with each process's peak memory; a first sync and
 //! incremental syncs (0%, 1%, 10% of rows changed: updates, inserts and
-//! deletes mixed) on embedded defaults into a local HTTP sink that accepts
-//! batches as fast as it can, and the diff stage alone against the same diff
-//! done inside PostgreSQL (a FULL OUTER JOIN of the previous and current
-//! tables). It prints a table of absolute figures and ratios.
+//! deletes mixed) on embedded defaults; and the diff stage alone against the
+//! same diff done inside PostgreSQL (a FULL OUTER JOIN of the previous and
+//! current tables). Then, once: scaling with 1, 2 and 4 workers against a
+//! sink with 20 ms latency, and rate-limit accuracy. Every sink accepts each
+//! batch. It prints tables of absolute figures and ratios.
 //!
 //! ```sh
-//! cargo run --release -p ebb-bench -- --rows 1000000
+//! cargo run --release -p ebb-bench -- --rows 1000000,10000000 --plot docs/benchmarks.svg
 //! ```
 //!
-//! Traffic stays on loopback: PostgreSQL on 127.0.0.1 and the sink in-process.
+//! Traffic stays on loopback: PostgreSQL and RabbitMQ on 127.0.0.1, the S3
+//! server and the sinks in-process.
 
 use anyhow::Context;
 use clap::Parser;

@@ -28,20 +28,21 @@ pub async fn extract(
     let columns: Vec<String> = rows.columns.iter().map(|c| c.name.clone()).collect();
     let plan = Arc::new(RecordPlan::new(spec, &rows.columns, run)?);
     // Parsing, mapping and hashing are most of extraction's CPU: batches are
-    // parsed and mapped on
-    // every core at once and gathered in their original order, so chunks (and
-    // which of two duplicate rows comes first) do not depend on timing.
+    // parsed and mapped on every core at once and gathered in their original
+    // order, so chunks (and which of two duplicate rows comes first) do not
+    // depend on timing.
     let mappers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mapped = stream::unfold(rows, |mut rows| async move {
-        rows.next_batch().await.map(|batch| (batch, rows))
+        rows.next_unparsed().await.map(|batch| (batch, rows))
     })
     .map(|batch| {
         let plan = plan.clone();
         async move {
             let batch = batch?;
-            let mapped = tokio::task::spawn_blocking(move || MappedBatch::map(&plan, batch)).await;
+            let mapped =
+                tokio::task::spawn_blocking(move || batch.into_rows().map(|rows| MappedBatch::map(&plan, rows))).await;
             // A panic while mapping is a bug: let it surface as one.
-            Ok::<_, TaskError>(mapped.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+            mapped.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
         }
     })
     .buffered(mappers);
