@@ -81,8 +81,13 @@ struct Figures {
     peak_rss_mib: u64,
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // As the `ebb` binary does, so the standalone figures are what users get.
+    ebb_shared::allocator::limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     // Warnings only, unless EBB_LOG asks for more (`EBB_LOG=info` shows each task's time).
     let _telemetry = ebb_shared::telemetry::init("ebb-bench", "warn");

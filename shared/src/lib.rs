@@ -4,6 +4,7 @@
 //! vocabulary (config, values, hashes, snapshots, wire messages) and the traits
 //! behind which the two scales of Ebb differ (queue, object store).
 
+pub mod allocator;
 pub mod config;
 pub mod hashing;
 pub mod protocol;
