@@ -386,6 +386,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_back_to_back_read_as_one_and_a_cut_one_is_an_error() {
+        let file = |keys: &[&str]| {
+            let mut writer = EntryWriter::new();
+            for key in keys {
+                writer.push(1, key, 2, "{}");
+            }
+            let mut out = Vec::new();
+            writer.finish_into(&mut out, FileKind::Chunk, "s", "r", HashRange::FULL);
+            out
+        };
+        let mut packed = file(&["a", "b"]);
+        packed.extend(file(&[]));
+        packed.extend(file(&["c"]));
+        let keys: Vec<String> = read_entry_files(&packed).map(|e| e.unwrap().key).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        let cut = &packed[..packed.len() - 3];
+        assert!(read_entry_files(cut).any(|e| matches!(e, Err(FormatError::Truncated(_)))));
+    }
+
+    #[test]
     fn entries_built_in_place_or_moved_between_writers_read_back_the_same() {
         let mut expected = EntryWriter::new();
         expected.push(1, "a", 5, r#"{"x":1}"#);

@@ -33,16 +33,7 @@ const FETCH_CONCURRENCY: usize = 8;
 /// Loads the entries of `objects` that lie in each one's hash range, in the
 /// order given. Adjacent byte ranges of one object are read together.
 async fn load_entries(storage: &Storage, objects: Vec<(ChunkRef, HashRange)>) -> Result<Vec<Entry>, TaskError> {
-    let mut reads: Vec<(ChunkRef, HashRange)> = Vec::with_capacity(objects.len());
-    for (chunk, keep) in objects {
-        if let Some((last, last_keep)) = reads.last_mut() {
-            if let (Some(joined), true) = (contiguous(last, &chunk), *last_keep == keep) {
-                *last = joined;
-                continue;
-            }
-        }
-        reads.push((chunk, keep));
-    }
+    let reads = coalesce(objects);
     let mut fetched = futures::stream::iter(reads.into_iter().map(|(chunk, keep)| async move {
         let bytes = match &chunk.bytes {
             None => storage.get(&chunk.key).await,
@@ -62,6 +53,22 @@ async fn load_entries(storage: &Storage, objects: Vec<(ChunkRef, HashRange)>) ->
         }
     }
     Ok(entries)
+}
+
+/// Joins each byte range to the one before it when it continues it in the
+/// same object and keeps the same hash range.
+fn coalesce(objects: Vec<(ChunkRef, HashRange)>) -> Vec<(ChunkRef, HashRange)> {
+    let mut reads: Vec<(ChunkRef, HashRange)> = Vec::with_capacity(objects.len());
+    for (chunk, keep) in objects {
+        if let Some((last, last_keep)) = reads.last_mut() {
+            if let (Some(joined), true) = (contiguous(last, &chunk), *last_keep == keep) {
+                *last = joined;
+                continue;
+            }
+        }
+        reads.push((chunk, keep));
+    }
+    reads
 }
 
 /// `first` and `next` as one read, when `next` starts where `first` ends.
@@ -299,5 +306,36 @@ impl RowFile {
 
     fn into_bytes(self) -> Vec<u8> {
         self.text.into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_ranges_of_one_object_are_read_together() {
+        let full = HashRange::FULL;
+        let half = HashRange::new(0, u64::MAX / 2);
+        let reads = coalesce(vec![
+            (ChunkRef::part("a", 0..10), full),
+            (ChunkRef::part("a", 10..25), full),
+            (ChunkRef::part("a", 25..30), half),
+            (ChunkRef::part("a", 40..50), half),
+            (ChunkRef::part("b", 50..60), half),
+            (ChunkRef::whole("c"), half),
+            (ChunkRef::whole("c"), half),
+        ]);
+        assert_eq!(
+            reads,
+            vec![
+                (ChunkRef::part("a", 0..25), full),
+                (ChunkRef::part("a", 25..30), half),
+                (ChunkRef::part("a", 40..50), half),
+                (ChunkRef::part("b", 50..60), half),
+                (ChunkRef::whole("c"), half),
+                (ChunkRef::whole("c"), half),
+            ]
+        );
     }
 }
