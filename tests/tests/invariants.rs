@@ -243,6 +243,36 @@ async fn changing_the_shard_count_resends_nothing() {
     }
 }
 
+/// Snapshots are immutable, so a shard whose entries all stay as they were
+/// keeps pointing at the object it already has; only a shard that changed
+/// gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_run_keeps_its_snapshots_and_a_change_moves_only_its_shard() {
+    let setup = setup(3_000).await;
+    let runtime = setup.runtime(&setup.database_url, PEOPLE, "    shards: 4").await;
+    assert_eq!(run(&runtime, TriggerOptions::default()).await.succeeded.added, 3_000);
+    let first = pointers(&runtime).await;
+    assert_eq!(first.len(), 4);
+
+    let quiet = run(&runtime, TriggerOptions::default()).await;
+    assert_eq!((quiet.status, quiet.planned), (RunStatus::Success, OpCounts::default()));
+    assert_eq!(pointers(&runtime).await, first, "an unchanged run rewrites no snapshot");
+
+    sqlx::query("UPDATE people SET email = 'moved@example.com' WHERE id = 7")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    let changed = run(&runtime, TriggerOptions::default()).await;
+    assert_eq!(changed.succeeded.changed, 1);
+    let after = pointers(&runtime).await;
+    let moved = first.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert_eq!(moved, 1, "only the shard holding the changed row gets a new snapshot");
+    // And the kept snapshots still answer correctly: nothing is resent.
+    let again = run(&runtime, TriggerOptions::default()).await;
+    assert_eq!(again.planned, OpCounts::default());
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_mapped_fields_count_and_a_new_mapping_resends_every_row_once() {
     let setup = setup(300).await;

@@ -149,27 +149,72 @@ impl ShardDiff {
         plan: &[PlannedOp],
         succeeded: &[bool],
     ) -> Vec<&'a Entry> {
+        self.kept(behaviour, plan, succeeded)
+            .filter_map(|(state, kept)| match (state, kept) {
+                (_, Kept::Neither) => None,
+                (RowState::Added(current) | RowState::Changed { current, .. }, Kept::Current) => Some(current),
+                (RowState::Unchanged(previous) | RowState::Removed(previous), Kept::Previous) => Some(previous),
+                (RowState::Changed { previous, .. }, Kept::Previous) => Some(&**previous),
+                (RowState::Duplicate { previous, .. }, Kept::Previous) => previous.as_deref(),
+                (state, kept) => unreachable!("{kept:?} for {state:?}"),
+            })
+            .collect()
+    }
+
+    /// Whether the next snapshot holds exactly the previous entries: then the
+    /// previous snapshot object can stay current instead of being rewritten.
+    pub fn keeps_previous_snapshot(&self, behaviour: &Behaviour, plan: &[PlannedOp], succeeded: &[bool]) -> bool {
+        self.kept(behaviour, plan, succeeded).all(|(state, kept)| {
+            let had_previous = match state {
+                RowState::Added(_) => false,
+                RowState::Duplicate { previous, .. } => previous.is_some(),
+                RowState::Unchanged(_) | RowState::Changed { .. } | RowState::Removed(_) => true,
+            };
+            match kept {
+                Kept::Previous => true,
+                Kept::Current => false,
+                Kept::Neither => !had_previous,
+            }
+        })
+    }
+
+    /// Which entry of each row the next snapshot keeps, given the outcomes.
+    fn kept<'a>(
+        &'a self,
+        behaviour: &Behaviour,
+        plan: &[PlannedOp],
+        succeeded: &[bool],
+    ) -> impl Iterator<Item = (&'a RowState, Kept)> {
         let mut outcome: Vec<Option<bool>> = vec![None; self.rows.len()];
         for (op, ok) in plan.iter().zip(succeeded) {
             outcome[op.row] = Some(*ok);
         }
         let remember_removed = behaviour.remembers_removed_rows();
-        self.rows
-            .iter()
-            .zip(outcome)
-            .filter_map(|(state, sent)| match (state, sent) {
-                (RowState::Unchanged(entry), _) => Some(entry),
-                (RowState::Added(entry), Some(true)) => Some(entry),
-                (RowState::Added(_), _) => None,
-                (RowState::Changed { current, .. }, Some(true)) => Some(current),
-                (RowState::Changed { previous, .. }, _) => Some(&**previous),
-                (RowState::Removed(_), Some(true)) => None,
-                (RowState::Removed(previous), Some(false)) => Some(previous),
-                (RowState::Removed(previous), None) => remember_removed.then_some(previous),
-                (RowState::Duplicate { previous, .. }, _) => previous.as_deref(),
-            })
-            .collect()
+        self.rows.iter().zip(outcome).map(move |(state, sent)| {
+            let kept = match (state, sent) {
+                (RowState::Unchanged(_), _) => Kept::Previous,
+                (RowState::Added(_), Some(true)) => Kept::Current,
+                (RowState::Added(_), _) => Kept::Neither,
+                (RowState::Changed { .. }, Some(true)) => Kept::Current,
+                (RowState::Changed { .. }, _) => Kept::Previous,
+                (RowState::Removed(_), Some(true)) => Kept::Neither,
+                (RowState::Removed(_), Some(false)) => Kept::Previous,
+                (RowState::Removed(_), None) if remember_removed => Kept::Previous,
+                (RowState::Removed(_), None) => Kept::Neither,
+                (RowState::Duplicate { previous: Some(_), .. }, _) => Kept::Previous,
+                (RowState::Duplicate { previous: None, .. }, _) => Kept::Neither,
+            };
+            (state, kept)
+        })
     }
+}
+
+/// What the next snapshot keeps of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    Previous,
+    Current,
+    Neither,
 }
 
 #[cfg(test)]
@@ -242,6 +287,43 @@ mod tests {
         assert_eq!(mirror.len(), 3);
         assert_eq!(mirror.last().unwrap().action, Action::Delete);
         assert_eq!(diff.plan(&behaviour(MIRROR), true).len(), 4);
+    }
+
+    #[test]
+    fn the_previous_snapshot_stays_only_when_no_entry_moves() {
+        let previous = sorted(vec![entry("same", 1), entry("edit", 1), entry("gone", 1)]);
+        let quiet = ShardDiff::compute(
+            vec![entry("same", 1), entry("edit", 1), entry("gone", 1)],
+            previous.clone(),
+        );
+        assert!(quiet.keeps_previous_snapshot(&behaviour(MIRROR), &[], &[]));
+        // A full resync sends everything and keeps the same entries.
+        let resync = quiet.plan(&behaviour(MIRROR), true);
+        assert!(quiet.keeps_previous_snapshot(&behaviour(MIRROR), &resync, &vec![true; resync.len()]));
+
+        let busy = ShardDiff::compute(vec![entry("new", 1), entry("edit", 2), entry("same", 1)], previous);
+        let plan = busy.plan(&behaviour(MIRROR), false);
+        assert!(!busy.keeps_previous_snapshot(&behaviour(MIRROR), &plan, &vec![true; plan.len()]));
+        // Everything failed: every row keeps its previous entry, the new row stays out.
+        assert!(busy.keeps_previous_snapshot(&behaviour(MIRROR), &plan, &vec![false; plan.len()]));
+        // Upsert does not delete "gone" but forgets it: the snapshot changes.
+        let upsert = busy.plan(&behaviour(UPSERT), false);
+        assert!(!busy.keeps_previous_snapshot(&behaviour(UPSERT), &upsert, &vec![false; upsert.len()]));
+        // Whatever it answers, it agrees with the entries the next snapshot holds.
+        for (mode, ok) in [(MIRROR, true), (MIRROR, false), (UPSERT, true), (UPSERT, false)] {
+            let plan = busy.plan(&behaviour(mode), false);
+            let outcomes = vec![ok; plan.len()];
+            let next: Vec<Entry> = busy
+                .next_snapshot(&behaviour(mode), &plan, &outcomes)
+                .into_iter()
+                .cloned()
+                .collect();
+            let unchanged = next == sorted(vec![entry("same", 1), entry("edit", 1), entry("gone", 1)]);
+            assert_eq!(
+                busy.keeps_previous_snapshot(&behaviour(mode), &plan, &outcomes),
+                unchanged
+            );
+        }
     }
 
     #[test]

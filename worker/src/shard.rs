@@ -109,6 +109,13 @@ pub async fn process_shard(
         })
         .collect();
     pointers.sort_by_key(|(_, part)| part.start);
+    // When one previous object holds this whole range, and the run leaves
+    // every entry as it was, that object stays current instead of being
+    // rewritten: a quiet run then writes nothing but its report.
+    let sole_previous = match pointers.as_slice() {
+        [(object, part)] if *part == range => Some(object.key.clone()),
+        _ => None,
+    };
     let previous = load_entries(ctx.storage, pointers).await?;
     let loaded = std::time::Instant::now();
     let (current_rows, previous_rows) = (current.len(), previous.len());
@@ -249,22 +256,25 @@ pub async fn process_shard(
     };
 
     let ok: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
-    let mut writer = EntryWriter::new();
-    for entry in diff.next_snapshot(&behaviour, &plan, &ok) {
-        writer.push_entry(entry);
-    }
+    let snapshot_key = match sole_previous {
+        Some(previous) if diff.keeps_previous_snapshot(&behaviour, &plan, &ok) => previous,
+        _ => {
+            let mut writer = EntryWriter::new();
+            for entry in diff.next_snapshot(&behaviour, &plan, &ok) {
+                writer.push_entry(entry);
+            }
+            let key = paths::snapshot(&spec.name, run_id, &range, attempt);
+            ctx.storage
+                .create(&key, writer.finish(FileKind::Snapshot, &spec.name, run_id, range))
+                .await?;
+            key
+        }
+    };
     tracing::info!(
         shard = task.index,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "shard delivered"
     );
-    let snapshot_key = paths::snapshot(&spec.name, run_id, &range, attempt);
-    ctx.storage
-        .create(
-            &snapshot_key,
-            writer.finish(FileKind::Snapshot, &spec.name, run_id, range),
-        )
-        .await?;
 
     Ok(ShardReport {
         index: task.index,
