@@ -3,6 +3,7 @@
 //! snapshots on an S3 server, all on loopback.
 
 use crate::sink::{mean_rate, peak_in_any_second, Sink};
+use crate::sync_config;
 use ebb_tests::fleet::{counts, Fleet};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ pub struct Distributed {
 /// two workers, and the peak memory of each process.
 pub async fn distributed(postgres_url: &str, query: &str, rows: u64, batch_size: usize) -> anyhow::Result<Distributed> {
     let sink = Sink::start().await?;
-    let config = config(
+    let config = sync_config(
         postgres_url,
         query,
         &sink,
@@ -53,7 +54,7 @@ pub async fn scaling(postgres_url: &str, query: &str, rows: u64) -> anyhow::Resu
     let sink = Sink::with_latency(Duration::from_millis(20)).await?;
     let mut out = Vec::new();
     for workers in [1, 2, 4] {
-        let config = config(postgres_url, query, &sink, "batch_size: 20", "shards: 16");
+        let config = sync_config(postgres_url, query, &sink, "batch_size: 20", "shards: 16");
         let fleet = Fleet::start(&config, workers).await;
         let run = timed_run(&fleet, rows).await?;
         let arrivals = sink.take_arrivals();
@@ -86,7 +87,7 @@ pub async fn rate_limit(postgres_url: &str, query: &str, rows: u64) -> anyhow::R
     const LIMIT: f64 = 100.0;
     const WORKERS: usize = 3;
     let sink = Sink::with_latency(Duration::from_millis(20)).await?;
-    let config = config(
+    let config = sync_config(
         postgres_url,
         query,
         &sink,
@@ -103,27 +104,6 @@ pub async fn rate_limit(postgres_url: &str, query: &str, rows: u64) -> anyhow::R
         peak_in_any_second: peak_in_any_second(&arrivals),
         mean_rate: mean_rate(&arrivals),
     })
-}
-
-fn config(postgres_url: &str, query: &str, sink: &Sink, destination: &str, sync: &str) -> String {
-    let sync = if sync.is_empty() {
-        String::new()
-    } else {
-        format!(", {sync}")
-    };
-    format!(
-        r#"
-sources:
-  warehouse: {{ type: postgres, url: "{postgres_url}" }}
-models:
-  model: {{ source: warehouse, query: "{query}", primary_key: id }}
-destinations:
-  sink: {{ type: http, url: "{url}", {destination} }}
-syncs:
-  bench: {{ model: model, destination: sink, mode: mirror{sync} }}
-"#,
-        url = sink.url
-    )
 }
 
 /// Triggers the sync and waits for it; `added` is how many rows it must add.

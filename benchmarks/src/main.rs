@@ -24,6 +24,7 @@ use clap::Parser;
 mod fleet;
 mod plot;
 mod sink;
+use ebb_coordinator::output::thousands;
 use ebb_coordinator::run::TriggerOptions;
 use ebb_coordinator::runtime::{start_embedded, Runtime};
 use ebb_coordinator::store::RunRecord;
@@ -161,18 +162,12 @@ async fn run_size(url: &str, rows: u64, batch_size: usize, with_fleet: bool) -> 
 
     let sink = Sink::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = format!(
-        r#"
-sources:
-  warehouse: {{ type: postgres, url: "{url}" }}
-models:
-  model: {{ source: warehouse, query: "{query}", primary_key: id }}
-destinations:
-  sink: {{ type: http, url: "{sink}", batch_size: {batch_size}, max_concurrency: 8 }}
-syncs:
-  bench: {{ model: model, destination: sink, mode: mirror }}
-"#,
-        sink = sink.url
+    let config = sync_config(
+        url,
+        &query,
+        &sink,
+        &format!("batch_size: {batch_size}, max_concurrency: 8"),
+        "",
     );
     let config = Arc::new(Config::from_yaml_str(Path::new("bench.yaml"), &config, dir.path())?);
     let runtime = start_embedded(config.clone(), dir.path(), 2, 2).await?;
@@ -212,6 +207,29 @@ syncs:
         sql_diff,
         peak_rss_mib,
     })
+}
+
+/// The benchmarks' one sync, `bench`: the model in mirror mode to `sink`, with
+/// extra destination and sync settings (YAML flow-map entries).
+pub(crate) fn sync_config(postgres_url: &str, query: &str, sink: &Sink, destination: &str, sync: &str) -> String {
+    let sync = if sync.is_empty() {
+        String::new()
+    } else {
+        format!(", {sync}")
+    };
+    format!(
+        r#"
+sources:
+  warehouse: {{ type: postgres, url: "{postgres_url}" }}
+models:
+  model: {{ source: warehouse, query: "{query}", primary_key: id }}
+destinations:
+  sink: {{ type: http, url: "{url}", {destination} }}
+syncs:
+  bench: {{ model: model, destination: sink, mode: mirror{sync} }}
+"#,
+        url = sink.url
+    )
 }
 
 async fn build_dataset(db: &mut PgConnection, table: &str, rows: u64) -> anyhow::Result<()> {
@@ -524,16 +542,4 @@ fn plot(all: &[Figures]) -> String {
     add("diff stage, Ebb", &|f| Some(f.ebb_diff));
     add("diff stage, SQL FULL OUTER JOIN", &|f| Some(f.sql_diff));
     plot::svg("Time against rows (log-log): Ebb's runs and the floor", &series)
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

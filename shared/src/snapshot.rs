@@ -102,11 +102,7 @@ impl EntryWriter {
     }
 
     fn push_with_flags(&mut self, key_hash: KeyHash, key: &str, fingerprint: Fingerprint, flags: u8, record: &str) {
-        self.body.extend_from_slice(&key_hash.to_le_bytes());
-        self.body.extend_from_slice(&fingerprint.to_le_bytes());
-        self.body.push(flags);
-        self.body.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        self.body.extend_from_slice(key.as_bytes());
+        self.write_head(key_hash, key, fingerprint, flags);
         self.body.extend_from_slice(&(record.len() as u32).to_le_bytes());
         self.body.extend_from_slice(record.as_bytes());
         self.entries += 1;
@@ -122,11 +118,8 @@ impl EntryWriter {
         build: impl FnOnce(&mut Vec<u8>) -> Result<Fingerprint, String>,
     ) {
         let start = self.body.len();
-        self.body.extend_from_slice(&key_hash.to_le_bytes());
-        self.body.extend_from_slice(&0u128.to_le_bytes());
-        self.body.push(0);
-        self.body.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        self.body.extend_from_slice(key.as_bytes());
+        // The fingerprint and the record's length are filled in once known.
+        self.write_head(key_hash, key, 0, 0);
         let length_at = self.body.len();
         self.body.extend_from_slice(&0u32.to_le_bytes());
         match build(&mut self.body) {
@@ -141,6 +134,15 @@ impl EntryWriter {
                 self.push_mapping_error(key_hash, key, &error);
             }
         }
+    }
+
+    /// An entry's fields up to its key; the record's length and bytes follow.
+    fn write_head(&mut self, key_hash: KeyHash, key: &str, fingerprint: Fingerprint, flags: u8) {
+        self.body.extend_from_slice(&key_hash.to_le_bytes());
+        self.body.extend_from_slice(&fingerprint.to_le_bytes());
+        self.body.push(flags);
+        self.body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.body.extend_from_slice(key.as_bytes());
     }
 
     /// The entries' encoded bytes so far; `byte_len()` taken before and after
