@@ -82,13 +82,35 @@ struct Figures {
     peak_rss_mib: u64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     // As the `ebb` binary does, so the standalone figures are what users get.
     ebb_shared::allocator::limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
+    // The fleet's coordinator and workers are this very executable started under
+    // the name `ebb` (see `ebb_tests::process`): they are always of this build,
+    // and nothing is built while the benchmark runs.
+    let invoked_as = std::env::args_os().next().map(std::path::PathBuf::from);
+    if invoked_as.as_deref().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("ebb")) {
+        return ebb_coordinator::cli::main();
+    }
+    match std::env::current_exe() {
+        Ok(exe) => std::env::set_var("EBB_BINARY", exe),
+        Err(error) => {
+            eprintln!("error: cannot find this executable's path: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run())
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run() -> anyhow::Result<()> {

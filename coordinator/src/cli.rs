@@ -1,30 +1,76 @@
 //! The `ebb` command line.
 
-use crate::api::views::TriggerBody;
+use crate::api::views::{List, RunView, SyncView, TriggerBody};
 use crate::client::Backend;
 use crate::output;
 use crate::run::rows::{RowFilter, RowsFormat};
 use crate::runtime;
-use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
-use ebb_shared::config::Config;
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use ebb_shared::config::{Config, ConfigError, ConfigErrors};
 use ebb_shared::protocol::RowOutcome;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `ebb --version`: the crate version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("EBB_COMMIT"), ")");
+
+const AFTER_HELP: &str = "\
+Start here:
+  ebb quickstart                       a first sync on embedded defaults, twice
+  ebb check --config ebb.yaml --connect   every mistake of a config, before a run
+  ebb sync run SYNC --config ebb.yaml  one run of a sync from your config, in this process
+  ebb standalone --config ebb.yaml     coordinator, workers, scheduler and API in one process
+
+Every option that takes a value can also be set by the EBB_* variable named in its help.
+
+Environment:
+  EBB_LOG                      which logs to print (as --log): `debug`, or `ebb_worker=debug,info`
+  EBB_LOG_FORMAT               text or json (as --log-format)
+  OTEL_EXPORTER_OTLP_ENDPOINT  export OpenTelemetry traces over OTLP/HTTP to this collector
+                               (OTEL_SERVICE_NAME and the other OTEL_* settings apply as usual)
+
+Exit status:
+  0  done (a run that ended in success or warning)
+  1  the run ended failed, cancelled or interrupted
+  2  usage error: an unknown command or option, a missing argument
+  3  the config is invalid, or `ebb check` found problems
+  4  any other error: a coordinator or service out of reach, a file that cannot be written";
+
+/// Exit statuses, as `ebb --help` documents them.
+pub mod exit {
+    pub const RUN_NOT_SUCCESSFUL: u8 = 1;
+    pub const CONFIG: u8 = 3;
+    pub const OTHER: u8 = 4;
+}
+
 #[derive(Parser)]
 #[command(
     name = "ebb",
-    version,
+    version = VERSION,
     about = "Ebb: reverse ETL you run yourself. Sends the rows of a warehouse model that changed since the last run to CRMs, ad platforms, webhooks and databases.",
     long_about = None,
-    after_help = "Start here:\n  ebb quickstart                       a first sync on embedded defaults, twice\n  ebb sync run SYNC --config ebb.yaml  one run of a sync from your config, in this process\n  ebb standalone --config ebb.yaml     coordinator, workers, scheduler and API in one process\n\nEvery flag can also be set by the EBB_* environment variable named in its help."
+    after_help = AFTER_HELP
 )]
 struct Cli {
+    #[command(flatten)]
+    logs: LogArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// Which logs to print: a level (error, warn, info, debug, trace) or directives such as
+    /// `ebb_worker=debug,info`. Default: info for services, warn for one-shot commands.
+    #[arg(long = "log", global = true, env = "EBB_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    /// How log lines look on standard error: text or json. Default: text for one-shot commands
+    /// (so logs never mix JSON into what a command prints); for services JSON, or text on a terminal.
+    #[arg(long, global = true, env = "EBB_LOG_FORMAT", value_parser = ["text", "json"], value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +101,7 @@ enum Command {
         state_url: String,
         #[command(flatten)]
         queue: QueueArgs,
+        /// Address of the REST API, /healthz and /metrics.
         #[arg(long, default_value = "0.0.0.0:8080", env = "EBB_LISTEN")]
         listen: String,
         /// The workers' object store (as they are given it), to serve every row's result
@@ -85,10 +132,28 @@ enum Command {
     /// Runs of a sync: list them, show one, or look at its rows.
     #[command(subcommand)]
     Runs(RunsCommand),
-    /// Check a config file (or directory) without running anything.
+    /// Check a config for mistakes without running anything; with --connect, against the real sources and destinations.
+    ///
+    /// Reports every problem at once, each with its file and line. Without --connect it checks the
+    /// files, the environment variables they refer to and the local files of file sources. With
+    /// --connect it also connects to every source and destination, prepares each model's query
+    /// (reading no row), and checks the primary key and the mapped columns against the query and
+    /// the mapped fields against the destination. Exit status 3 when anything is wrong.
     Check {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Also connect to every source and destination (alias: --deep).
+        #[arg(long, visible_alias = "deep")]
+        connect: bool,
+        /// Print the result as JSON: {"ok": bool, "problems": [{"file", "line", "message"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: `ebb completions bash > /etc/bash_completion.d/ebb`,
+    /// `ebb completions zsh > "${fpath[1]}/_ebb"`, `ebb completions fish > ~/.config/fish/completions/ebb.fish`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -113,26 +178,46 @@ enum SyncCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// List the syncs of a config.
+    /// List the syncs of a config, or of a running coordinator (--api-url).
     List {
+        /// Print the list as JSON (the API's `{"data": [...]}`).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
-        config: ConfigArgs,
+        target: Target,
     },
 }
 
 #[derive(Subcommand)]
 enum RunsCommand {
-    /// The latest runs of a sync.
+    /// The latest runs of a sync, newest first.
     List {
+        /// The sync's name.
         sync: String,
-        #[arg(long, default_value_t = 20)]
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20, env = "EBB_RUNS_LIMIT")]
         limit: i64,
+        /// Print the runs as JSON (the API's `{"data": [...]}`).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
     /// One run's status and counts.
     Show {
+        /// The run's id (from `ebb runs list`).
         run: String,
+        /// Print the run as JSON (the API's run object).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancel a run: it ends `cancelled`, and what it has not sent is not sent.
+    Cancel {
+        /// The run's id (from `ebb runs list`).
+        run: String,
+        /// Print the run as JSON (the API's run object).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -144,23 +229,28 @@ enum RunsCommand {
     ///   ebb runs rows RUN --failed                  the rows the destination rejected, and why
     ///   ebb runs rows RUN --key 42                  what became of row 42
     ///   ebb runs rows RUN --format csv > rows.csv   export every row
+    #[command(verbatim_doc_comment)]
     Rows {
+        /// The run's id (from `ebb runs list`).
         run: String,
         /// Only the rows that failed (the destination or the mapping rejected them).
         #[arg(long, conflicts_with = "outcome")]
         failed: bool,
         /// Only rows with this outcome: succeeded, failed or invalid.
-        #[arg(long, value_parser = ["succeeded", "failed", "invalid"])]
+        #[arg(long, value_parser = ["succeeded", "failed", "invalid"], env = "EBB_ROWS_OUTCOME")]
         outcome: Option<String>,
         /// Only the row with this primary key.
         #[arg(long)]
         key: Option<String>,
-        /// At most this many rows (table: 100 unless said; jsonl and csv: all unless said).
-        #[arg(long)]
+        /// At most this many rows (table and --json: 100 unless said; jsonl and csv: all unless said).
+        #[arg(long, env = "EBB_ROWS_LIMIT")]
         limit: Option<u64>,
         /// table (for reading), jsonl or csv (for export; every row, streamed).
-        #[arg(long, default_value = "table", value_parser = ["table", "jsonl", "csv"])]
+        #[arg(long, default_value = "table", value_parser = ["table", "jsonl", "csv"], env = "EBB_ROWS_FORMAT")]
         format: String,
+        /// Print the rows as one JSON object: {"data": [...], "total": N, "hasMore": bool}.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -210,16 +300,26 @@ struct Target {
 }
 
 impl ConfigArgs {
-    fn load(&self) -> anyhow::Result<Arc<Config>> {
+    fn require_exists(&self) -> anyhow::Result<()> {
         if !self.config.exists() {
-            bail!(
-                "config {} not found: pass --config PATH (or set EBB_CONFIG); `ebb quickstart` writes an example",
-                self.config.display()
-            );
+            return Err(ConfigError {
+                file: Some(self.config.clone()),
+                line: None,
+                message: "not found: pass --config PATH (or set EBB_CONFIG); `ebb quickstart` writes an example".into(),
+            }
+            .into());
         }
+        Ok(())
+    }
+
+    fn load(&self) -> anyhow::Result<Arc<Config>> {
+        self.require_exists()?;
         let config = Config::load(&self.config)?;
-        ebb_worker::mapping::check_templates(&config)
-            .map_err(|reason| anyhow::anyhow!("{}: {reason}", self.config.display()))?;
+        ebb_worker::mapping::check_templates(&config).map_err(|reason| ConfigError {
+            file: Some(self.config.clone()),
+            line: None,
+            message: reason,
+        })?;
         Ok(Arc::new(config))
     }
 
@@ -258,6 +358,17 @@ pub fn main() -> ExitCode {
         Command::Worker { .. } => "ebb-worker",
         _ => "ebb",
     };
+    // Telemetry reads its settings from the environment; flags win over it, and a
+    // one-shot command logs text unless told otherwise, so that JSON log lines
+    // never mix with what the command prints.
+    if let Some(filter) = &cli.logs.log {
+        std::env::set_var("EBB_LOG", filter);
+    }
+    match (&cli.logs.log_format, long_running) {
+        (Some(format), _) => std::env::set_var("EBB_LOG_FORMAT", format),
+        (None, false) => std::env::set_var("EBB_LOG_FORMAT", "text"),
+        (None, true) => {}
+    }
     // Dropped last, after the runtime: flushes the spans still buffered.
     let _telemetry = ebb_shared::telemetry::init(service, if long_running { "info" } else { "warn" });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -266,9 +377,13 @@ pub fn main() -> ExitCode {
         .expect("tokio runtime starts");
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
+        Err(error) if output::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            let config_error = error.chain().any(|cause| {
+                cause.downcast_ref::<ConfigErrors>().is_some() || cause.downcast_ref::<ConfigError>().is_some()
+            });
+            ExitCode::from(if config_error { exit::CONFIG } else { exit::OTHER })
         }
     }
 }
@@ -321,16 +436,11 @@ async fn serve(listen: &str, state: crate::api::ApiState) -> anyhow::Result<toki
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Quickstart { dir } => crate::quickstart::run(&dir).await,
-        Command::Check { config } => {
-            let loaded = config.load()?;
-            println!(
-                "{}: {} sources, {} models, {} destinations, {} syncs — OK",
-                config.config.display(),
-                loaded.sources.len(),
-                loaded.models.len(),
-                loaded.destinations.len(),
-                loaded.syncs.len()
-            );
+        Command::Check { config, connect, json } => check(&config, connect, json).await,
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ebb", &mut text);
+            output::print(&String::from_utf8_lossy(&text));
             Ok(ExitCode::SUCCESS)
         }
         Command::Standalone {
@@ -378,18 +488,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime.shutdown(Duration::from_secs(60)).await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync(SyncCommand::List { config }) => {
-            let loaded = config.load()?;
-            for (name, sync) in &loaded.syncs {
-                let schedule = sync
-                    .schedule
-                    .as_ref()
-                    .map(|s| format!("every {}", humantime::format_duration(s.every)))
-                    .unwrap_or_else(|| "manual".into());
-                println!(
-                    "{name:<30} {} → {} ({}, {schedule})",
-                    sync.model, sync.destination, sync.mode
-                );
+        Command::Sync(SyncCommand::List { json, target }) => {
+            let syncs = match &target.api_url {
+                Some(url) => Backend::remote(url, target.api_token.clone()).syncs().await?,
+                None => {
+                    let loaded = target.config.load()?;
+                    loaded
+                        .syncs
+                        .iter()
+                        .map(|(name, sync)| SyncView::new(name, sync))
+                        .collect()
+                }
+            };
+            if json {
+                output::print_json(&List { data: syncs })?;
+            } else {
+                output::print(&output::syncs_table(&syncs));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -410,20 +524,27 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             backend.close().await;
             let run = result?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&run)?);
+                output::print_json(&run)?;
             } else {
-                print!("{}", output::summary(&run));
+                output::print(&output::summary(&run));
             }
-            Ok(match run.status.as_str() {
-                "success" | "warning" => ExitCode::SUCCESS,
-                _ => ExitCode::from(1),
-            })
+            Ok(run_exit_code(&run))
         }
-        Command::Runs(RunsCommand::List { sync, limit, target }) => {
+        Command::Runs(RunsCommand::List {
+            sync,
+            limit,
+            json,
+            target,
+        }) => {
             let backend = target.backend().await?;
             let runs = backend.runs(&sync, limit).await;
             backend.close().await;
-            print!("{}", output::runs_table(&runs?));
+            let runs = runs?;
+            if json {
+                output::print_json(&List { data: runs })?;
+            } else {
+                output::print(&output::runs_table(&runs));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::Show { run, json, target }) => {
@@ -432,9 +553,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             backend.close().await;
             let view = view?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                output::print_json(&view)?;
             } else {
-                print!("{}", output::summary(&view));
+                output::print(&output::summary(&view));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs(RunsCommand::Cancel { run, json, target }) => {
+            let backend = target.backend().await?;
+            let view = backend.cancel(&run).await;
+            backend.close().await;
+            let view = view?;
+            if json {
+                output::print_json(&view)?;
+            } else {
+                output::print(&output::summary(&view));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -445,6 +578,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             key,
             limit,
             format,
+            json,
             target,
         }) => {
             let outcome = if failed {
@@ -452,23 +586,93 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 outcome.as_deref().and_then(RowOutcome::parse)
             };
-            let filter = RowFilter { outcome, key, limit };
+            let filter = RowFilter { outcome, key, limit: None };
             let backend = target.backend().await?;
-            let result = match format.as_str() {
-                "table" => backend
-                    .rows(&run, filter)
-                    .await
-                    .map(|rows| print!("{}", output::rows_table(&rows))),
-                export => {
+            let result = match (json, format.as_str()) {
+                (true, _) | (false, "table") => {
+                    let shown = limit.unwrap_or(100);
+                    backend.rows_page(&run, filter, shown).await.map(|page| {
+                        if json {
+                            output::print_json(&page)
+                        } else {
+                            output::print(&output::rows_table(&page));
+                            Ok(())
+                        }
+                    })
+                }
+                (false, export) => {
                     let format = RowsFormat::parse(export).map_err(|e| anyhow::anyhow!(e))?;
+                    let filter = RowFilter { limit, ..filter };
                     let mut stdout = std::io::BufWriter::new(std::io::stdout());
                     let written = backend.write_rows(&run, filter, format, &mut stdout).await;
-                    written.and_then(|_| Ok(std::io::Write::flush(&mut stdout)?))
+                    written.and_then(|_| Ok(std::io::Write::flush(&mut stdout)?)).map(Ok)
                 }
             };
             backend.close().await;
-            result?;
+            result??;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn run_exit_code(run: &RunView) -> ExitCode {
+    match run.status.as_str() {
+        "success" | "warning" => ExitCode::SUCCESS,
+        _ => ExitCode::from(exit::RUN_NOT_SUCCESSFUL),
+    }
+}
+
+/// `ebb check`: prints every problem with its file and line, or what was checked.
+async fn check(args: &ConfigArgs, connect: bool, json: bool) -> anyhow::Result<ExitCode> {
+    args.require_exists()?;
+    let (config, problems) = match crate::check::check(&args.config, connect).await {
+        Ok(checked) => {
+            let mut problems = checked.problems;
+            if let Err(reason) = ebb_worker::mapping::check_templates(&checked.config) {
+                problems.push(ConfigError {
+                    file: Some(args.config.clone()),
+                    line: None,
+                    message: reason,
+                });
+            }
+            (Some(checked.config), problems)
+        }
+        Err(errors) => (None, errors.0),
+    };
+    if json {
+        let problems: Vec<serde_json::Value> = problems
+            .iter()
+            .map(|p| serde_json::json!({"file": p.file, "line": p.line, "message": p.message}))
+            .collect();
+        output::print_json(&serde_json::json!({"ok": problems.is_empty(), "connected": connect, "problems": problems}))?;
+    } else if problems.is_empty() {
+        let config = config.expect("a config without problems loaded");
+        let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+        output::print(&format!(
+            "{}: {}, {}, {}, {} — OK{}\n",
+            args.config.display(),
+            plural(config.sources.len(), "source"),
+            plural(config.models.len(), "model"),
+            plural(config.destinations.len(), "destination"),
+            plural(config.syncs.len(), "sync"),
+            if connect {
+                " (connected to every source and destination, every query prepared)"
+            } else {
+                " (add --connect to reach the sources and destinations too)"
+            }
+        ));
+    } else {
+        let mut text: String = problems.iter().map(|p| format!("{p}\n")).collect();
+        text.push_str(&format!(
+            "{} found in {}; nothing was run.\n",
+            if problems.len() == 1 { "1 problem".to_string() } else { format!("{} problems", problems.len()) },
+            args.config.display()
+        ));
+        eprint!("{text}");
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::CONFIG)
+    })
 }

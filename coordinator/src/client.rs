@@ -1,7 +1,7 @@
 //! What the CLI talks to: an embedded runtime in this process, or a coordinator's
 //! REST API. Both answer with the API's own shapes.
 
-use crate::api::views::{List, RunRowView, RunView, TriggerAnswer, TriggerBody};
+use crate::api::views::{List, RowsPage, RunRowView, RunView, SyncView, TriggerAnswer, TriggerBody};
 use crate::run::rows::{RowFilter, RowsFormat};
 use crate::run::TriggerOptions;
 use crate::runtime::Runtime;
@@ -176,22 +176,112 @@ impl Backend {
         }
     }
 
-    /// Rows of a run as the API's views, at most `filter.limit` (100 by default).
-    pub async fn rows(&self, run_id: &str, mut filter: RowFilter) -> anyhow::Result<Vec<RunRowView>> {
-        filter.limit = Some(filter.limit.unwrap_or(100));
-        let mut jsonl = Vec::new();
-        self.write_rows(run_id, filter, RowsFormat::Jsonl, &mut jsonl).await?;
-        jsonl
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| Ok(RunRowView::from(serde_json::from_slice::<RowResult>(line)?)))
-            .collect()
+    /// The first `shown` rows of a run that pass `filter`, and how many pass in
+    /// all: the rest stream past and are counted, never held.
+    pub async fn rows_page(&self, run_id: &str, filter: RowFilter, shown: u64) -> anyhow::Result<RowsPage> {
+        let mut page = PageWriter {
+            shown,
+            pending: Vec::new(),
+            kept: Vec::new(),
+            total: 0,
+            error: None,
+        };
+        let filter = RowFilter { limit: None, ..filter };
+        self.write_rows(run_id, filter, RowsFormat::Jsonl, &mut page).await?;
+        std::io::Write::flush(&mut page)?;
+        if let Some(error) = page.error {
+            return Err(error.into());
+        }
+        Ok(RowsPage {
+            has_more: page.total > page.kept.len() as u64,
+            data: page.kept,
+            total: page.total,
+        })
+    }
+
+    /// The syncs a coordinator runs.
+    pub async fn syncs(&self) -> anyhow::Result<Vec<SyncView>> {
+        Ok(self.get::<List<SyncView>>("/api/v1/syncs").await?.data)
+    }
+
+    /// Cancels a run; answers the run as it is then.
+    pub async fn cancel(&self, run_id: &str) -> anyhow::Result<RunView> {
+        match self {
+            Backend::Embedded(runtime) => {
+                let coordinator = runtime.coordinator.as_ref().expect("embedded runs a coordinator");
+                let run = coordinator
+                    .cancel(run_id)
+                    .await?
+                    .ok_or_else(|| anyhow!("no run {run_id:?}"))?;
+                Ok(RunView::new(&run, 0))
+            }
+            Backend::Remote {
+                base_url,
+                token,
+                client,
+            } => {
+                let mut request = client.post(format!("{base_url}/api/v1/runs/{run_id}/cancel"));
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the coordinator at {base_url}"))?;
+                answer(response).await
+            }
+        }
     }
 
     pub async fn close(self) {
         if let Backend::Embedded(runtime) = self {
             runtime.shutdown(std::time::Duration::from_secs(10)).await;
         }
+    }
+}
+
+/// Keeps the first rows of a JSON-lines stream and counts the others.
+struct PageWriter {
+    shown: u64,
+    pending: Vec<u8>,
+    kept: Vec<RunRowView>,
+    total: u64,
+    error: Option<serde_json::Error>,
+}
+
+impl PageWriter {
+    fn take_lines(&mut self) {
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            if line.len() <= 1 {
+                continue;
+            }
+            if (self.kept.len() as u64) < self.shown {
+                match serde_json::from_slice::<RowResult>(&line) {
+                    Ok(row) => self.kept.push(RunRowView::from(row)),
+                    Err(error) => {
+                        self.error.get_or_insert(error);
+                    }
+                }
+            }
+            self.total += 1;
+        }
+    }
+}
+
+impl std::io::Write for PageWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(bytes);
+        self.take_lines();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() && !self.pending.ends_with(b"\n") {
+            self.pending.push(b'\n');
+        }
+        self.take_lines();
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //! The `ebb` binary embeds the worker too, for `ebb worker` and `ebb standalone`.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod leases;

@@ -1,7 +1,7 @@
 //! What the CLI prints: a live progress bar while a run is in flight (on a
 //! terminal), and the run's summary when it ends.
 
-use crate::api::views::{RunRowView, RunView};
+use crate::api::views::{RowsPage, RunView, SyncView};
 use crate::client::Backend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -100,18 +100,102 @@ pub fn summary(run: &RunView) -> String {
     out
 }
 
-pub fn rows_table(rows: &[RunRowView]) -> String {
+pub fn rows_table(page: &RowsPage) -> String {
     let mut out = format!("{:<10} {:<9} {:<24} {}\n", "OUTCOME", "OPERATION", "KEY", "ERROR");
-    for row in rows {
+    for row in &page.data {
         out.push_str(&format!(
             "{:<10} {:<9} {:<24} {}\n",
             row.outcome,
             row.operation.as_deref().unwrap_or("-"),
-            row.key,
+            if row.key.is_empty() { "(null)" } else { row.key.as_str() },
             row.error.as_deref().unwrap_or("")
         ));
     }
+    if page.has_more {
+        out.push_str(&format!(
+            "… {} more (showing {} of {}): --limit N shows more, --format csv or jsonl exports all\n",
+            thousands(page.total - page.data.len() as u64),
+            thousands(page.data.len() as u64),
+            thousands(page.total)
+        ));
+    }
     out
+}
+
+pub fn syncs_table(syncs: &[SyncView]) -> String {
+    let mut out = format!("{:<30} {:<20} {:<20} {:<10} {}\n", "SYNC", "MODEL", "DESTINATION", "MODE", "SCHEDULE");
+    for sync in syncs {
+        out.push_str(&format!(
+            "{:<30} {:<20} {:<20} {:<10} {}\n",
+            sync.id,
+            sync.model,
+            sync.destination,
+            sync.mode,
+            sync.schedule.as_deref().unwrap_or("manual")
+        ));
+    }
+    out
+}
+
+/// How to run this very `ebb` from the current directory, for hints that are
+/// runnable as printed: `ebb` when that is what the PATH finds, else the
+/// binary's path (relative when it lies below the current directory).
+pub fn this_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "ebb".to_string();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("ebb"))
+            .find(|candidate| candidate.is_file())
+            .and_then(|found| found.canonicalize().ok())
+            .is_some_and(|found| found == exe)
+    });
+    if on_path {
+        return "ebb".to_string();
+    }
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| cwd.canonicalize().ok())
+        .and_then(|cwd| exe.strip_prefix(&cwd).ok().map(|p| p.to_path_buf()))
+        .unwrap_or_else(|| exe.clone());
+    let text = shown.display().to_string();
+    if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c)) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// Writes to standard output. A reader that went away (`ebb … | head`) ends the
+/// command quietly with status 0, as the tools it is piped into expect.
+pub fn print(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {error}");
+        std::process::exit(i32::from(crate::cli::exit::OTHER));
+    }
+}
+
+/// `print` of a value as pretty JSON, with a final newline.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    print(&text);
+    Ok(())
+}
+
+/// Whether an error comes from writing into a closed pipe.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 pub fn runs_table(runs: &[RunView]) -> String {

@@ -1,8 +1,9 @@
 //! `ebb quickstart`: a first sync on embedded defaults, with nothing installed.
 //!
-//! It writes a CSV model of 1,000 customers and a config that mirrors them into a
-//! JSON-lines file, runs the sync, changes a few rows (updates, inserts, deletes),
-//! and runs it again to show that only the changes are sent.
+//! It writes a CSV model of 1,000 customers and a config that syncs them in
+//! mirror mode to a JSON-lines file destination (an append-only log with one
+//! line per operation sent), runs the sync, changes a few rows (updates,
+//! inserts, deletes), and runs it again to show that only the changes are sent.
 
 use crate::api::views::TriggerBody;
 use crate::client::Backend;
@@ -14,10 +15,18 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// `println!` that ends quietly when the reader of a pipe goes away.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::output::print(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 const CUSTOMERS: usize = 1_000;
 const SYNC: &str = "customers-to-file";
 
-const CONFIG: &str = r#"# Ebb quickstart: mirror a CSV model of customers into a JSON-lines file.
+const CONFIG: &str = r#"# Ebb quickstart: a CSV model of customers, synced in mirror mode to a
+# JSON-lines file that gets one line per operation sent (upsert or delete).
 sources:
   files:
     type: csv
@@ -83,39 +92,47 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::load(&config_path)?);
     let outbox = dir.join("out/customers.jsonl");
 
-    println!("Ebb quickstart in {}/", dir.display());
-    println!("  model: {} ({CUSTOMERS} customers)", data.display());
-    println!("  sync:  {SYNC}, mirror mode, into {}\n", outbox.display());
+    say!("Ebb quickstart in {}/", dir.display());
+    say!("  model: {} ({CUSTOMERS} customers)", data.display());
+    say!(
+        "  sync:  {SYNC}, mirror mode, to {} (a log: one line per operation sent)\n",
+        outbox.display()
+    );
 
     let runtime = crate::runtime::start_embedded(config, &dir.join(".ebb"), 2, 2).await?;
     let backend = Backend::Embedded(runtime);
     let result = async {
-        println!("1. First run: every row is new.");
+        say!("1. First run: every row is new.");
         let first = run_once(&backend).await?;
-        print!("{}", output::summary(&first));
+        output::print(&output::summary(&first));
         let lines_before = line_count(&outbox);
 
         std::fs::write(&data, customers_csv(true))?;
-        println!("\n2. Changed the model: 5 plans updated, 10 customers added, 3 removed, 7 names edited (names are not mapped).");
-        println!("   Second run: only the changes are sent.");
+        say!("\n2. Changed the model: 5 plans updated, 10 customers added, 3 removed, 7 names edited (names are not mapped).");
+        say!("   Second run: only the changes are sent.");
         let second = run_once(&backend).await?;
-        print!("{}", output::summary(&second));
+        output::print(&output::summary(&second));
 
         let text = std::fs::read_to_string(&outbox).unwrap_or_default();
         let sent: Vec<&str> = text.lines().skip(lines_before).collect();
-        println!("\n   What the second run appended to {} ({} lines):", outbox.display(), sent.len());
+        say!("\n   What the second run appended to {} ({} lines):", outbox.display(), sent.len());
         for line in sent.iter().take(6) {
-            println!("   {line}");
+            say!("   {line}");
         }
         if sent.len() > 6 {
-            println!("   … and {} more", sent.len() - 6);
+            say!("   … and {} more", sent.len() - 6);
         }
-        println!(
-            "\nNext: edit {} and run `ebb sync run {SYNC} --config {}`,\nor `ebb runs list {SYNC} --config {}` to see both runs.",
-            data.display(),
-            config_path.display(),
-            config_path.display()
-        );
+        let ebb = crate::output::this_command();
+        say!("\nNext, edit {} and run the sync again, or list both runs:", data.display());
+        for command in [
+            format!("{ebb} sync run {SYNC} --config {}", config_path.display()),
+            format!("{ebb} runs list {SYNC} --config {}", config_path.display()),
+        ] {
+            say!("  $ {command}");
+        }
+        if ebb != "ebb" {
+            say!("(`cargo install --path coordinator --locked` puts `ebb` on your PATH.)");
+        }
         let ok = first.status == "success" && second.status == "success";
         Ok::<_, anyhow::Error>(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
     }

@@ -15,9 +15,9 @@ async fn sqlite_store(dir: &tempfile::TempDir) -> StateStore {
         .unwrap()
 }
 
-async fn postgres_store() -> StateStore {
-    let admin =
-        std::env::var("EBB_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+/// A PostgreSQL store in a database of its own, dropped by `drop_database`.
+async fn postgres_store() -> (StateStore, String) {
+    let admin = admin_url();
     let mut connection = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
         panic!("PostgreSQL is not reachable at {admin} ({e}); start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
     });
@@ -27,7 +27,19 @@ async fn postgres_store() -> StateStore {
         .await
         .unwrap();
     let base = admin.rsplit_once('/').unwrap().0;
-    StateStore::connect(&format!("{base}/{name}")).await.unwrap()
+    (StateStore::connect(&format!("{base}/{name}")).await.unwrap(), name)
+}
+
+fn admin_url() -> String {
+    std::env::var("EBB_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn drop_database(name: &str) {
+    let mut connection = PgConnection::connect(&admin_url()).await.unwrap();
+    connection
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
 }
 
 fn new_run(id: &str, tick: Option<i64>) -> NewRun {
@@ -183,7 +195,9 @@ async fn sqlite_store_keeps_the_contract() {
 
 #[tokio::test]
 async fn postgres_store_keeps_the_contract() {
-    contract(postgres_store().await).await;
+    let (store, database) = postgres_store().await;
+    contract(store).await;
+    drop_database(&database).await;
 }
 
 async fn stale_results_are_refused(store: StateStore) {
@@ -219,5 +233,7 @@ async fn sqlite_store_refuses_stale_results() {
 
 #[tokio::test]
 async fn postgres_store_refuses_stale_results() {
-    stale_results_are_refused(postgres_store().await).await;
+    let (store, database) = postgres_store().await;
+    stale_results_are_refused(store).await;
+    drop_database(&database).await;
 }

@@ -88,6 +88,33 @@ pub struct ExtractReport {
     pub columns: Vec<String>,
     /// Buckets that received rows; absent buckets are empty.
     pub buckets: Vec<BucketReport>,
+    /// The first rows whose key was null (at most `REPORTED_ROWS_LIMIT`), so
+    /// they can be listed like the other invalid rows.
+    #[serde(default)]
+    pub null_key_rows: Vec<NullKeyRow>,
+}
+
+/// A row of the model whose primary key was null: it has no key to name it by,
+/// so it is named by its place in the result and the record it would have sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NullKeyRow {
+    /// 1-based position in the query's result (stable only if the query orders its rows).
+    pub row_number: u64,
+    /// The mapped record, cut to `NULL_KEY_RECORD_CHARS` characters.
+    pub record: String,
+}
+
+/// How much of a null-key row's record is kept to recognise it by.
+pub const NULL_KEY_RECORD_CHARS: usize = 300;
+
+impl NullKeyRow {
+    /// What the row results say about it.
+    pub fn reason(&self) -> String {
+        format!(
+            "null primary key (row {} of the result): {}",
+            self.row_number, self.record
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

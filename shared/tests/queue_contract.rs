@@ -10,16 +10,66 @@ use ebb_shared::queue::{
 use futures::StreamExt;
 use std::time::Duration;
 
-/// Closing every broker connection would disturb the other RabbitMQ test of this
-/// binary; they take turns.
-static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn rabbitmq(prefix: &str) -> AmqpQueue {
-    let url = std::env::var("EBB_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+/// A RabbitMQ queue of this test's own: its own name prefix, and a connection
+/// through a loopback proxy that the test can cut, so that a simulated network
+/// loss touches no other client of the broker.
+async fn rabbitmq(prefix: &str) -> (AmqpQueue, CuttableProxy) {
+    let broker = std::env::var("EBB_TEST_AMQP_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into());
+    let proxy = CuttableProxy::start(&broker).await;
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.address);
     let settings = AmqpSettings::new(url).with_prefix(format!("{prefix}-{}.", rand::random::<u32>()));
-    AmqpQueue::connect(settings).await.unwrap_or_else(|e| {
-        panic!("RabbitMQ is not reachable ({e}); start it with: rabbitmq-server -detached && rabbitmqctl await_startup")
-    })
+    let queue = AmqpQueue::connect(settings).await.unwrap_or_else(|e| {
+        panic!(
+            "RabbitMQ is not reachable at {broker} ({e}); start it with: rabbitmq-server -detached && rabbitmqctl await_startup \
+             (or point EBB_TEST_AMQP_ADDR at a broker, guest/guest)"
+        )
+    });
+    (queue, proxy)
+}
+
+/// Forwards loopback connections to the broker until `cut` closes them all.
+struct CuttableProxy {
+    address: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(broker: &str) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let (broker, open) = (broker.to_string(), connections.clone());
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let broker = broker.clone();
+                open.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(&broker).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                }));
+            }
+        });
+        CuttableProxy {
+            address,
+            connections,
+            acceptor,
+        }
+    }
+
+    /// Closes every connection open now (new ones are forwarded again).
+    fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.cut();
+    }
 }
 
 async fn next(
@@ -83,14 +133,14 @@ async fn memory_queue_keeps_the_contract() {
 
 #[tokio::test]
 async fn rabbitmq_keeps_the_contract() {
-    let _turn = BROKER.lock().await;
-    contract(&rabbitmq("contract").await).await;
+    let (queue, _proxy) = rabbitmq("contract").await;
+    contract(&queue).await;
+    queue.delete_topology().await.unwrap();
 }
 
 #[tokio::test]
 async fn rabbitmq_consumers_and_publishers_survive_lost_connections() {
-    let _turn = BROKER.lock().await;
-    let queue = rabbitmq("reconnect").await;
+    let (queue, proxy) = rabbitmq("reconnect").await;
     let mut tasks = queue.consume(QueueName::Tasks, 1).await.unwrap();
     queue
         .publish(QueueName::Tasks, OutgoingMessage::new(b"before".to_vec()))
@@ -98,14 +148,9 @@ async fn rabbitmq_consumers_and_publishers_survive_lost_connections() {
         .unwrap();
     let before = next(&mut tasks).await;
     assert_eq!(before.payload, b"before");
-    // The broker drops every connection: the unacknowledged delivery dies with its
-    // channel and must come back on the new one.
-    let closed = tokio::process::Command::new("rabbitmqctl")
-        .args(["close_all_connections", "test: simulated network loss"])
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
-    assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
+    // The network drops every connection of this queue: the unacknowledged
+    // delivery dies with its channel and must come back on the new one.
+    proxy.cut();
     // Its ack may or may not reach the broker before the close; either way the
     // consumer must carry on.
     let _ = before.ack().await;
@@ -120,4 +165,5 @@ async fn rabbitmq_consumers_and_publishers_survive_lost_connections() {
         delivery.ack().await.unwrap();
     }
     assert!(seen.contains(&b"after".to_vec()), "{seen:?}");
+    queue.delete_topology().await.unwrap();
 }

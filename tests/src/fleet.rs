@@ -3,7 +3,7 @@
 
 use crate::process::EbbProcess;
 use crate::s3::S3Server;
-use crate::services::{fresh_postgres_database, require_rabbitmq};
+use crate::services::{delete_rabbitmq_queues, fresh_postgres_database, require_rabbitmq, TestDatabase};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +19,8 @@ pub struct Fleet {
     queue_prefix: String,
     /// Given to every process of the fleet, on top of its own settings.
     extra_env: Vec<(String, String)>,
+    /// The coordinator's state database, dropped with the fleet.
+    _state: TestDatabase,
 }
 
 fn free_port() -> u16 {
@@ -78,6 +80,7 @@ impl Fleet {
             queue_url,
             queue_prefix,
             extra_env,
+            _state: state,
         };
         fleet.wait_healthy().await;
         for _ in 0..workers {
@@ -215,6 +218,17 @@ impl Drop for Fleet {
                 );
             }
         }
+        // Stop every process before deleting the queues, so none declares them again.
+        for process in std::iter::once(&mut self.coordinator).chain(self.workers.iter_mut()) {
+            let _ = process.child.start_kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for process in std::iter::once(&mut self.coordinator).chain(self.workers.iter_mut()) {
+            while matches!(process.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        delete_rabbitmq_queues(&self.queue_url, &self.queue_prefix);
     }
 }
 

@@ -5,31 +5,51 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use tokio::process::{Child, Command};
 
-/// The `ebb` binary of this workspace, built on first use, in the profile this
-/// crate is built in: the benchmarks (release) run a release fleet.
+/// The `ebb` binary the tests start. Nothing here builds it, so a test run never
+/// rebuilds anything: cargo builds this crate's `ebb-e2e` binary (the `ebb`
+/// command under another file name) before the crate's integration tests, with
+/// the same features as the test build, next to their own executables. A program
+/// that is not one of these tests (the benchmark) names its binary in `EBB_BINARY`.
 pub fn ebb_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    FOUND
         .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let release = !cfg!(debug_assertions);
-            let mut args = vec!["build", "--quiet", "-p", "ebb-coordinator", "--bin", "ebb"];
-            if release {
-                args.push("--release");
+            if let Some(path) = std::env::var_os("EBB_BINARY").filter(|p| !p.is_empty()) {
+                return PathBuf::from(path);
             }
-            let status = std::process::Command::new(cargo)
-                .args(&args)
-                .current_dir(&root)
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building the ebb binary failed");
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| root.join("target"));
-            target.join(if release { "release" } else { "debug" }).join("ebb")
+            let exe = std::env::current_exe().expect("the test executable has a path");
+            // target/<profile>/deps/<test>-<hash> → target/<profile>/ebb-e2e
+            let candidates: Vec<PathBuf> = exe
+                .ancestors()
+                .skip(1)
+                .take(2)
+                .map(|dir| dir.join(format!("ebb-e2e{}", std::env::consts::EXE_SUFFIX)))
+                .collect();
+            candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+                panic!(
+                    "the ebb-e2e binary is not built beside {} (looked at {candidates:?}); \
+                     run the tests with `cargo test -p ebb-tests` or `cargo test --workspace`, \
+                     which build it, or set EBB_BINARY to an `ebb` binary",
+                    exe.display()
+                )
+            })
         })
         .clone()
+}
+
+/// A command that runs `ebb`, named `ebb` in its own usage and help texts.
+pub fn ebb_command() -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(ebb_binary());
+    command.arg0("ebb");
+    command
+}
+
+/// `ebb_command` for async tests.
+pub fn ebb_async_command() -> Command {
+    let mut command = Command::new(ebb_binary());
+    command.arg0("ebb");
+    command
 }
 
 /// A child `ebb` process, killed when dropped; its log goes to a file.
@@ -43,7 +63,7 @@ impl EbbProcess {
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, String)], log_dir: &Path) -> EbbProcess {
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(ebb_binary());
+        let mut command = ebb_async_command();
         command
             .args(args)
             .env("EBB_LOG_FORMAT", "text")

@@ -4,7 +4,7 @@
 
 use crate::embedded::run_to_end;
 use crate::model::create_people;
-use crate::services::fresh_postgres_database;
+use crate::services::{fresh_postgres_database, TestDatabase};
 use crate::sink::Sink;
 use ebb_coordinator::run::TriggerOptions;
 use ebb_coordinator::runtime::{start_embedded, Runtime};
@@ -36,6 +36,8 @@ pub struct Case {
     /// The model's query; takes effect at the next `reconfigure`.
     pub query: String,
     dir: tempfile::TempDir,
+    /// Dropped with the case (after the runtime, which holds connections to it).
+    _database: TestDatabase,
 }
 
 impl Case {
@@ -56,9 +58,10 @@ impl Case {
             sink,
             runtime: None,
             target,
-            database_url: database.url,
+            database_url: database.url.clone(),
             query: "SELECT id, email, name, score, active FROM people".to_string(),
             dir,
+            _database: database,
         };
         case.reconfigure(sync).await;
         case

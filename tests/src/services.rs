@@ -11,10 +11,51 @@ pub fn rabbitmq_url() -> String {
     std::env::var("EBB_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A database of its own for one test, on the local PostgreSQL.
+/// A database of its own for one test, on the local PostgreSQL; dropped (with
+/// any connection still open to it) when this value is.
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = run_blocking(async move {
+            let mut connection = PgConnection::connect(&postgres_admin_url()).await?;
+            connection.execute(statement.as_str()).await?;
+            Ok::<_, sqlx::Error>(())
+        });
+        if let Err(error) = dropped {
+            eprintln!("warning: could not drop test database {}: {error}", self.name);
+        }
+    }
+}
+
+/// Runs a future to its end from anywhere, an async test's `Drop` included: on a
+/// thread of its own with a runtime of its own.
+fn run_blocking<T: Send + 'static>(future: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for clean-up")
+            .block_on(future)
+    })
+    .join()
+    .expect("clean-up thread")
+}
+
+/// Deletes the queues and exchange of an Ebb installation's queue-name prefix.
+pub fn delete_rabbitmq_queues(url: &str, prefix: &str) {
+    let settings = ebb_shared::queue::AmqpSettings::new(url).with_prefix(prefix);
+    let deleted = run_blocking(async move {
+        let queue = ebb_shared::queue::AmqpQueue::connect(settings).await?;
+        queue.delete_topology().await
+    });
+    if let Err(error) = deleted {
+        eprintln!("warning: could not delete the test queues {prefix}*: {error}");
+    }
 }
 
 pub async fn fresh_postgres_database(label: &str) -> TestDatabase {
@@ -52,14 +93,4 @@ pub async fn require_rabbitmq() -> String {
         );
     }
     url
-}
-
-/// Deletes Ebb's queues so a test starts from empty ones.
-pub async fn purge_rabbitmq_queues() {
-    for queue in ["ebb.tasks", "ebb.results", "ebb.tasks.dead"] {
-        let _ = tokio::process::Command::new("rabbitmqctl")
-            .args(["delete_queue", queue])
-            .output()
-            .await;
-    }
 }

@@ -377,11 +377,11 @@ fn cdc_keeps_the_promise_of_each_mode_under_random_mutations_and_failures() {
         .enable_all()
         .build()
         .unwrap();
+    let database = tokio.block_on(fresh_postgres_database("props"));
     let harness = tokio.block_on(async {
-        let database = fresh_postgres_database("props").await;
         Harness {
             pool: PgPool::connect(&database.url).await.unwrap(),
-            database_url: database.url,
+            database_url: database.url.clone(),
         }
     });
     let mut runner = TestRunner::new(ProptestConfig {

@@ -1,15 +1,14 @@
 //! The `ebb` binary as a user meets it: the README's quickstart, `ebb standalone`
 //! with its API, `ebb sync run` and `ebb runs` on embedded defaults.
 
-use ebb_tests::process::{ebb_binary, EbbProcess};
+use ebb_tests::process::{ebb_command, EbbProcess};
 use serde_json::Value;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
 fn quickstart_sends_everything_then_only_the_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(ebb_binary())
+    let output = ebb_command()
         .args(["quickstart", "--dir"])
         .arg(dir.path().join("qs"))
         .output()
@@ -38,7 +37,7 @@ fn quickstart_sends_everything_then_only_the_changes() {
 
     // The same sync from the command line: nothing changed since, nothing sent.
     let config = dir.path().join("qs/ebb.yaml");
-    let again = Command::new(ebb_binary())
+    let again = ebb_command()
         .args(["sync", "run", "customers-to-file", "--json", "--config"])
         .arg(&config)
         .output()
@@ -47,7 +46,7 @@ fn quickstart_sends_everything_then_only_the_changes() {
     let run: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(run["status"], "success");
     assert_eq!(run["plannedRows"]["addedCount"], 0);
-    let list = Command::new(ebb_binary())
+    let list = ebb_command()
         .args(["runs", "list", "customers-to-file", "--config"])
         .arg(&config)
         .output()

@@ -9,7 +9,7 @@ use ebb_shared::config::Config;
 use ebb_shared::protocol::{OpCounts, SnapshotPointer};
 use ebb_tests::embedded::run_to_end;
 use ebb_tests::model::create_people;
-use ebb_tests::services::fresh_postgres_database;
+use ebb_tests::services::{fresh_postgres_database, TestDatabase};
 use ebb_tests::sink::Sink;
 use sqlx::PgPool;
 use std::path::Path;
@@ -21,6 +21,7 @@ struct Setup {
     database_url: String,
     sink: Sink,
     dir: tempfile::TempDir,
+    _database: TestDatabase,
 }
 
 async fn setup(rows: i64) -> Setup {
@@ -29,9 +30,10 @@ async fn setup(rows: i64) -> Setup {
     create_people(&pool, rows).await;
     Setup {
         pool,
-        database_url: database.url,
+        database_url: database.url.clone(),
         sink: Sink::start().await,
         dir: tempfile::tempdir().unwrap(),
+        _database: database,
     }
 }
 
@@ -386,7 +388,7 @@ fn an_unknown_config_field_is_named_with_file_and_line() {
         "sources:\n  files:\n    type: csv\n    path: data\n    delimiter: ';'\n",
     )
     .unwrap();
-    let output = std::process::Command::new(ebb_tests::process::ebb_binary())
+    let output = ebb_tests::process::ebb_command()
         .args(["check", "--config", path.to_str().unwrap()])
         .output()
         .unwrap();

@@ -6,7 +6,7 @@ use ebb_coordinator::run::rows::RowFilter;
 use ebb_shared::protocol::{Operation, RowOutcome, RowResult};
 use ebb_tests::fleet::Fleet;
 use ebb_tests::model::create_people;
-use ebb_tests::process::ebb_binary;
+use ebb_tests::process::ebb_async_command;
 use ebb_tests::scenario::{Case, Target};
 use ebb_tests::services::fresh_postgres_database;
 use ebb_tests::sink::{Behavior, Sink};
@@ -158,14 +158,14 @@ syncs:
     assert_eq!(one["data"][0]["operation"], "added");
 
     // The CLI against the API: the same export.
-    let output = tokio::process::Command::new(ebb_binary())
+    let output = ebb_async_command()
         .args(["runs", "rows", &run_id, "--format", "csv", "--api-url", &fleet.api])
         .output()
         .await
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8_lossy(&output.stdout), csv);
-    let output = tokio::process::Command::new(ebb_binary())
+    let output = ebb_async_command()
         .args(["runs", "rows", &run_id, "--failed", "--api-url", &fleet.api])
         .output()
         .await

@@ -8,7 +8,7 @@ use crate::mapping::{RecordPlan, RunContext};
 use crate::sources::{self, Row};
 use ebb_shared::config::SyncSpec;
 use ebb_shared::hashing::{key_hash, HashRange, BUCKET_COUNT};
-use ebb_shared::protocol::{BucketReport, ChunkRef, ExtractReport};
+use ebb_shared::protocol::{BucketReport, ChunkRef, ExtractReport, NullKeyRow, NULL_KEY_RECORD_CHARS, REPORTED_ROWS_LIMIT};
 use ebb_shared::snapshot::{paths, EntryWriter, FileKind};
 use ebb_shared::storage::{Storage, StorageError};
 use futures::{stream, StreamExt};
@@ -49,8 +49,17 @@ pub async fn extract(
     let mut mapped = std::pin::pin!(mapped);
     let mut buckets = Buckets::new(storage, spec, run_id, attempt);
     let (mut rows_queried, mut null_keys) = (0u64, 0u64);
+    let mut null_key_rows = Vec::new();
     while let Some(batch) = mapped.next().await {
         let batch = batch?;
+        for (index, record) in batch.null_key_rows {
+            if null_key_rows.len() < REPORTED_ROWS_LIMIT {
+                null_key_rows.push(NullKeyRow {
+                    row_number: rows_queried + index as u64 + 1,
+                    record,
+                });
+            }
+        }
         rows_queried += batch.rows;
         null_keys += batch.null_keys;
         for (bucket, start, end) in &batch.spans {
@@ -63,6 +72,7 @@ pub async fn extract(
         null_keys,
         columns,
         buckets,
+        null_key_rows,
     })
 }
 
@@ -73,6 +83,8 @@ struct MappedBatch {
     spans: Vec<(usize, usize, usize)>,
     rows: u64,
     null_keys: u64,
+    /// The first null-key rows of the batch: index in the batch, and record.
+    null_key_rows: Vec<(usize, String)>,
 }
 
 impl MappedBatch {
@@ -82,11 +94,20 @@ impl MappedBatch {
             spans: Vec::with_capacity(rows.len()),
             rows: rows.len() as u64,
             null_keys: 0,
+            null_key_rows: Vec::new(),
         };
         let (mut scratch, mut key) = (Vec::new(), String::new());
-        for row in &rows {
+        for (index, row) in rows.iter().enumerate() {
             if !plan.write_key(row, &mut key) {
                 batch.null_keys += 1;
+                if batch.null_key_rows.len() < REPORTED_ROWS_LIMIT {
+                    let mut record = Vec::new();
+                    let text = match plan.write_record(row, &mut record, &mut scratch) {
+                        Ok(_) => String::from_utf8_lossy(&record).chars().take(NULL_KEY_RECORD_CHARS).collect(),
+                        Err(reason) => format!("(the record cannot be built: {reason})"),
+                    };
+                    batch.null_key_rows.push((index, text));
+                }
                 continue;
             }
             let hash = key_hash(&key);

@@ -91,20 +91,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 
 async fn list_syncs(State(state): State<ApiState>) -> Json<List<SyncView>> {
     let config = state.coordinator.config();
-    let data = config
-        .syncs
-        .iter()
-        .map(|(name, sync)| SyncView {
-            id: name.clone(),
-            model: sync.model.clone(),
-            destination: sync.destination.clone(),
-            mode: sync.mode.as_str().to_string(),
-            schedule: sync
-                .schedule
-                .as_ref()
-                .map(|s| format!("every {}", humantime::format_duration(s.every))),
-        })
-        .collect();
+    let data = config.syncs.iter().map(|(name, sync)| SyncView::new(name, sync)).collect();
     Json(List { data })
 }
 

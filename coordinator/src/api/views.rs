@@ -165,9 +165,33 @@ pub struct SyncView {
     pub schedule: Option<String>,
 }
 
+impl SyncView {
+    pub fn new(name: &str, sync: &ebb_shared::config::SyncConfig) -> SyncView {
+        SyncView {
+            id: name.to_string(),
+            model: sync.model.clone(),
+            destination: sync.destination.clone(),
+            mode: sync.mode.as_str().to_string(),
+            schedule: sync
+                .schedule
+                .as_ref()
+                .map(|s| format!("every {}", humantime::format_duration(s.every))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct List<T> {
     pub data: Vec<T>,
+}
+
+/// The first rows of a run that pass a filter, and how many pass in all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RowsPage {
+    pub data: Vec<RunRowView>,
+    pub total: u64,
+    pub has_more: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -369,7 +369,7 @@ impl Coordinator {
             .collect();
         if !self
             .store
-            .begin_processing(run_id, report.rows_queried, report.null_keys, &[], &rows)
+            .begin_processing(run_id, report.rows_queried, report.null_keys, &report.null_key_rows, &rows)
             .await?
         {
             return Ok(());

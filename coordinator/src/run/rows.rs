@@ -52,13 +52,27 @@ pub async fn stream_rows(
         }
         return Ok(receiver);
     };
+    // Rows with a null key have no shard (no key, no hash): the state DB keeps
+    // the first of them, and they come first.
+    if filter.key.is_none() && filter.outcome.is_none_or(|o| o == RowOutcome::Invalid) {
+        let limit = filter.limit.unwrap_or(256).min(256) as i64;
+        for row in store.run_rows(run_id, Some("invalid"), Some(""), limit).await? {
+            let _ = sender.try_send(Ok(RowResult {
+                key: row.key,
+                operation: None,
+                outcome: RowOutcome::Invalid,
+                error: Some(row.reason),
+            }));
+        }
+    }
+    let already_sent = receiver.len() as u64;
     let mut files = files;
     if let Some(key) = &filter.key {
         let hash = key_hash(key);
         files.retain(|(range, _)| range.contains(hash));
     }
     tokio::spawn(async move {
-        let mut sent = 0u64;
+        let mut sent = already_sent;
         for (_, object) in files {
             let bytes = match storage.get(&object).await {
                 Ok(bytes) => bytes,

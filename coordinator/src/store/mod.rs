@@ -13,7 +13,7 @@ pub use records::{pointer_base, CommitOutcome, NewRun, RunRecord, RunRow, ShardP
 
 use crate::run::state::{RunStatus, ACTIVE};
 use ebb_shared::hashing::HashRange;
-use ebb_shared::protocol::{InvalidRow, OpCounts, ShardReport, SnapshotPointer};
+use ebb_shared::protocol::{NullKeyRow, OpCounts, ShardReport, SnapshotPointer};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::time::Duration;
@@ -214,7 +214,7 @@ impl StateStore {
         run_id: &str,
         rows_queried: u64,
         null_keys: u64,
-        null_key_sample: &[InvalidRow],
+        null_key_rows: &[NullKeyRow],
         shards: &[ShardPlanRow],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -247,8 +247,9 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         }
-        for row in null_key_sample {
-            insert_run_row(&mut tx, run_id, &row.key, "invalid", None, "null_key").await?;
+        // A null-key row has no key: it is listed with an empty one.
+        for row in null_key_rows {
+            insert_run_row(&mut tx, run_id, "", "invalid", None, &row.reason()).await?;
         }
         tx.commit().await?;
         Ok(true)

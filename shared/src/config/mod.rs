@@ -6,7 +6,12 @@
 //! state DB: each process resolves them from its own environment at the moment it
 //! opens a connection (`expand_env`), so tasks on the queue never carry them.
 
+mod parse;
 mod sync;
+pub mod yaml;
+
+pub use parse::env_references;
+use yaml::Segment;
 
 pub use sync::{Capabilities, Cast, DeleteBehavior, FieldMapping, RecordMatching, SyncMode, SyncType, Variable};
 
@@ -146,7 +151,42 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Sqlite(_) => "sqlite",
+            SourceConfig::Csv(_) => "csv",
+        }
+    }
+
+    /// The settings whose `${VAR}` references are resolved when Ebb connects,
+    /// as (key path below the source, text).
+    pub fn expanded_settings(&self) -> Vec<(Vec<String>, &str)> {
+        match self {
+            SourceConfig::Postgres(c) => vec![(vec!["url".into()], c.url.as_str())],
+            SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => Vec::new(),
+        }
+    }
+}
+
 impl DestinationConfig {
+    /// The settings whose `${VAR}` references are resolved when Ebb connects,
+    /// as (key path below the destination, text).
+    pub fn expanded_settings(&self) -> Vec<(Vec<String>, &str)> {
+        match self {
+            DestinationConfig::Http(c) => std::iter::once((vec!["url".to_string()], c.url.as_str()))
+                .chain(
+                    c.headers
+                        .iter()
+                        .map(|(name, value)| (vec!["headers".to_string(), name.clone()], value.as_str())),
+                )
+                .collect(),
+            DestinationConfig::Postgres(c) => vec![(vec!["url".into()], c.url.as_str())],
+            DestinationConfig::Jsonl(_) => Vec::new(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             DestinationConfig::Http(_) => "http",
@@ -345,9 +385,84 @@ pub struct Config {
     pub syncs: BTreeMap<String, SyncConfig>,
 }
 
+/// Every problem a config has, each naming its file and line: a config is
+/// refused with all of them, not the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> Self {
+        ConfigErrors(vec![error])
+    }
+}
+
+/// A problem found in a loaded config, at the path of the key at fault.
+#[derive(Debug, Clone)]
+struct Problem {
+    path: Vec<Segment>,
+    message: String,
+}
+
+fn problem(path: Vec<Segment>, message: String) -> Problem {
+    Problem { path, message }
+}
+
+/// Where every item of a config was written: its file, and the line of each key.
+#[derive(Debug, Clone, Default)]
+pub struct Locations {
+    files: Vec<(PathBuf, yaml::YamlIndex)>,
+    /// (section, name) → index in `files`.
+    items: BTreeMap<(String, String), usize>,
+}
+
+impl Locations {
+    /// An error about the key at `path` (`["syncs", "crm", "mode"]`), with the
+    /// file and line it was written at.
+    pub fn error(&self, path: &[Segment], message: impl Into<String>) -> ConfigError {
+        let file = match path {
+            [Segment::Key(section), Segment::Key(name), ..] => {
+                self.items.get(&(section.clone(), name.clone())).copied()
+            }
+            _ => None,
+        }
+        .or((self.files.len() == 1).then_some(0));
+        match file {
+            Some(i) => ConfigError {
+                file: Some(self.files[i].0.clone()),
+                line: self.files[i].1.line_of(path),
+                message: message.into(),
+            },
+            None => ConfigError::new(message),
+        }
+    }
+
+    /// `error` for a path written as keys.
+    pub fn error_at(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
+        let path: Vec<Segment> = path.iter().map(|p| Segment::key(p)).collect();
+        self.error(&path, message)
+    }
+}
+
 impl Config {
     /// Loads one YAML file, or every `*.yaml` / `*.yml` file of a directory.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_located(path).map(|(config, _)| config)
+    }
+
+    /// `load`, and where each item and key was written.
+    pub fn load_located(path: &Path) -> Result<(Config, Locations), ConfigErrors> {
         let files = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| ConfigError::in_file(path, format!("cannot read config directory: {e}")))?
@@ -356,64 +471,102 @@ impl Config {
                 .collect();
             files.sort();
             if files.is_empty() {
-                return Err(ConfigError::in_file(
-                    path,
-                    "the directory holds no *.yaml or *.yml file",
-                ));
+                return Err(ConfigError::in_file(path, "the directory holds no *.yaml or *.yml file").into());
             }
             files
         } else {
             vec![path.to_path_buf()]
         };
-        let mut config = Config::default();
-        let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut texts = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| ConfigError::in_file(&file, format!("cannot read config file: {e}")))?;
-            let parsed = parse_yaml(&file, &text)?;
             let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-            config.merge(parsed, &file, &base, &mut origin)?;
+            texts.push((file, text, base));
         }
-        config.validate()?;
-        Ok(config)
+        Config::from_texts(path, texts)
     }
 
     /// Parses one YAML document, as if it were a file named `name` in `base_dir`.
-    pub fn from_yaml_str(name: &Path, text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let parsed = parse_yaml(name, text)?;
-        let mut config = Config::default();
-        config.merge(parsed, name, base_dir, &mut BTreeMap::new())?;
-        config.validate()?;
-        Ok(config)
+    pub fn from_yaml_str(name: &Path, text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        Config::from_texts(name, vec![(name.to_path_buf(), text.to_string(), base_dir.to_path_buf())])
+            .map(|(config, _)| config)
     }
 
+    /// Parses, merges and validates files given as (name, text, directory that
+    /// relative paths start from).
+    fn from_texts(
+        given: &Path,
+        texts: Vec<(PathBuf, String, PathBuf)>,
+    ) -> Result<(Config, Locations), ConfigErrors> {
+        let mut config = Config::default();
+        let mut locations = Locations::default();
+        let mut errors = Vec::new();
+        for (file, text, base) in texts {
+            match parse::parse_file(&file, &text) {
+                Ok(parsed) => {
+                    let index = locations.files.len();
+                    errors.extend(config.merge(parsed.sections, &file, &parsed.index, &base, index, &mut locations));
+                    locations.files.push((file, parsed.index));
+                }
+                Err(found) => errors.extend(found),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        if config.sources.is_empty() && config.models.is_empty() && config.destinations.is_empty() && config.syncs.is_empty() {
+            return Err(ConfigError::in_file(
+                given,
+                "the config defines nothing: add sources, models, destinations and syncs (`ebb quickstart` writes an example)",
+            )
+            .into());
+        }
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigErrors(
+                problems.iter().map(|p| locations.error(&p.path, p.message.clone())).collect(),
+            ));
+        }
+        Ok((config, locations))
+    }
+
+    /// Adds one file's items; an item another file already defines is an error
+    /// naming both files.
     fn merge(
         &mut self,
         file: ConfigFile,
         path: &Path,
+        index: &yaml::YamlIndex,
         base: &Path,
-        origin: &mut BTreeMap<String, PathBuf>,
-    ) -> Result<(), ConfigError> {
-        fn insert<T>(
-            kind: &str,
-            map: &mut BTreeMap<String, T>,
-            items: BTreeMap<String, T>,
-            path: &Path,
-            origin: &mut BTreeMap<String, PathBuf>,
-        ) -> Result<(), ConfigError> {
-            for (name, item) in items {
-                let id = format!("{kind} {name}");
-                if let Some(first) = origin.get(&id) {
-                    return Err(ConfigError::in_file(
-                        path,
-                        format!("{id:?} is already defined in {}", first.display()),
-                    ));
-                }
-                origin.insert(id, path.to_path_buf());
-                map.insert(name, item);
+        file_index: usize,
+        locations: &mut Locations,
+    ) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut insert = |section: &str, name: &str| -> bool {
+            let id = (section.to_string(), name.to_string());
+            if let Some(&first) = locations.items.get(&id) {
+                let line = index.line_of(&[Segment::key(section), Segment::key(name)]);
+                let first_file = &locations.files[first].0;
+                let first_line = locations.files[first]
+                    .1
+                    .line_of(&[Segment::key(section), Segment::key(name)])
+                    .map(|l| format!(":{l}"))
+                    .unwrap_or_default();
+                errors.push(ConfigError {
+                    file: Some(path.to_path_buf()),
+                    line,
+                    message: format!(
+                        "{} {name:?} is already defined in {}{first_line}",
+                        parse::singular(section),
+                        first_file.display()
+                    ),
+                });
+                return false;
             }
-            Ok(())
-        }
+            locations.items.insert(id, file_index);
+            true
+        };
         let absolute = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -421,124 +574,151 @@ impl Config {
                 base.join(p)
             }
         };
-        let sources = file
-            .sources
-            .into_iter()
-            .map(|(name, source)| {
-                let source = match source {
-                    SourceConfig::Sqlite(c) => SourceConfig::Sqlite(SqliteSourceConfig {
-                        path: absolute(&c.path),
-                    }),
-                    SourceConfig::Csv(c) => SourceConfig::Csv(CsvSourceConfig {
-                        path: absolute(&c.path),
-                    }),
-                    other => other,
-                };
-                (name, source)
-            })
-            .collect();
-        let destinations = file
-            .destinations
-            .into_iter()
-            .map(|(name, destination)| {
-                let destination = match destination {
-                    DestinationConfig::Jsonl(c) => DestinationConfig::Jsonl(JsonlDestinationConfig {
-                        path: absolute(&c.path),
-                        ..c
-                    }),
-                    other => other,
-                };
-                (name, destination)
-            })
-            .collect();
-        insert("source", &mut self.sources, sources, path, origin)?;
-        insert("model", &mut self.models, file.models, path, origin)?;
-        insert("destination", &mut self.destinations, destinations, path, origin)?;
-        insert("sync", &mut self.syncs, file.syncs, path, origin)?;
-        Ok(())
+        for (name, source) in file.sources {
+            let source = match source {
+                SourceConfig::Sqlite(c) => SourceConfig::Sqlite(SqliteSourceConfig {
+                    path: absolute(&c.path),
+                }),
+                SourceConfig::Csv(c) => SourceConfig::Csv(CsvSourceConfig {
+                    path: absolute(&c.path),
+                }),
+                other => other,
+            };
+            if insert("sources", &name) {
+                self.sources.insert(name, source);
+            }
+        }
+        for (name, model) in file.models {
+            if insert("models", &name) {
+                self.models.insert(name, model);
+            }
+        }
+        for (name, destination) in file.destinations {
+            let destination = match destination {
+                DestinationConfig::Jsonl(c) => DestinationConfig::Jsonl(JsonlDestinationConfig {
+                    path: absolute(&c.path),
+                    ..c
+                }),
+                other => other,
+            };
+            if insert("destinations", &name) {
+                self.destinations.insert(name, destination);
+            }
+        }
+        for (name, sync) in file.syncs {
+            if insert("syncs", &name) {
+                self.syncs.insert(name, sync);
+            }
+        }
+        errors
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Every reference resolves and every setting fits the others.
+    fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         for (name, model) in &self.models {
-            let source = self.sources.get(&model.source).ok_or_else(|| {
-                ConfigError::new(format!(
-                    "model {name:?} uses source {:?}, which is not defined (defined: {})",
-                    model.source,
-                    names(&self.sources)
-                ))
-            })?;
+            let at = |field: &str| problem_path(&["models", name.as_str(), field]);
             if model.primary_key.trim().is_empty() {
-                return Err(ConfigError::new(format!("model {name:?} needs a primary_key column")));
+                problems.push(problem(at("primary_key"), format!("model {name:?} needs a primary_key column")));
             }
+            let Some(source) = self.sources.get(&model.source) else {
+                problems.push(problem(
+                    at("source"),
+                    format!(
+                        "model {name:?} uses source {:?}, which is not defined (defined: {})",
+                        model.source,
+                        names(&self.sources)
+                    ),
+                ));
+                continue;
+            };
             match (source, &model.query, &model.file) {
                 (SourceConfig::Csv(_), _, Some(_)) => {}
-                (SourceConfig::Csv(_), _, None) => {
-                    return Err(ConfigError::new(format!(
+                (SourceConfig::Csv(_), _, None) => problems.push(problem(
+                    at("source"),
+                    format!(
                         "model {name:?} reads CSV source {:?}: set `file` to the CSV file's name",
                         model.source
-                    )))
-                }
+                    ),
+                )),
                 (_, Some(query), None) if !query.trim().is_empty() => {}
-                _ => {
-                    return Err(ConfigError::new(format!(
+                _ => problems.push(problem(
+                    at(if model.file.is_some() { "file" } else { "query" }),
+                    format!(
                         "model {name:?} reads database source {:?}: set `query` (and not `file`)",
                         model.source
-                    )))
-                }
+                    ),
+                )),
             }
         }
         for (name, destination) in &self.destinations {
+            let at = |field: &str| problem_path(&["destinations", name.as_str(), field]);
             if destination.batch_size() == 0 {
-                return Err(ConfigError::new(format!(
-                    "destination {name:?}: batch_size must be at least 1"
-                )));
+                problems.push(problem(
+                    at("batch_size"),
+                    format!("destination {name:?}: batch_size must be at least 1"),
+                ));
             }
             let limits = destination.limits();
             if let Some(rate) = limits.rate_limit {
                 if !(rate > 0.0 && rate.is_finite()) {
-                    return Err(ConfigError::new(format!(
-                        "destination {name:?}: rate_limit must be a positive number of requests per second, not {rate}"
-                    )));
+                    problems.push(problem(
+                        at("rate_limit"),
+                        format!("destination {name:?}: rate_limit must be a positive number of requests per second, not {rate}"),
+                    ));
                 }
             }
             if limits.max_concurrency == Some(0) {
-                return Err(ConfigError::new(format!(
-                    "destination {name:?}: max_concurrency must be at least 1"
-                )));
+                problems.push(problem(
+                    at("max_concurrency"),
+                    format!("destination {name:?}: max_concurrency must be at least 1"),
+                ));
             }
         }
         for (name, sync) in &self.syncs {
+            let at = |field: &str| problem_path(&["syncs", name.as_str(), field]);
             if !self.models.contains_key(&sync.model) {
-                return Err(ConfigError::new(format!(
-                    "sync {name:?} uses model {:?}, which is not defined (defined: {})",
-                    sync.model,
-                    names(&self.models)
-                )));
+                problems.push(problem(
+                    at("model"),
+                    format!(
+                        "sync {name:?} uses model {:?}, which is not defined (defined: {})",
+                        sync.model,
+                        names(&self.models)
+                    ),
+                ));
             }
-            let destination = self.destinations.get(&sync.destination).ok_or_else(|| {
-                ConfigError::new(format!(
-                    "sync {name:?} uses destination {:?}, which is not defined (defined: {})",
-                    sync.destination,
-                    names(&self.destinations)
-                ))
-            })?;
-            check_sync_behaviour(name, sync, &sync.destination, destination)?;
-            check_mappings(name, sync)?;
+            match self.destinations.get(&sync.destination) {
+                Some(destination) => {
+                    if let Err(problem) = check_sync_behaviour(name, sync, &sync.destination, destination) {
+                        problems.push(problem);
+                    }
+                }
+                None => problems.push(problem(
+                    at("destination"),
+                    format!(
+                        "sync {name:?} uses destination {:?}, which is not defined (defined: {})",
+                        sync.destination,
+                        names(&self.destinations)
+                    ),
+                )),
+            }
+            problems.extend(check_mappings(name, sync));
             if sync.shards == Some(0) || sync.shards.is_some_and(|n| n > crate::hashing::BUCKET_COUNT) {
-                return Err(ConfigError::new(format!(
-                    "sync {name:?}: shards must be between 1 and {}",
-                    crate::hashing::BUCKET_COUNT
-                )));
+                problems.push(problem(
+                    at("shards"),
+                    format!("sync {name:?}: shards must be between 1 and {}", crate::hashing::BUCKET_COUNT),
+                ));
             }
             if let Some(schedule) = &sync.schedule {
                 if schedule.every < Duration::from_secs(1) {
-                    return Err(ConfigError::new(format!(
-                        "sync {name:?}: schedule.every must be at least 1s"
-                    )));
+                    problems.push(problem(
+                        problem_path(&["syncs", name.as_str(), "schedule", "every"]),
+                        format!("sync {name:?}: schedule.every must be at least 1s"),
+                    ));
                 }
             }
         }
-        Ok(())
+        problems
     }
 
     /// The self-contained description of a sync that tasks carry.
@@ -576,48 +756,82 @@ fn check_sync_behaviour(
     sync: &SyncConfig,
     destination_name: &str,
     destination: &DestinationConfig,
-) -> Result<(), ConfigError> {
+) -> Result<(), Problem> {
     let (kind, mode, sync_type) = (destination.kind(), sync.mode, sync.sync_type);
+    let at = |field: &str| problem_path(&["syncs", name, field]);
+    let fail = |field: &str, message: String| {
+        Err(Problem {
+            path: at(field),
+            message,
+        })
+    };
     if !sync_type.modes().contains(&mode) {
-        return Err(ConfigError::new(format!(
-            "sync {name:?} is an {sync_type} sync and asks for mode {mode}; {sync_type} syncs support: {}",
-            listed(sync_type.modes())
-        )));
+        return fail(
+            "mode",
+            format!(
+                "sync {name:?} is an {sync_type} sync and asks for mode {mode}; {sync_type} syncs support: {}",
+                listed(sync_type.modes())
+            ),
+        );
     }
     let capabilities = destination.capabilities();
     if !capabilities.sync_types.contains(&sync_type) {
-        return Err(ConfigError::new(format!(
-            "sync {name:?} is an {sync_type} sync, which {kind} destination {destination_name:?} does not support (supported: {})",
-            listed(capabilities.sync_types)
-        )));
+        return fail(
+            "type",
+            format!(
+                "sync {name:?} is an {sync_type} sync, which {kind} destination {destination_name:?} does not support (supported: {})",
+                listed(capabilities.sync_types)
+            ),
+        );
     }
     if !capabilities.modes.contains(&mode) {
-        return Err(ConfigError::new(format!(
-            "sync {name:?} asks for mode {mode}, which {kind} destination {destination_name:?} does not support (supported: {})",
-            listed(capabilities.modes)
-        )));
+        return fail(
+            "mode",
+            format!(
+                "sync {name:?} asks for mode {mode}, which {kind} destination {destination_name:?} does not support (supported: {})",
+                listed(capabilities.modes)
+            ),
+        );
     }
     let behavior = sync.resolved_delete_behavior();
+    let behavior_field = if sync.delete_behavior.is_some() { "delete_behavior" } else { "mode" };
     if !mode.delete_behaviors().contains(&behavior) {
-        return Err(ConfigError::new(format!(
-            "sync {name:?}: mode {mode} does not go with delete_behavior {behavior} (it allows: {})",
-            listed(mode.delete_behaviors())
-        )));
+        return fail(
+            behavior_field,
+            format!(
+                "sync {name:?}: mode {mode} does not go with delete_behavior {behavior} (it allows: {})",
+                listed(mode.delete_behaviors())
+            ),
+        );
     }
     if !capabilities.delete_behaviors.contains(&behavior) {
-        return Err(ConfigError::new(format!(
-            "sync {name:?} asks for delete_behavior {behavior}, which {kind} destination {destination_name:?} does not support (supported: {})",
-            listed(capabilities.delete_behaviors)
-        )));
+        return fail(
+            behavior_field,
+            format!(
+                "sync {name:?} asks for delete_behavior {behavior}, which {kind} destination {destination_name:?} does not support (supported: {})",
+                listed(capabilities.delete_behaviors)
+            ),
+        );
     }
     Ok(())
 }
 
+fn problem_path(keys: &[&str]) -> Vec<Segment> {
+    keys.iter().map(|k| Segment::key(k)).collect()
+}
+
 /// Every mapping names one source of its value and a field path, and no field
 /// is written twice.
-fn check_mappings(name: &str, sync: &SyncConfig) -> Result<(), ConfigError> {
+fn check_mappings(name: &str, sync: &SyncConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for mapping in &sync.mappings {
+    for (index, mapping) in sync.mappings.iter().enumerate() {
+        let at = |field: &str| {
+            let mut path = problem_path(&["syncs", name, "mappings"]);
+            path.push(Segment::Index(index));
+            path.push(Segment::key(field));
+            path
+        };
         let sources = [
             mapping.from.is_some(),
             mapping.value.is_some(),
@@ -628,32 +842,38 @@ fn check_mappings(name: &str, sync: &SyncConfig) -> Result<(), ConfigError> {
         .filter(|set| **set)
         .count();
         if sources != 1 {
-            return Err(ConfigError::new(format!(
-                "sync {name:?}, mapping to {:?}: give exactly one of `from` (a column), `value`, `variable` or `template` (found {sources})",
-                mapping.to
-            )));
+            problems.push(Problem {
+                path: at("to"),
+                message: format!(
+                    "sync {name:?}, mapping to {:?}: give exactly one of `from` (a column), `value`, `variable` or `template` (found {sources})",
+                    mapping.to
+                ),
+            });
         }
         if let Err(reason) = crate::config::field_path(&mapping.to) {
-            return Err(ConfigError::new(format!(
-                "sync {name:?}, mapping to {:?}: {reason}",
-                mapping.to
-            )));
+            problems.push(Problem {
+                path: at("to"),
+                message: format!("sync {name:?}, mapping to {:?}: {reason}", mapping.to),
+            });
         }
         if !mapping.to.ends_with("[]") && !seen.insert(&mapping.to) {
-            return Err(ConfigError::new(format!(
-                "sync {name:?} maps two values to the field {:?}",
-                mapping.to
-            )));
+            problems.push(Problem {
+                path: at("to"),
+                message: format!("sync {name:?} maps two values to the field {:?}", mapping.to),
+            });
         }
     }
     if let Some(matching) = &sync.record_matching {
         if matching.from.trim().is_empty() || matching.to.trim().is_empty() {
-            return Err(ConfigError::new(format!(
-                "sync {name:?}: record_matching needs both `from` (a model column) and `to` (a destination field)"
-            )));
+            problems.push(Problem {
+                path: problem_path(&["syncs", name, "record_matching"]),
+                message: format!(
+                    "sync {name:?}: record_matching needs both `from` (a model column) and `to` (a destination field)"
+                ),
+            });
         }
     }
-    Ok(())
+    problems
 }
 
 /// One step of a destination field path.
@@ -700,50 +920,6 @@ fn names<T>(map: &BTreeMap<String, T>) -> String {
     } else {
         map.keys().cloned().collect::<Vec<_>>().join(", ")
     }
-}
-
-fn parse_yaml(file: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
-    if text.trim().is_empty() {
-        return Ok(ConfigFile {
-            sources: BTreeMap::new(),
-            models: BTreeMap::new(),
-            destinations: BTreeMap::new(),
-            syncs: BTreeMap::new(),
-        });
-    }
-    serde_yaml::from_str(text).map_err(|error| {
-        let message = error.to_string();
-        // Tagged enums buffer their content and lose serde_yaml's position; find the
-        // offending field's line in the text ourselves.
-        let line = error
-            .location()
-            .map(|l| l.line())
-            .filter(|_| !message.contains("unknown field"))
-            .or_else(|| unknown_field_line(&message, text))
-            .or_else(|| error.location().map(|l| l.line()));
-        let message = match message.find(" at line ") {
-            Some(cut) => message[..cut].to_string(),
-            None => message,
-        };
-        ConfigError {
-            file: Some(file.to_path_buf()),
-            line,
-            message,
-        }
-    })
-}
-
-fn unknown_field_line(message: &str, text: &str) -> Option<usize> {
-    let start = message.find("unknown field `")? + "unknown field `".len();
-    let field = &message[start..start + message[start..].find('`')?];
-    text.lines()
-        .position(|line| {
-            let trimmed = line.trim_start().trim_start_matches("- ");
-            trimmed
-                .strip_prefix(field)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
-        })
-        .map(|index| index + 1)
 }
 
 /// Replaces every `${NAME}` with the environment variable `NAME`. `what` names the
@@ -818,7 +994,7 @@ syncs:
             "    path: out/customers.jsonl",
             "    path: out/customers.jsonl\n    bach_size: 10",
         );
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err();
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err().0.remove(0);
         assert_eq!(err.file.as_deref(), Some(Path::new("ebb.yaml")));
         assert_eq!(
             err.line,
@@ -826,7 +1002,7 @@ syncs:
         );
         assert!(err.message.contains("unknown field `bach_size`"), "{err}");
         let top = format!("{GOOD}\nsyncz: {{}}\n");
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &top, Path::new(".")).unwrap_err();
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &top, Path::new(".")).unwrap_err().0.remove(0);
         assert!(err.to_string().contains("syncz"), "{err}");
         assert!(err.line.is_some(), "{err}");
     }
@@ -834,7 +1010,7 @@ syncs:
     #[test]
     fn dangling_references_are_named() {
         let text = GOOD.replace("destination: out", "destination: nowhere");
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err();
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err().0.remove(0);
         assert!(
             err.message.contains("\"nowhere\"") && err.message.contains("out"),
             "{err}"
@@ -843,7 +1019,7 @@ syncs:
 
     #[test]
     fn unsupported_combinations_are_refused_naming_both_sides() {
-        let load = |text: &str| Config::from_yaml_str(Path::new("ebb.yaml"), text, Path::new(".")).unwrap_err();
+        let load = |text: &str| Config::from_yaml_str(Path::new("ebb.yaml"), text, Path::new(".")).unwrap_err().0.remove(0);
         let table = GOOD
             .replace(
                 "    type: jsonl\n    path: out/customers.jsonl",
@@ -878,7 +1054,7 @@ syncs:
                 "    mode: mirror",
                 &format!("    mode: mirror\n    mappings:\n{mappings}"),
             );
-            Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new("."))
+            Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).map_err(|mut e| e.0.remove(0))
         };
         load("      - { from: id, to: id }\n      - { to: \"tags[]\", value: vip }\n      - { to: \"tags[]\", template: x }")
             .unwrap();

@@ -12,7 +12,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -73,6 +73,32 @@ impl AmqpQueue {
             settings,
             publisher: Mutex::new(Some(opened)),
         })
+    }
+
+    /// Deletes this installation's queues (with any messages in them) and its
+    /// dead-letter exchange: for tearing down a prefix nothing will use again,
+    /// such as a test's.
+    pub async fn delete_topology(&self) -> Result<(), QueueError> {
+        let (connection, channel) = open_channel(&self.settings, None).await?;
+        let failed = |what: String, e: lapin::Error| QueueError::Connect {
+            queue: "amqp",
+            url: crate::redact::redact_url(&self.settings.url),
+            reason: format!("deleting {what}: {e}"),
+        };
+        for queue in [QueueName::Tasks, QueueName::Results, QueueName::DeadTasks] {
+            let name = self.settings.queue(queue);
+            channel
+                .queue_delete(&name, QueueDeleteOptions::default())
+                .await
+                .map_err(|e| failed(name.clone(), e))?;
+        }
+        let exchange = self.settings.dead_letter_exchange();
+        channel
+            .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+            .await
+            .map_err(|e| failed(exchange.clone(), e))?;
+        let _ = connection.close(200, "topology deleted").await;
+        Ok(())
     }
 
     async fn try_publish(&self, queue: QueueName, message: &OutgoingMessage) -> Result<(), QueueError> {

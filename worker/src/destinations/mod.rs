@@ -46,6 +46,18 @@ pub enum DeliveryError {
 #[async_trait]
 pub trait Destination: Send + Sync {
     async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError>;
+
+    /// Reaches the destination without changing anything in it (`ebb check
+    /// --connect`). Opening it has already checked what opening checks.
+    async fn check_connection(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The fields a record may have, when the destination has a fixed set (a
+    /// table's columns); `None` when it takes any field.
+    fn fields(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// Opens a sync's destination, checking what can be checked before any row is sent.

@@ -97,8 +97,44 @@ pub fn check_templates(config: &ebb_shared::config::Config) -> Result<(), String
     Ok(())
 }
 
+/// Every column a sync needs that the model's result lacks (the primary key,
+/// each mapped column, the record-matching column), each as the error a run
+/// would fail with. Empty when the columns fit.
+pub fn missing_columns(spec: &SyncSpec, columns: &[Column]) -> Vec<TaskError> {
+    let available = || columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+    let has = |name: &str| columns.iter().any(|c| c.name == name);
+    let mut missing = Vec::new();
+    if !has(&spec.model.primary_key) {
+        missing.push(TaskError::MissingKeyColumn {
+            model: spec.model_name.clone(),
+            column: spec.model.primary_key.clone(),
+            available: available(),
+        });
+    }
+    let needed = spec
+        .mappings
+        .iter()
+        .filter_map(|m| m.from.as_deref())
+        .chain(spec.record_matching.as_ref().map(|m| m.from.as_str()));
+    let mut reported = std::collections::BTreeSet::new();
+    for name in needed {
+        if !has(name) && reported.insert(name) {
+            missing.push(TaskError::MissingMappedColumn {
+                sync: spec.name.clone(),
+                model: spec.model_name.clone(),
+                column: name.to_string(),
+                available: available(),
+            });
+        }
+    }
+    missing
+}
+
 impl RecordPlan {
     pub fn new(spec: &SyncSpec, columns: &[Column], run: &RunContext) -> Result<RecordPlan, TaskError> {
+        if let Some(first) = missing_columns(spec, columns).into_iter().next() {
+            return Err(first);
+        }
         let available = || columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
         let index_of = |name: &str| columns.iter().position(|c| c.name == name);
         let key_index = index_of(&spec.model.primary_key).ok_or_else(|| TaskError::MissingKeyColumn {

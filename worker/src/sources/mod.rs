@@ -75,6 +75,20 @@ pub async fn open(
     }
 }
 
+/// The columns a model's query returns, found by preparing it: no row is read.
+pub async fn describe(
+    source_name: &str,
+    source: &SourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<Vec<Column>, TaskError> {
+    match source {
+        SourceConfig::Postgres(config) => postgres::describe(source_name, config, model_name, model).await,
+        SourceConfig::Sqlite(config) => sqlite::describe(source_name, config, model_name, model).await,
+        SourceConfig::Csv(config) => csv::describe(source_name, config, model).await,
+    }
+}
+
 /// The result columns of a prepared statement, with the source's type names.
 fn statement_columns<'q, S: sqlx::Statement<'q>>(statement: &S) -> Vec<Column> {
     use sqlx::{Column as _, TypeInfo};

@@ -68,6 +68,20 @@ impl HttpDestination {
 
 #[async_trait]
 impl Destination for HttpDestination {
+    /// A TCP connection to the endpoint's host: the generic contract has no
+    /// request that is safe to send for a test.
+    async fn check_connection(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("url: {e}"))?;
+        let host = url.host_str().ok_or("the url has no host")?.to_string();
+        let port = url.port_or_known_default().ok_or("the url has no port")?;
+        let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+        match tokio::time::timeout(std::time::Duration::from_secs(10), connect).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("cannot connect to {host}:{port}: {error}")),
+            Err(_) => Err(format!("no answer from {host}:{port} within 10s")),
+        }
+    }
+
     async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
         let body = request::body(action, self.matching.as_deref(), records);
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();

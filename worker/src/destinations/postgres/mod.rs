@@ -94,6 +94,10 @@ impl PostgresDestination {
 
 #[async_trait]
 impl Destination for PostgresDestination {
+    fn fields(&self) -> Option<Vec<String>> {
+        Some(self.table.columns().iter().cloned().collect())
+    }
+
     async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
         let Some(first) = records.first() else {
             return Ok(Vec::new());

@@ -37,6 +37,10 @@ impl Table {
         &self.key
     }
 
+    pub fn columns(&self) -> &BTreeSet<String> {
+        &self.columns
+    }
+
     /// The statement for a batch whose records carry `fields`.
     pub fn statement(&self, action: Action, fields: &[String]) -> Result<Statement, String> {
         let unknown: Vec<&str> = fields

@@ -6,12 +6,20 @@ use crate::error::TaskError;
 use ebb_shared::config::{CsvSourceConfig, ModelConfig};
 use ebb_shared::value::{Column, Value};
 
-pub(super) async fn open(
+/// Reads the file's header: its columns, no row read.
+pub(super) async fn describe(
     source_name: &str,
     config: &CsvSourceConfig,
-    _model_name: &str,
     model: &ModelConfig,
-) -> Result<RowStream, TaskError> {
+) -> Result<Vec<Column>, TaskError> {
+    reader(source_name, config, model).map(|(_, _, columns)| columns)
+}
+
+fn reader(
+    source_name: &str,
+    config: &CsvSourceConfig,
+    model: &ModelConfig,
+) -> Result<(csv::Reader<std::fs::File>, std::path::PathBuf, Vec<Column>), TaskError> {
     let path = config.path.join(model.file.as_deref().unwrap_or_default());
     let unreachable = |reason: String| TaskError::SourceUnreachable {
         source_name: source_name.to_string(),
@@ -30,6 +38,16 @@ pub(super) async fn open(
             source_type: "text".to_string(),
         })
         .collect();
+    Ok((reader, path, columns))
+}
+
+pub(super) async fn open(
+    source_name: &str,
+    config: &CsvSourceConfig,
+    _model_name: &str,
+    model: &ModelConfig,
+) -> Result<RowStream, TaskError> {
+    let (mut reader, path, columns) = reader(source_name, config, model)?;
     let (sender, stream) = RowStream::channel(columns);
     let source_name = source_name.to_string();
     tokio::task::spawn_blocking(move || {

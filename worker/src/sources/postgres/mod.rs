@@ -6,7 +6,7 @@ mod copy_text;
 use super::{classify_sqlx, Batch, Row, RowStream, BATCH_ROWS};
 use crate::error::TaskError;
 use ebb_shared::config::{expand_env, ModelConfig, PostgresSourceConfig};
-use ebb_shared::value::Value;
+use ebb_shared::value::{Column, Value};
 use futures::StreamExt;
 use sqlx::{Connection, Executor, PgConnection};
 use std::sync::Arc;
@@ -14,12 +14,24 @@ use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub(super) async fn open(
+/// Connects and prepares the model's query: its columns, no row read.
+pub(super) async fn describe(
     source_name: &str,
     config: &PostgresSourceConfig,
     model_name: &str,
     model: &ModelConfig,
-) -> Result<RowStream, TaskError> {
+) -> Result<Vec<Column>, TaskError> {
+    prepare(source_name, config, model_name, model)
+        .await
+        .map(|(_, _, columns)| columns)
+}
+
+async fn prepare(
+    source_name: &str,
+    config: &PostgresSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<(PgConnection, String, Vec<Column>), TaskError> {
     let url = expand_env(&config.url, &format!("source {source_name:?} url"))?;
     let unreachable = |reason: String| TaskError::SourceUnreachable {
         source_name: source_name.to_string(),
@@ -48,6 +60,16 @@ pub(super) async fn open(
         .map_err(|e| classify_sqlx(e, source_name, model_name))?;
     let columns = super::statement_columns(&statement);
     drop(statement);
+    Ok((connection, query, columns))
+}
+
+pub(super) async fn open(
+    source_name: &str,
+    config: &PostgresSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<RowStream, TaskError> {
+    let (mut connection, query, columns) = prepare(source_name, config, model_name, model).await?;
     let types: Vec<PgType> = columns.iter().map(|c| PgType::from_name(&c.source_type)).collect();
     let (sender, stream) = RowStream::channel(columns);
     let source_name = source_name.to_string();

@@ -4,17 +4,29 @@
 use super::{classify_sqlx, Row, RowStream, BATCH_ROWS};
 use crate::error::TaskError;
 use ebb_shared::config::{ModelConfig, SqliteSourceConfig};
-use ebb_shared::value::Value;
+use ebb_shared::value::{Column, Value};
 use futures::StreamExt;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{ConnectOptions, Executor, Row as _, TypeInfo, ValueRef};
 
-pub(super) async fn open(
+/// Opens the database and prepares the model's query: its columns, no row read.
+pub(super) async fn describe(
     source_name: &str,
     config: &SqliteSourceConfig,
     model_name: &str,
     model: &ModelConfig,
-) -> Result<RowStream, TaskError> {
+) -> Result<Vec<Column>, TaskError> {
+    prepare(source_name, config, model_name, model)
+        .await
+        .map(|(_, _, columns)| columns)
+}
+
+async fn prepare(
+    source_name: &str,
+    config: &SqliteSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<(SqliteConnection, String, Vec<Column>), TaskError> {
     if !config.path.exists() {
         return Err(TaskError::SourceUnreachable {
             source_name: source_name.to_string(),
@@ -34,6 +46,16 @@ pub(super) async fn open(
         .map_err(|e| classify_sqlx(e, source_name, model_name))?;
     let columns = super::statement_columns(&statement);
     drop(statement);
+    Ok((connection, query, columns))
+}
+
+pub(super) async fn open(
+    source_name: &str,
+    config: &SqliteSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<RowStream, TaskError> {
+    let (mut connection, query, columns) = prepare(source_name, config, model_name, model).await?;
     let (sender, stream) = RowStream::channel(columns);
     let source_name = source_name.to_string();
     let model_name = model_name.to_string();

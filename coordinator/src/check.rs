@@ -1,0 +1,229 @@
+//! `ebb check`: the mistakes of a config found before any run, all at once.
+//!
+//! Loading the config finds what the files themselves get wrong. Then, without
+//! connecting, the check looks at what this machine shows: the environment
+//! variables the config refers to, and the directories and files of file
+//! sources. With `--connect` it also connects to every source and destination,
+//! prepares each model's query (no row is read), and holds the primary key and
+//! the mapped columns against the query's columns and the mapped fields against
+//! the destination's. Every problem names the file and line to fix.
+
+use ebb_shared::config::yaml::Segment;
+use ebb_shared::config::{env_references, Config, ConfigError, ConfigErrors, Locations, SourceConfig};
+use ebb_shared::value::Column;
+use ebb_worker::error::TaskError;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// A config that loads, and the problems found beyond its files.
+pub struct Checked {
+    pub config: Config,
+    pub problems: Vec<ConfigError>,
+}
+
+pub async fn check(path: &Path, connect: bool) -> Result<Checked, ConfigErrors> {
+    let (config, locations) = Config::load_located(path)?;
+    let mut problems = local_problems(&config, &locations);
+    if connect {
+        problems.extend(connected_problems(&config, &locations).await);
+    }
+    Ok(Checked { config, problems })
+}
+
+fn path_of(keys: &[&str]) -> Vec<Segment> {
+    keys.iter().map(|k| Segment::key(k)).collect()
+}
+
+/// What can be seen without connecting: unset variables, missing local files.
+fn local_problems(config: &Config, locations: &Locations) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    let mut unset = |section: &str, name: &str, what: &str, settings: Vec<(Vec<String>, &str)>| {
+        for (setting, text) in settings {
+            for variable in env_references(text) {
+                if std::env::var_os(&variable).is_none() {
+                    let mut path = path_of(&[section, name]);
+                    path.extend(setting.iter().map(|s| Segment::key(s)));
+                    problems.push(locations.error(
+                        &path,
+                        format!(
+                            "{what} {name:?}: `{}` refers to ${{{variable}}}, which is not set in this environment \
+                             (set it here and in every worker's environment)",
+                            setting.join(".")
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    for (name, source) in &config.sources {
+        unset("sources", name, "source", source.expanded_settings());
+    }
+    for (name, destination) in &config.destinations {
+        unset("destinations", name, "destination", destination.expanded_settings());
+    }
+    for (name, source) in &config.sources {
+        match source {
+            SourceConfig::Csv(csv) if !csv.path.is_dir() => problems.push(locations.error_at(
+                &["sources", name, "path"],
+                format!(
+                    "source {name:?}: the CSV directory {} does not exist",
+                    csv.path.display()
+                ),
+            )),
+            SourceConfig::Sqlite(sqlite) if !sqlite.path.is_file() => problems.push(locations.error_at(
+                &["sources", name, "path"],
+                format!(
+                    "source {name:?}: the SQLite database {} does not exist",
+                    sqlite.path.display()
+                ),
+            )),
+            _ => {}
+        }
+    }
+    for (name, model) in &config.models {
+        if let (Some(SourceConfig::Csv(csv)), Some(file)) = (config.sources.get(&model.source), &model.file) {
+            let path = csv.path.join(file);
+            if csv.path.is_dir() && !path.is_file() {
+                problems.push(locations.error_at(
+                    &["models", name, "file"],
+                    format!("model {name:?}: the CSV file {} does not exist", path.display()),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// What only connecting shows: unreachable services, broken queries, columns
+/// and fields that do not exist.
+async fn connected_problems(config: &Config, locations: &Locations) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    // Each model's columns, or None when its query could not be prepared.
+    let mut columns: BTreeMap<&str, Option<Vec<Column>>> = BTreeMap::new();
+    let mut unreachable_sources = BTreeSet::new();
+    for (name, model) in &config.models {
+        let source = &config.sources[&model.source];
+        // An unset variable is reported already; connecting would only say it again.
+        if has_unset_variables(source.expanded_settings()) || unreachable_sources.contains(model.source.as_str()) {
+            columns.insert(name, None);
+            continue;
+        }
+        match ebb_worker::sources::describe(&model.source, source, name, model).await {
+            Ok(found) => {
+                columns.insert(name, Some(found));
+            }
+            Err(error) => {
+                let at = match &error {
+                    TaskError::SourceUnreachable { .. } | TaskError::Config(_) => {
+                        unreachable_sources.insert(model.source.as_str());
+                        source_setting_path(&model.source, source)
+                    }
+                    _ => path_of(&["models", name, if model.file.is_some() { "file" } else { "query" }]),
+                };
+                problems.push(locations.error(&at, error.to_string()));
+                columns.insert(name, None);
+            }
+        }
+    }
+    let mut reported = BTreeSet::new();
+    for name in config.syncs.keys() {
+        let spec = config.sync_spec(name).expect("a loaded config's syncs resolve");
+        if let Some(Some(found)) = columns.get(spec.model_name.as_str()) {
+            for missing in ebb_worker::mapping::missing_columns(&spec, found) {
+                let at = match &missing {
+                    TaskError::MissingKeyColumn { .. } => path_of(&["models", &spec.model_name, "primary_key"]),
+                    TaskError::MissingMappedColumn { column, .. } => mapped_column_path(name, &spec, column),
+                    _ => path_of(&["syncs", name]),
+                };
+                let error = locations.error(&at, missing.to_string());
+                if reported.insert(error.to_string()) {
+                    problems.push(error);
+                }
+            }
+        }
+        let destination_path = path_of(&["destinations", &spec.destination_name]);
+        if has_unset_variables(spec.destination.expanded_settings()) {
+            continue;
+        }
+        let destination = match ebb_worker::destinations::build(&spec).await {
+            Ok(destination) => destination,
+            Err(error) => {
+                let error = locations.error(&destination_path, error.to_string());
+                if reported.insert(error.to_string()) {
+                    problems.push(error);
+                }
+                continue;
+            }
+        };
+        if let Err(reason) = destination.check_connection().await {
+            let error = locations.error(
+                &destination_path,
+                format!("destination {:?}: {reason}", spec.destination_name),
+            );
+            if reported.insert(error.to_string()) {
+                problems.push(error);
+            }
+            continue;
+        }
+        if let Some(fields) = destination.fields() {
+            // Without mappings every column of the model is sent as a field.
+            let unmapped = columns.get(spec.model_name.as_str()).cloned().flatten().unwrap_or_default();
+            if spec.mappings.is_empty() {
+                for column in unmapped.iter().filter(|c| !fields.contains(&c.name)) {
+                    problems.push(locations.error_at(
+                        &["syncs", name],
+                        format!(
+                            "sync {name:?} has no mappings, so it sends every column as a field, and destination {:?} has no field {:?} \
+                             (its fields: {}); add mappings",
+                            spec.destination_name,
+                            column.name,
+                            fields.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for (index, mapping) in spec.mappings.iter().enumerate() {
+                let field = mapping.to.split(['.', '[']).next().unwrap_or_default();
+                if !fields.iter().any(|f| f == field) {
+                    let mut at = path_of(&["syncs", name, "mappings"]);
+                    at.extend([Segment::Index(index), Segment::key("to")]);
+                    problems.push(locations.error(
+                        &at,
+                        format!(
+                            "sync {name:?} maps to field {field:?}, which destination {:?} does not have (its fields: {})",
+                            spec.destination_name,
+                            fields.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn has_unset_variables(settings: Vec<(Vec<String>, &str)>) -> bool {
+    settings
+        .iter()
+        .flat_map(|(_, text)| env_references(text))
+        .any(|variable| std::env::var_os(variable).is_none())
+}
+
+/// Where a source's connection is set: its URL, or its path.
+fn source_setting_path(name: &str, source: &SourceConfig) -> Vec<Segment> {
+    let setting = match source {
+        SourceConfig::Postgres(_) => "url",
+        SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => "path",
+    };
+    path_of(&["sources", name, setting])
+}
+
+/// The `from` of the mapping (or record matching) that names `column`.
+fn mapped_column_path(sync: &str, spec: &ebb_shared::config::SyncSpec, column: &str) -> Vec<Segment> {
+    if let Some(index) = spec.mappings.iter().position(|m| m.from.as_deref() == Some(column)) {
+        let mut path = path_of(&["syncs", sync, "mappings"]);
+        path.extend([Segment::Index(index), Segment::key("from")]);
+        return path;
+    }
+    path_of(&["syncs", sync, "record_matching", "from"])
+}
