@@ -110,6 +110,15 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
         }
         match ebb_worker::sources::describe(&model.source, source, name, model).await {
             Ok(found) => {
+                if !found.iter().any(|c| c.name == model.primary_key) {
+                    let available: Vec<&str> = found.iter().map(|c| c.name.as_str()).collect();
+                    let missing = TaskError::MissingKeyColumn {
+                        model: name.clone(),
+                        column: model.primary_key.clone(),
+                        available: available.join(", "),
+                    };
+                    problems.push(locations.error_at(&["models", name, "primary_key"], missing.to_string()));
+                }
                 columns.insert(name, Some(found));
             }
             Err(error) => {
@@ -131,7 +140,8 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
         if let Some(Some(found)) = columns.get(spec.model_name.as_str()) {
             for missing in ebb_worker::mapping::missing_columns(&spec, found) {
                 let at = match &missing {
-                    TaskError::MissingKeyColumn { .. } => path_of(&["models", &spec.model_name, "primary_key"]),
+                    // Reported with its model above.
+                    TaskError::MissingKeyColumn { .. } => continue,
                     TaskError::MissingMappedColumn { column, .. } => mapped_column_path(name, &spec, column),
                     _ => path_of(&["syncs", name]),
                 };
@@ -167,7 +177,11 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
         }
         if let Some(fields) = destination.fields() {
             // Without mappings every column of the model is sent as a field.
-            let unmapped = columns.get(spec.model_name.as_str()).cloned().flatten().unwrap_or_default();
+            let unmapped = columns
+                .get(spec.model_name.as_str())
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
             if spec.mappings.is_empty() {
                 for column in unmapped.iter().filter(|c| !fields.contains(&c.name)) {
                     problems.push(locations.error_at(

@@ -586,7 +586,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 outcome.as_deref().and_then(RowOutcome::parse)
             };
-            let filter = RowFilter { outcome, key, limit: None };
+            let filter = RowFilter {
+                outcome,
+                key,
+                limit: None,
+            };
             let backend = target.backend().await?;
             let result = match (json, format.as_str()) {
                 (true, _) | (false, "table") => {
@@ -644,7 +648,9 @@ async fn check(args: &ConfigArgs, connect: bool, json: bool) -> anyhow::Result<E
             .iter()
             .map(|p| serde_json::json!({"file": p.file, "line": p.line, "message": p.message}))
             .collect();
-        output::print_json(&serde_json::json!({"ok": problems.is_empty(), "connected": connect, "problems": problems}))?;
+        output::print_json(
+            &serde_json::json!({"ok": problems.is_empty(), "connected": connect, "problems": problems}),
+        )?;
     } else if problems.is_empty() {
         let config = config.expect("a config without problems loaded");
         let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
@@ -665,7 +671,11 @@ async fn check(args: &ConfigArgs, connect: bool, json: bool) -> anyhow::Result<E
         let mut text: String = problems.iter().map(|p| format!("{p}\n")).collect();
         text.push_str(&format!(
             "{} found in {}; nothing was run.\n",
-            if problems.len() == 1 { "1 problem".to_string() } else { format!("{} problems", problems.len()) },
+            if problems.len() == 1 {
+                "1 problem".to_string()
+            } else {
+                format!("{} problems", problems.len())
+            },
             args.config.display()
         ));
         eprint!("{text}");
@@ -675,4 +685,54 @@ async fn check(args: &ConfigArgs, connect: bool, json: bool) -> anyhow::Result<E
     } else {
         ExitCode::from(exit::CONFIG)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options that choose what one invocation looks at, not how Ebb runs: an
+    /// environment variable for them would be a trap.
+    const PER_INVOCATION: &[&str] = &["key"];
+
+    fn every_command(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), command.clone()));
+        for sub in command.get_subcommands() {
+            every_command(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_and_every_setting_an_ebb_variable() {
+        let mut commands = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        every_command(&cli, "ebb".into(), &mut commands);
+        let mut settings_checked = 0;
+        for (path, command) in commands {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "`{path}`: argument {id} has no help text");
+                let takes_value = arg.get_action().takes_values();
+                if arg.is_positional() || !takes_value || PER_INVOCATION.contains(&id) {
+                    continue;
+                }
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                assert!(
+                    env.as_deref().is_some_and(|e| e.starts_with("EBB_")),
+                    "`{path}`: option --{id} has no EBB_* variable"
+                );
+                settings_checked += 1;
+            }
+        }
+        assert!(settings_checked > 20, "only {settings_checked} options checked");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -123,7 +123,10 @@ pub fn rows_table(page: &RowsPage) -> String {
 }
 
 pub fn syncs_table(syncs: &[SyncView]) -> String {
-    let mut out = format!("{:<30} {:<20} {:<20} {:<10} {}\n", "SYNC", "MODEL", "DESTINATION", "MODE", "SCHEDULE");
+    let mut out = format!(
+        "{:<30} {:<20} {:<20} {:<10} {}\n",
+        "SYNC", "MODEL", "DESTINATION", "MODE", "SCHEDULE"
+    );
     for sync in syncs {
         out.push_str(&format!(
             "{:<30} {:<20} {:<20} {:<10} {}\n",

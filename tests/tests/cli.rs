@@ -2,6 +2,7 @@
 //! with its API, `ebb sync run` and `ebb runs` on embedded defaults.
 
 use ebb_tests::process::{ebb_command, EbbProcess};
+use ebb_tests::sink::{Behavior, Sink};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,214 @@ fn quickstart_sends_everything_then_only_the_changes() {
         .unwrap();
     let listed = String::from_utf8_lossy(&list.stdout);
     assert_eq!(listed.lines().filter(|l| l.contains("success")).count(), 3, "{listed}");
+
+    // Every command the quickstart suggests runs as printed, from where it was run.
+    let hints: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("  $ ")).collect();
+    assert_eq!(hints.len(), 2, "{stdout}");
+    for hint in hints {
+        let ran = std::process::Command::new("sh").args(["-c", hint]).output().unwrap();
+        assert!(
+            ran.status.success(),
+            "`{hint}` failed:\n{}{}",
+            String::from_utf8_lossy(&ran.stdout),
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
+
+    // Listings for scripts: JSON on request, and a table that says what it left out.
+    let json = |args: &[&str]| -> Value {
+        let output = ebb_command().args(args).arg("--config").arg(&config).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    let runs = json(&["runs", "list", "customers-to-file", "--json"]);
+    let runs = runs["data"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    let first_run = runs.last().unwrap()["id"].as_str().unwrap().to_string();
+    let syncs = json(&["sync", "list", "--json"]);
+    assert_eq!(syncs["data"][0]["id"], "customers-to-file", "{syncs}");
+    let page = json(&["runs", "rows", &first_run, "--json", "--limit", "7"]);
+    assert_eq!(page["data"].as_array().unwrap().len(), 7, "{page}");
+    assert_eq!(page["total"], 1000, "{page}");
+    assert_eq!(page["hasMore"], true, "{page}");
+    let table = ebb_command()
+        .args(["runs", "rows", &first_run, "--limit", "5", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.lines().count(), 1 + 5 + 1, "{table}");
+    assert!(table.contains("995 more (showing 5 of 1,000)"), "{table}");
+
+    // Piped into `head`, a long listing stops quietly.
+    let mut piped = ebb_command()
+        .args(["runs", "rows", &first_run, "--format", "csv", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let ended = piped.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn ebb_output(args: &[&str]) -> (i32, String, String) {
+    let output = ebb_command().args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_version_completions_and_exit_statuses_are_what_scripts_need() {
+    let (code, help, _) = ebb_output(&["--help"]);
+    assert_eq!(code, 0);
+    for needed in [
+        "Exit status:",
+        "EBB_LOG ",
+        "EBB_LOG_FORMAT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "completions",
+    ] {
+        assert!(help.contains(needed), "--help lacks {needed}:\n{help}");
+    }
+    let (_, rows_help, _) = ebb_output(&["runs", "rows", "--help"]);
+    for example in [
+        "\n  ebb runs rows RUN --failed ",
+        "\n  ebb runs rows RUN --key 42 ",
+        "\n  ebb runs rows RUN --format csv > rows.csv ",
+    ] {
+        assert!(
+            rows_help.contains(example),
+            "{example:?} not on a line of its own:\n{rows_help}"
+        );
+    }
+    let (code, version, _) = ebb_output(&["--version"]);
+    assert_eq!(code, 0);
+    let version = version.trim();
+    assert!(version.starts_with("ebb 0.") && version.ends_with(')'), "{version}");
+    let commit = version.rsplit('(').next().unwrap().trim_end_matches(')');
+    assert!(
+        commit == "unknown commit" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{version}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, stderr) = ebb_output(&["completions", shell]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            script.contains("quickstart") && script.contains("standalone"),
+            "{shell}: {script}"
+        );
+    }
+
+    // Exit statuses: 2 usage, 3 config, 4 anything else, 1 a run that failed.
+    let (code, _, _) = ebb_output(&["no-such-command"]);
+    assert_eq!(code, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "syncs:\n  x:\n    model: m\n    destination: d\n    mode: upsert\n    shard: 3\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = ebb_output(&["sync", "run", "x", "--config", broken.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("broken.yaml:6: sync \"x\": unknown field `shard`"),
+        "{stderr}"
+    );
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, _, stderr) = ebb_output(&[
+        "runs",
+        "list",
+        "x",
+        "--api-url",
+        &format!("http://127.0.0.1:{closed_port}"),
+    ]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let config = dir.path().join("ebb.yaml");
+    std::fs::write(
+        &config,
+        "sources:\n  files: { type: csv, path: data }\nmodels:\n  m: { source: files, file: gone.csv, primary_key: id }\n\
+         destinations:\n  d: { type: jsonl, path: out.jsonl }\nsyncs:\n  s: { model: m, destination: d, mode: upsert }\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = ebb_output(&["sync", "run", "s", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+
+    // Piped into a reader that is gone, output ends quietly.
+    let mut piped = ebb_command()
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let ended = piped.wait_with_output().unwrap();
+    assert_eq!(ended.status.code(), Some(0));
+    assert!(ended.stderr.is_empty(), "{}", String::from_utf8_lossy(&ended.stderr));
+}
+
+#[test]
+fn rows_with_a_null_key_are_listed_like_the_other_invalid_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("data/people.csv"),
+        "id,email\n1,a@example.com\n,nokey@example.com\n2,b@example.com\n2,b2@example.com\n,another@example.com\n",
+    )
+    .unwrap();
+    let config = dir.path().join("ebb.yaml");
+    std::fs::write(
+        &config,
+        "sources:\n  files: { type: csv, path: data }\nmodels:\n  people: { source: files, file: people.csv, primary_key: id }\n\
+         destinations:\n  d: { type: jsonl, path: out.jsonl }\nsyncs:\n  s: { model: people, destination: d, mode: upsert }\n",
+    )
+    .unwrap();
+    let run = ebb_command()
+        .args(["sync", "run", "s", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let run: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(run["status"], "warning", "{run}");
+    assert_eq!(run["invalidRows"]["nullKeyCount"], 2, "{run}");
+    let id = run["id"].as_str().unwrap();
+    let rows = ebb_command()
+        .args(["runs", "rows", id, "--outcome", "invalid", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let rows: Value = serde_json::from_slice(&rows.stdout).unwrap();
+    let rows = rows["data"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 3, "two null keys and one duplicate: {rows:?}");
+    let errors: Vec<&str> = rows.iter().map(|r| r["error"].as_str().unwrap()).collect();
+    assert!(
+        errors[0].starts_with("null primary key (row 2 of the result)") && errors[0].contains("nokey@example.com"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("null primary key (row 5 of the result)"),
+        "{errors:?}"
+    );
+    assert_eq!(rows[2]["key"], "2", "{rows:?}");
+    assert!(errors[2].starts_with("duplicate key"), "{errors:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,6 +270,7 @@ async fn standalone_serves_the_api_and_runs_scheduled_syncs() {
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     let rows: String = (1..=200).map(|i| format!("{i},user{i}@example.com\n")).collect();
     std::fs::write(dir.path().join("data/users.csv"), format!("id,email\n{rows}")).unwrap();
+    let sink = Sink::start().await;
     std::fs::write(
         dir.path().join("ebb.yaml"),
         r#"
@@ -70,7 +280,12 @@ models:
   users: { source: files, file: users.csv, primary_key: id }
 destinations:
   out: { type: jsonl, path: out/users.jsonl }
+  slow_api: { type: http, url: "SINK_URL", batch_size: 10, max_concurrency: 1 }
 syncs:
+  slow:
+    model: users
+    destination: slow_api
+    mode: upsert
   manual:
     model: users
     destination: out
@@ -80,7 +295,8 @@ syncs:
     destination: out
     mode: mirror
     schedule: { every: 1s }
-"#,
+"#
+        .replace("SINK_URL", &sink.url()),
     )
     .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -145,17 +361,23 @@ syncs:
     assert_eq!(unknown.status(), 404);
 
     // The scheduled sync runs once per tick, never two runs at once.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let runs: Value = http
-        .get(format!("{api}/api/v1/syncs/every-second/runs?limit=50"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let runs = runs["data"].as_array().unwrap().clone();
-    assert!(runs.len() >= 2, "scheduled runs: {runs:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runs = loop {
+        let runs: Value = http
+            .get(format!("{api}/api/v1/syncs/every-second/runs?limit=50"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let runs = runs["data"].as_array().unwrap().clone();
+        if runs.iter().filter(|r| r["finishedAt"].is_string()).count() >= 3 {
+            break runs;
+        }
+        assert!(Instant::now() < deadline, "scheduled runs after 30s: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(runs.iter().all(|r| r["trigger"] == "schedule"));
     let mut spans: Vec<(String, String)> = runs
         .iter()
@@ -181,4 +403,41 @@ syncs:
         .await
         .unwrap();
     assert!(metrics.contains("ebb_runs_finished_total"), "{metrics}");
+
+    // The CLI against the running coordinator: its syncs, and a cancel.
+    let cli = |args: &[&str]| {
+        let output = ebb_command().args(args).args(["--api-url", &api]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let syncs = cli(&["sync", "list", "--json"]);
+    let names: Vec<&str> = syncs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["every-second", "manual", "slow"], "{syncs}");
+    sink.set_behavior(Behavior {
+        latency: Duration::from_millis(300),
+        ..Behavior::default()
+    });
+    let trigger: Value = http
+        .post(format!("{api}/api/v1/syncs/slow/trigger"))
+        .json(&serde_json::json!({"fullResync": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slow_run = trigger["id"].as_str().unwrap().to_string();
+    let cancelled = cli(&["runs", "cancel", &slow_run, "--json"]);
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let shown = cli(&["runs", "show", &slow_run, "--json"]);
+    assert_eq!(shown["status"], "cancelled", "{shown}");
 }

@@ -8,7 +8,9 @@ use crate::mapping::{RecordPlan, RunContext};
 use crate::sources::{self, Row};
 use ebb_shared::config::SyncSpec;
 use ebb_shared::hashing::{key_hash, HashRange, BUCKET_COUNT};
-use ebb_shared::protocol::{BucketReport, ChunkRef, ExtractReport, NullKeyRow, NULL_KEY_RECORD_CHARS, REPORTED_ROWS_LIMIT};
+use ebb_shared::protocol::{
+    BucketReport, ChunkRef, ExtractReport, NullKeyRow, NULL_KEY_RECORD_CHARS, REPORTED_ROWS_LIMIT,
+};
 use ebb_shared::snapshot::{paths, EntryWriter, FileKind};
 use ebb_shared::storage::{Storage, StorageError};
 use futures::{stream, StreamExt};
@@ -103,7 +105,10 @@ impl MappedBatch {
                 if batch.null_key_rows.len() < REPORTED_ROWS_LIMIT {
                     let mut record = Vec::new();
                     let text = match plan.write_record(row, &mut record, &mut scratch) {
-                        Ok(_) => String::from_utf8_lossy(&record).chars().take(NULL_KEY_RECORD_CHARS).collect(),
+                        Ok(_) => String::from_utf8_lossy(&record)
+                            .chars()
+                            .take(NULL_KEY_RECORD_CHARS)
+                            .collect(),
                         Err(reason) => format!("(the record cannot be built: {reason})"),
                     };
                     batch.null_key_rows.push((index, text));

@@ -91,7 +91,11 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 
 async fn list_syncs(State(state): State<ApiState>) -> Json<List<SyncView>> {
     let config = state.coordinator.config();
-    let data = config.syncs.iter().map(|(name, sync)| SyncView::new(name, sync)).collect();
+    let data = config
+        .syncs
+        .iter()
+        .map(|(name, sync)| SyncView::new(name, sync))
+        .collect();
     Json(List { data })
 }
 

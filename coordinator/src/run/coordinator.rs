@@ -369,7 +369,13 @@ impl Coordinator {
             .collect();
         if !self
             .store
-            .begin_processing(run_id, report.rows_queried, report.null_keys, &report.null_key_rows, &rows)
+            .begin_processing(
+                run_id,
+                report.rows_queried,
+                report.null_keys,
+                &report.null_key_rows,
+                &rows,
+            )
             .await?
         {
             return Ok(());

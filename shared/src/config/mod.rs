@@ -489,16 +489,16 @@ impl Config {
 
     /// Parses one YAML document, as if it were a file named `name` in `base_dir`.
     pub fn from_yaml_str(name: &Path, text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-        Config::from_texts(name, vec![(name.to_path_buf(), text.to_string(), base_dir.to_path_buf())])
-            .map(|(config, _)| config)
+        Config::from_texts(
+            name,
+            vec![(name.to_path_buf(), text.to_string(), base_dir.to_path_buf())],
+        )
+        .map(|(config, _)| config)
     }
 
     /// Parses, merges and validates files given as (name, text, directory that
     /// relative paths start from).
-    fn from_texts(
-        given: &Path,
-        texts: Vec<(PathBuf, String, PathBuf)>,
-    ) -> Result<(Config, Locations), ConfigErrors> {
+    fn from_texts(given: &Path, texts: Vec<(PathBuf, String, PathBuf)>) -> Result<(Config, Locations), ConfigErrors> {
         let mut config = Config::default();
         let mut locations = Locations::default();
         let mut errors = Vec::new();
@@ -515,7 +515,11 @@ impl Config {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        if config.sources.is_empty() && config.models.is_empty() && config.destinations.is_empty() && config.syncs.is_empty() {
+        if config.sources.is_empty()
+            && config.models.is_empty()
+            && config.destinations.is_empty()
+            && config.syncs.is_empty()
+        {
             return Err(ConfigError::in_file(
                 given,
                 "the config defines nothing: add sources, models, destinations and syncs (`ebb quickstart` writes an example)",
@@ -525,7 +529,10 @@ impl Config {
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(ConfigErrors(
-                problems.iter().map(|p| locations.error(&p.path, p.message.clone())).collect(),
+                problems
+                    .iter()
+                    .map(|p| locations.error(&p.path, p.message.clone()))
+                    .collect(),
             ));
         }
         Ok((config, locations))
@@ -619,7 +626,10 @@ impl Config {
         for (name, model) in &self.models {
             let at = |field: &str| problem_path(&["models", name.as_str(), field]);
             if model.primary_key.trim().is_empty() {
-                problems.push(problem(at("primary_key"), format!("model {name:?} needs a primary_key column")));
+                problems.push(problem(
+                    at("primary_key"),
+                    format!("model {name:?} needs a primary_key column"),
+                ));
             }
             let Some(source) = self.sources.get(&model.source) else {
                 problems.push(problem(
@@ -706,7 +716,10 @@ impl Config {
             if sync.shards == Some(0) || sync.shards.is_some_and(|n| n > crate::hashing::BUCKET_COUNT) {
                 problems.push(problem(
                     at("shards"),
-                    format!("sync {name:?}: shards must be between 1 and {}", crate::hashing::BUCKET_COUNT),
+                    format!(
+                        "sync {name:?}: shards must be between 1 and {}",
+                        crate::hashing::BUCKET_COUNT
+                    ),
                 ));
             }
             if let Some(schedule) = &sync.schedule {
@@ -794,7 +807,11 @@ fn check_sync_behaviour(
         );
     }
     let behavior = sync.resolved_delete_behavior();
-    let behavior_field = if sync.delete_behavior.is_some() { "delete_behavior" } else { "mode" };
+    let behavior_field = if sync.delete_behavior.is_some() {
+        "delete_behavior"
+    } else {
+        "mode"
+    };
     if !mode.delete_behaviors().contains(&behavior) {
         return fail(
             behavior_field,
@@ -994,7 +1011,10 @@ syncs:
             "    path: out/customers.jsonl",
             "    path: out/customers.jsonl\n    bach_size: 10",
         );
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err().0.remove(0);
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new("."))
+            .unwrap_err()
+            .0
+            .remove(0);
         assert_eq!(err.file.as_deref(), Some(Path::new("ebb.yaml")));
         assert_eq!(
             err.line,
@@ -1002,7 +1022,10 @@ syncs:
         );
         assert!(err.message.contains("unknown field `bach_size`"), "{err}");
         let top = format!("{GOOD}\nsyncz: {{}}\n");
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &top, Path::new(".")).unwrap_err().0.remove(0);
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &top, Path::new("."))
+            .unwrap_err()
+            .0
+            .remove(0);
         assert!(err.to_string().contains("syncz"), "{err}");
         assert!(err.line.is_some(), "{err}");
     }
@@ -1010,7 +1033,10 @@ syncs:
     #[test]
     fn dangling_references_are_named() {
         let text = GOOD.replace("destination: out", "destination: nowhere");
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).unwrap_err().0.remove(0);
+        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new("."))
+            .unwrap_err()
+            .0
+            .remove(0);
         assert!(
             err.message.contains("\"nowhere\"") && err.message.contains("out"),
             "{err}"
@@ -1019,7 +1045,12 @@ syncs:
 
     #[test]
     fn unsupported_combinations_are_refused_naming_both_sides() {
-        let load = |text: &str| Config::from_yaml_str(Path::new("ebb.yaml"), text, Path::new(".")).unwrap_err().0.remove(0);
+        let load = |text: &str| {
+            Config::from_yaml_str(Path::new("ebb.yaml"), text, Path::new("."))
+                .unwrap_err()
+                .0
+                .remove(0)
+        };
         let table = GOOD
             .replace(
                 "    type: jsonl\n    path: out/customers.jsonl",

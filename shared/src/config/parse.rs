@@ -18,18 +18,29 @@ use std::path::Path;
 
 const SECTIONS: [&str; 4] = ["sources", "models", "destinations", "syncs"];
 
+/// A type name and how a block of that type is read.
+type Reader<T> = (&'static str, fn(Value) -> Result<T, FieldError>);
+
 /// Each source type and how its block is read: adding a source adds a line here.
-const SOURCE_TYPES: &[(&str, fn(Value) -> Result<SourceConfig, FieldError>)] = &[
-    ("postgres", |v| typed::<PostgresSourceConfig>(v).map(SourceConfig::Postgres)),
+const SOURCE_TYPES: &[Reader<SourceConfig>] = &[
+    ("postgres", |v| {
+        typed::<PostgresSourceConfig>(v).map(SourceConfig::Postgres)
+    }),
     ("sqlite", |v| typed::<SqliteSourceConfig>(v).map(SourceConfig::Sqlite)),
     ("csv", |v| typed::<CsvSourceConfig>(v).map(SourceConfig::Csv)),
 ];
 
 /// Each destination type and how its block is read.
-const DESTINATION_TYPES: &[(&str, fn(Value) -> Result<DestinationConfig, FieldError>)] = &[
-    ("http", |v| typed::<HttpDestinationConfig>(v).map(DestinationConfig::Http)),
-    ("postgres", |v| typed::<PostgresDestinationConfig>(v).map(DestinationConfig::Postgres)),
-    ("jsonl", |v| typed::<JsonlDestinationConfig>(v).map(DestinationConfig::Jsonl)),
+const DESTINATION_TYPES: &[Reader<DestinationConfig>] = &[
+    ("http", |v| {
+        typed::<HttpDestinationConfig>(v).map(DestinationConfig::Http)
+    }),
+    ("postgres", |v| {
+        typed::<PostgresDestinationConfig>(v).map(DestinationConfig::Postgres)
+    }),
+    ("jsonl", |v| {
+        typed::<JsonlDestinationConfig>(v).map(DestinationConfig::Jsonl)
+    }),
 ];
 
 /// A file's sections and the line of every key in it.
@@ -68,8 +79,12 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<Conf
         line,
         message,
     };
-    let index = YamlIndex::build(text)
-        .map_err(|error| vec![at(Some(error.line), format!("this is not valid YAML: {}", error.message))])?;
+    let index = YamlIndex::build(text).map_err(|error| {
+        vec![at(
+            Some(error.line),
+            format!("this is not valid YAML: {}", error.message),
+        )]
+    })?;
     let mut errors: Vec<ConfigError> = index
         .duplicates
         .iter()
@@ -115,15 +130,26 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<Conf
     };
     for (key, body) in top {
         let Some(section) = key.as_str().map(str::to_string) else {
-            errors.push(at(None, format!("unexpected top-level key {key:?}; a config file has: {}", SECTIONS.join(", "))));
+            errors.push(at(
+                None,
+                format!(
+                    "unexpected top-level key {key:?}; a config file has: {}",
+                    SECTIONS.join(", ")
+                ),
+            ));
             continue;
         };
         let section_path = [Segment::key(&section)];
         if !SECTIONS.contains(&section.as_str()) {
-            let hint = closest(&section, &SECTIONS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            let hint = closest(&section, &SECTIONS)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
             errors.push(at(
                 line_of(&section_path),
-                format!("unknown section `{section}`{hint}; a config file has: {}", SECTIONS.join(", ")),
+                format!(
+                    "unknown section `{section}`{hint}; a config file has: {}",
+                    SECTIONS.join(", ")
+                ),
             ));
             continue;
         }
@@ -140,7 +166,10 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<Conf
         };
         for (name, body) in items {
             let Some(name) = name.as_str().map(str::to_string) else {
-                errors.push(at(line_of(&section_path), format!("`{section}`: every name must be text, not {name:?}")));
+                errors.push(at(
+                    line_of(&section_path),
+                    format!("`{section}`: every name must be text, not {name:?}"),
+                ));
                 continue;
             };
             let item_path = vec![Segment::key(&section), Segment::key(&name)];
@@ -190,7 +219,7 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<Conf
 }
 
 /// Reads a block whose `type` picks the struct it is.
-fn tagged<T>(body: Value, types: &[(&str, fn(Value) -> Result<T, FieldError>)], what: &str) -> Result<T, FieldError> {
+fn tagged<T>(body: Value, types: &[Reader<T>], what: &str) -> Result<T, FieldError> {
     let known = || types.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
     let Value::Mapping(mut fields) = body else {
         return Err(FieldError {
@@ -218,7 +247,9 @@ fn tagged<T>(body: Value, types: &[(&str, fn(Value) -> Result<T, FieldError>)], 
     };
     let Some((_, read)) = types.iter().find(|(name, _)| *name == kind) else {
         let names: Vec<&str> = types.iter().map(|(name, _)| *name).collect();
-        let hint = closest(&kind, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+        let hint = closest(&kind, &names)
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
         return Err(FieldError {
             path: vec![Segment::key("type")],
             message: format!("unknown {what} type `{kind}`{hint}; Ebb has: {}", known()),
@@ -248,7 +279,9 @@ fn user_words(path: &[Segment], message: &str) -> String {
             .filter(|(i, _)| i % 2 == 1)
             .map(|(_, s)| s)
             .collect();
-        let hint = closest(name, &expected_names).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+        let hint = closest(name, &expected_names)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
         let allowed = if expected_names.is_empty() {
             String::new()
         } else {
@@ -371,9 +404,18 @@ mod tests {
         let text = "sources:\n  s:\n    type: postgress\n    url: x\nmodels:\n  m:\n    source: s\n    querry: SELECT 1\n    primary_key: id\nsyncz: {}\n";
         let found = errors(text);
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found[0].starts_with("e.yaml:3: source \"s\": unknown source type `postgress` (did you mean `postgres`?)"), "{found:?}");
-        assert!(found[1].starts_with("e.yaml:8: model \"m\": unknown field `querry`; did you mean `query`?"), "{found:?}");
-        assert!(found[2].starts_with("e.yaml:10: unknown section `syncz` (did you mean `syncs`?)"), "{found:?}");
+        assert!(
+            found[0].starts_with("e.yaml:3: source \"s\": unknown source type `postgress` (did you mean `postgres`?)"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("e.yaml:8: model \"m\": unknown field `querry`; did you mean `query`?"),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("e.yaml:10: unknown section `syncz` (did you mean `syncs`?)"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -381,14 +423,21 @@ mod tests {
         let found = errors("models:\n  m:\n    source: s\n    query: SELECT 1\n");
         assert_eq!(found, vec!["e.yaml:2: model \"m\": `primary_key` is required"]);
         let found = errors("syncs:\n  a:\n    model: m\n    destination: d\n    mode: upsrt\n");
-        assert!(found[0].starts_with("e.yaml:5: sync \"a\": `mode` cannot be `upsrt`; it is one of insert"), "{found:?}");
+        assert!(
+            found[0].starts_with("e.yaml:5: sync \"a\": `mode` cannot be `upsrt`; it is one of insert"),
+            "{found:?}"
+        );
         let found = errors("syncs:\n  a:\n    model: m\n    destination: d\n    mode: upsert\n    mappings:\n      - { from: a, to: b }\n      - { form: c, to: d }\n");
-        assert!(found[0].starts_with("e.yaml:8: sync \"a\": unknown field `form`; did you mean `from`?"), "{found:?}");
+        assert!(
+            found[0].starts_with("e.yaml:8: sync \"a\": unknown field `form`; did you mean `from`?"),
+            "{found:?}"
+        );
     }
 
     #[test]
     fn duplicate_keys_name_both_lines() {
-        let found = errors("models:\n  m:\n    source: s\n    query: SELECT 1\n    primary_key: id\n    query: SELECT 2\n");
+        let found =
+            errors("models:\n  m:\n    source: s\n    query: SELECT 1\n    primary_key: id\n    query: SELECT 2\n");
         assert_eq!(
             found,
             vec!["e.yaml:6: `models.m.query` is written twice (lines 4 and 6); keep one"]

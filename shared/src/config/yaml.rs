@@ -155,17 +155,12 @@ impl Builder {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
-            Event::Scalar(text, ..) => {
-                if !self.take_key(&text, mark) {
-                    self.value_path(mark);
-                    self.value_done();
-                }
-            }
-            Event::Alias(_) => {
-                if !self.take_key("*alias", mark) {
-                    self.value_path(mark);
-                    self.value_done();
-                }
+            // A scalar or alias where a key is expected is that key; elsewhere a value.
+            Event::Scalar(text, ..) if self.take_key(&text, mark) => {}
+            Event::Alias(_) if self.take_key("*alias", mark) => {}
+            Event::Scalar(..) | Event::Alias(_) => {
+                self.value_path(mark);
+                self.value_done();
             }
             Event::MappingStart(..) => {
                 let path = self.value_path(mark);
@@ -204,7 +199,8 @@ mod tests {
 
     #[test]
     fn every_key_has_its_line_in_block_and_flow_style() {
-        let text = "syncs:\n  a:\n    model: m\n    mappings:\n      - { from: x, to: y }\n      - from: z\n        to: w\n";
+        let text =
+            "syncs:\n  a:\n    model: m\n    mappings:\n      - { from: x, to: y }\n      - from: z\n        to: w\n";
         let index = YamlIndex::build(text).unwrap();
         assert_eq!(index.line_of(&path(&["syncs", "a", "model"])), Some(3));
         assert_eq!(index.line_of(&path(&["syncs", "a", "mappings", "0", "to"])), Some(5));
