@@ -305,7 +305,10 @@ impl ConfigArgs {
             return Err(ConfigError {
                 file: Some(self.config.clone()),
                 line: None,
-                message: "not found: pass --config PATH (or set EBB_CONFIG); `ebb quickstart` writes an example".into(),
+                message: format!(
+                    "not found: pass --config PATH (or set EBB_CONFIG); `{} quickstart` writes an example",
+                    output::this_command()
+                ),
             }
             .into());
         }
@@ -551,25 +554,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let backend = target.backend().await?;
             let view = backend.run(&run).await;
             backend.close().await;
-            let view = view?;
-            if json {
-                output::print_json(&view)?;
-            } else {
-                output::print(&output::summary(&view));
-            }
-            Ok(ExitCode::SUCCESS)
+            print_run(&view?, json)
         }
         Command::Runs(RunsCommand::Cancel { run, json, target }) => {
             let backend = target.backend().await?;
             let view = backend.cancel(&run).await;
             backend.close().await;
-            let view = view?;
-            if json {
-                output::print_json(&view)?;
-            } else {
-                output::print(&output::summary(&view));
-            }
-            Ok(ExitCode::SUCCESS)
+            print_run(&view?, json)
         }
         Command::Runs(RunsCommand::Rows {
             run,
@@ -617,6 +608,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_run(run: &RunView, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        output::print_json(run)?;
+    } else {
+        output::print(&output::summary(run));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_exit_code(run: &RunView) -> ExitCode {

@@ -27,6 +27,16 @@ impl Backend {
     }
 
     async fn get<T: for<'de> serde::Deserialize<'de>>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(reqwest::Method::GET, path, None::<&()>).await
+    }
+
+    /// One request to the coordinator's API, answered in the API's shapes.
+    async fn call<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> anyhow::Result<T> {
         let Backend::Remote {
             base_url,
             token,
@@ -35,9 +45,12 @@ impl Backend {
         else {
             unreachable!("remote only")
         };
-        let mut request = client.get(format!("{base_url}{path}"));
+        let mut request = client.request(method, format!("{base_url}{path}"));
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
         }
         let response = request
             .send()
@@ -58,22 +71,12 @@ impl Backend {
                 };
                 Ok(coordinator.trigger(sync, options).await?.id)
             }
-            Backend::Remote {
-                base_url,
-                token,
-                client,
-            } => {
-                let mut request = client
-                    .post(format!("{base_url}/api/v1/syncs/{sync}/trigger"))
-                    .json(&body);
-                if let Some(token) = token {
-                    request = request.bearer_auth(token);
-                }
-                let response = request
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach the coordinator at {base_url}"))?;
-                Ok(answer::<TriggerAnswer>(response).await?.id)
+            Backend::Remote { .. } => {
+                let path = format!("/api/v1/syncs/{sync}/trigger");
+                Ok(self
+                    .call::<TriggerAnswer>(reqwest::Method::POST, &path, Some(&body))
+                    .await?
+                    .id)
             }
         }
     }
@@ -215,20 +218,9 @@ impl Backend {
                     .ok_or_else(|| anyhow!("no run {run_id:?}"))?;
                 Ok(RunView::new(&run, 0))
             }
-            Backend::Remote {
-                base_url,
-                token,
-                client,
-            } => {
-                let mut request = client.post(format!("{base_url}/api/v1/runs/{run_id}/cancel"));
-                if let Some(token) = token {
-                    request = request.bearer_auth(token);
-                }
-                let response = request
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach the coordinator at {base_url}"))?;
-                answer(response).await
+            Backend::Remote { .. } => {
+                let path = format!("/api/v1/runs/{run_id}/cancel");
+                self.call(reqwest::Method::POST, &path, None::<&()>).await
             }
         }
     }
