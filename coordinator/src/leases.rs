@@ -8,6 +8,7 @@
 //! instant never add up to more than the limit. A lease not renewed within its
 //! TTL (a crashed worker) frees its share. Pure logic, with time passed in.
 
+use ebb_shared::config::{Config, DeliveryLimits};
 use ebb_worker::limits::{LeaseGrant, LeaseProvider, LeaseRelease, LeaseRequest, RateLimitedReport};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -32,13 +33,49 @@ struct DestinationLeases {
     paused_until: Option<Instant>,
 }
 
+/// A destination's limits as the coordinator's config sets them.
+#[derive(Debug, Clone, Copy)]
+struct ConfiguredLimits {
+    limits: DeliveryLimits,
+    /// The longest a `429` may pause the fleet for.
+    max_pause: Duration,
+}
+
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     destinations: HashMap<String, DestinationLeases>,
+    /// What each destination may take. Grants come from here, never from what
+    /// a worker asks for: a worker on another config cannot raise a limit.
+    configured: HashMap<String, ConfiguredLimits>,
 }
 
 impl LeaseTable {
-    pub fn lease(&mut self, request: &LeaseRequest, now: Instant) -> LeaseGrant {
+    /// The leases of the destinations of `config`.
+    pub fn for_config(config: &Config) -> LeaseTable {
+        let configured = config
+            .destinations
+            .iter()
+            .map(|(name, destination)| {
+                let limits = ConfiguredLimits {
+                    limits: destination.limits(),
+                    max_pause: destination.max_retry_after(),
+                };
+                (name.clone(), limits)
+            })
+            .collect();
+        LeaseTable {
+            destinations: HashMap::new(),
+            configured,
+        }
+    }
+
+    pub fn lease(&mut self, request: &LeaseRequest, now: Instant) -> Result<LeaseGrant, String> {
+        let Some(configured) = self.configured.get(&request.destination).copied() else {
+            return Err(format!(
+                "the coordinator's config has no destination {:?}: coordinator and workers must run the same config",
+                request.destination
+            ));
+        };
         let leases = self.destinations.entry(request.destination.clone()).or_default();
         leases.holders.retain(|_, h| h.expires > now);
         let previous = leases.holders.remove(&request.holder);
@@ -47,12 +84,12 @@ impl LeaseTable {
         let others_rate: f64 = leases.holders.values().map(|h| h.rate).sum();
         let others_concurrency: u32 = leases.holders.values().map(|h| h.concurrency).sum();
 
-        let rate = request.limits.rate_limit.map(|limit| {
+        let rate = configured.limits.rate_limit.map(|limit| {
             let budget = limit * RATE_HEADROOM;
             let fair = budget / holders as f64;
             fair.min((budget - others_rate).max(0.0))
         });
-        let concurrency = request.limits.max_concurrency.map(|limit| {
+        let concurrency = configured.limits.max_concurrency.map(|limit| {
             let fair = limit / holders as u32 + u32::from((position as u32) < limit % holders as u32);
             fair.min(limit.saturating_sub(others_concurrency))
         });
@@ -70,12 +107,12 @@ impl LeaseTable {
             .filter(|until| *until > now)
             .map(|until| until - now)
             .unwrap_or_default();
-        LeaseGrant {
+        Ok(LeaseGrant {
             rate,
             concurrency,
             paused_for_ms: paused_for.as_millis() as u64,
             ttl_ms: LEASE_TTL.as_millis() as u64,
-        }
+        })
     }
 
     pub fn release(&mut self, release: &LeaseRelease) {
@@ -84,10 +121,15 @@ impl LeaseTable {
         }
     }
 
-    /// A `429` pauses every holder of the destination until `retry_after` passes.
+    /// A `429` pauses every holder of the destination until `retry_after`
+    /// passes, for at most the destination's `max_retry_after`.
     pub fn rate_limited(&mut self, report: &RateLimitedReport, now: Instant) {
+        let Some(configured) = self.configured.get(&report.destination).copied() else {
+            return;
+        };
         let leases = self.destinations.entry(report.destination.clone()).or_default();
-        let until = now + Duration::from_millis(report.retry_after_ms);
+        let pause = Duration::from_millis(report.retry_after_ms).min(configured.max_pause);
+        let until = now + pause;
         leases.paused_until = Some(leases.paused_until.map_or(until, |u| u.max(until)));
     }
 }
@@ -97,10 +139,16 @@ impl LeaseTable {
 #[derive(Clone, Default)]
 pub struct LocalLeases(pub Arc<Mutex<LeaseTable>>);
 
+impl LocalLeases {
+    pub fn for_config(config: &Config) -> LocalLeases {
+        LocalLeases(Arc::new(Mutex::new(LeaseTable::for_config(config))))
+    }
+}
+
 #[async_trait::async_trait]
 impl LeaseProvider for LocalLeases {
     async fn lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
-        Ok(self.0.lock().unwrap().lease(request, Instant::now()))
+        self.0.lock().unwrap().lease(request, Instant::now())
     }
 
     async fn release(&self, release: &LeaseRelease) -> Result<(), String> {
@@ -117,7 +165,22 @@ impl LeaseProvider for LocalLeases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ebb_shared::config::DeliveryLimits;
+
+    /// A table whose config has destination `crm`: 20 requests/s, 4 at once,
+    /// pauses of at most a minute.
+    fn table() -> LeaseTable {
+        let config = ebb_shared::config::Config::from_yaml_str(
+            std::path::Path::new("t.yaml"),
+            "destinations:\n  crm: { type: http, url: \"http://127.0.0.1:1/\", rate_limit: 20, max_concurrency: 4, max_retry_after: 1m }\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        LeaseTable::for_config(&config)
+    }
+
+    fn granted(table: &mut LeaseTable, request: &LeaseRequest, now: Instant) -> LeaseGrant {
+        table.lease(request, now).unwrap()
+    }
 
     fn request(worker: &str) -> LeaseRequest {
         LeaseRequest {
@@ -132,13 +195,13 @@ mod tests {
 
     #[test]
     fn granted_shares_never_exceed_the_limit_and_converge_to_fair() {
-        let mut table = LeaseTable::default();
+        let mut table = table();
         let now = Instant::now();
         let mut grants: BTreeMap<String, LeaseGrant> = BTreeMap::new();
         let workers = ["w1", "w2", "w3"];
         for round in 0..6 {
             for worker in workers.iter().take(1 + round.min(2)) {
-                grants.insert(worker.to_string(), table.lease(&request(worker), now));
+                grants.insert(worker.to_string(), granted(&mut table, &request(worker), now));
                 let total_rate: f64 = grants.values().map(|g| g.rate.unwrap()).sum();
                 let total_concurrency: u32 = grants.values().map(|g| g.concurrency.unwrap()).sum();
                 assert!(total_rate <= 20.0 * RATE_HEADROOM + 1e-9, "round {round}: {total_rate}");
@@ -154,19 +217,19 @@ mod tests {
 
     #[test]
     fn expired_and_released_leases_free_their_share() {
-        let mut table = LeaseTable::default();
+        let mut table = table();
         let now = Instant::now();
-        table.lease(&request("w1"), now);
-        table.lease(&request("w2"), now);
+        granted(&mut table, &request("w1"), now);
+        granted(&mut table, &request("w2"), now);
         table.release(&LeaseRelease {
             holder: "w2".into(),
             destination: "crm".into(),
         });
-        assert_eq!(table.lease(&request("w1"), now).rate, Some(19.0));
-        table.lease(&request("w3"), now);
+        assert_eq!(granted(&mut table, &request("w1"), now).rate, Some(19.0));
+        granted(&mut table, &request("w3"), now);
         let later = now + LEASE_TTL + Duration::from_millis(1);
         assert_eq!(
-            table.lease(&request("w3"), later).rate,
+            granted(&mut table, &request("w3"), later).rate,
             Some(19.0),
             "w1 stopped renewing"
         );
@@ -174,9 +237,9 @@ mod tests {
 
     #[test]
     fn a_429_pauses_every_holder() {
-        let mut table = LeaseTable::default();
+        let mut table = table();
         let now = Instant::now();
-        table.lease(&request("w1"), now);
+        granted(&mut table, &request("w1"), now);
         table.rate_limited(
             &RateLimitedReport {
                 destination: "crm".into(),
@@ -184,11 +247,41 @@ mod tests {
             },
             now,
         );
-        let grant = table.lease(&request("w2"), now + Duration::from_secs(1));
+        let grant = granted(&mut table, &request("w2"), now + Duration::from_secs(1));
         assert_eq!(grant.paused_for_ms, 2000);
         assert_eq!(
-            table.lease(&request("w2"), now + Duration::from_secs(4)).paused_for_ms,
+            granted(&mut table, &request("w2"), now + Duration::from_secs(4)).paused_for_ms,
             0
         );
+    }
+
+    #[test]
+    fn grants_come_from_the_coordinators_config_not_from_the_worker() {
+        let mut table = table();
+        let mut greedy = request("w1");
+        greedy.limits = DeliveryLimits {
+            rate_limit: Some(10_000.0),
+            max_concurrency: Some(1_000),
+        };
+        let grant = granted(&mut table, &greedy, Instant::now());
+        assert_eq!((grant.rate, grant.concurrency), (Some(19.0), Some(4)));
+        let mut unknown = request("w1");
+        unknown.destination = "elsewhere".into();
+        let refused = table.lease(&unknown, Instant::now()).unwrap_err();
+        assert!(refused.contains("\"elsewhere\""), "{refused}");
+    }
+
+    #[test]
+    fn a_pause_never_outlasts_the_destinations_cap() {
+        let mut table = table();
+        let now = Instant::now();
+        table.rate_limited(
+            &RateLimitedReport {
+                destination: "crm".into(),
+                retry_after_ms: 365 * 24 * 3600 * 1000,
+            },
+            now,
+        );
+        assert_eq!(granted(&mut table, &request("w1"), now).paused_for_ms, 60_000);
     }
 }

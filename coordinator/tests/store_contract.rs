@@ -200,7 +200,7 @@ async fn postgres_store_keeps_the_contract() {
     drop_database(&database).await;
 }
 
-async fn stale_results_are_refused(store: StateStore) {
+async fn late_and_stale_results_leave_terminal_runs_alone_and_never_wedge_a_run(store: StateStore) {
     store.ensure_sync("s", "id").await.unwrap();
     let ranges = processing_run(&store, "old", 2).await;
     store
@@ -219,21 +219,60 @@ async fn stale_results_are_refused(store: StateStore) {
         .commit_shard("old", "s", &report(1, ranges[1], "obj-old-1", 5))
         .await
         .unwrap();
-    assert!(matches!(late, CommitOutcome::Stale), "{late:?}");
+    assert!(matches!(late, CommitOutcome::Superseded), "{late:?}");
     let pointers = store.pointers("s").await.unwrap();
     assert_eq!(pointers.len(), 1);
     assert_eq!(pointers[0].object_key, "obj-new");
+    // A terminal run never changes: the late result counts nowhere in it.
+    let old = store.run("old").await.unwrap().unwrap();
+    assert_eq!(
+        (old.status, old.shards_done, old.succeeded.added),
+        (RunStatus::Cancelled, 0, 0)
+    );
+    assert!(store
+        .transition("new", RunStatus::Processing, RunStatus::Failed, None)
+        .await
+        .unwrap());
+
+    // A cancelled run's shard lands after the next run planned the same range:
+    // its snapshot is still current (nothing moved), so it is kept; the next
+    // run's shard is then stale, and must count as done, or the run (and every
+    // run of the sync after it) would wait forever.
+    let cancelled = processing_run(&store, "cancelled", 1).await;
+    store
+        .transition("cancelled", RunStatus::Processing, RunStatus::Cancelled, None)
+        .await
+        .unwrap();
+    let next = processing_run(&store, "next", 1).await;
+    let late = store
+        .commit_shard("cancelled", "s", &report(0, cancelled[0], "obj-cancelled", 3))
+        .await
+        .unwrap();
+    assert!(matches!(late, CommitOutcome::Superseded), "{late:?}");
+    assert_eq!(store.pointers("s").await.unwrap()[0].object_key, "obj-cancelled");
+    let stale = store
+        .commit_shard("next", "s", &report(0, next[0], "obj-next", 5))
+        .await
+        .unwrap();
+    let CommitOutcome::Stale(run) = stale else {
+        panic!("expected a stale commit, got {stale:?}");
+    };
+    assert_eq!((run.shards_done, run.shards_total, run.succeeded.added), (1, 1, 5));
+    assert_eq!(store.pointers("s").await.unwrap()[0].object_key, "obj-cancelled");
+    assert_eq!(store.shard_status("next", 0).await.unwrap().as_deref(), Some("stale"));
+    let cancelled = store.run("cancelled").await.unwrap().unwrap();
+    assert_eq!((cancelled.shards_done, cancelled.succeeded.added), (0, 0));
 }
 
 #[tokio::test]
 async fn sqlite_store_refuses_stale_results() {
     let dir = tempfile::tempdir().unwrap();
-    stale_results_are_refused(sqlite_store(&dir).await).await;
+    late_and_stale_results_leave_terminal_runs_alone_and_never_wedge_a_run(sqlite_store(&dir).await).await;
 }
 
 #[tokio::test]
 async fn postgres_store_refuses_stale_results() {
     let (store, database) = postgres_store().await;
-    stale_results_are_refused(store).await;
+    late_and_stale_results_leave_terminal_runs_alone_and_never_wedge_a_run(store).await;
     drop_database(&database).await;
 }

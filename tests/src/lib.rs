@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod fleet;
 pub mod model;
 pub mod process;
+pub mod proxy;
 pub mod s3;
 pub mod scenario;
 pub mod services;

@@ -393,7 +393,7 @@ fn an_unknown_config_field_is_named_with_file_and_line() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("ebb.yaml:5"), "{stderr}");
     assert!(stderr.contains("unknown field `delimiter`"), "{stderr}");
 }

@@ -30,6 +30,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// `429`s tolerated for one batch before its rows are failed.
     pub max_rate_limited: u32,
+    /// The longest `Retry-After` waited out; a longer one fails the batch's rows
+    /// at once (the next run retries them) instead of parking the run.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -39,6 +42,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
             max_rate_limited: 30,
+            max_retry_after: ebb_shared::config::DEFAULT_MAX_RETRY_AFTER,
         }
     }
 }
@@ -263,6 +267,15 @@ impl Delivery<'_> {
                     rate_limited += 1;
                     if rate_limited > self.retry.max_rate_limited {
                         return Err(PartRefused::Whole("still rate limited after repeated retries".into()));
+                    }
+                    if let Some(asked) = retry_after.filter(|asked| *asked > self.retry.max_retry_after) {
+                        return Err(PartRefused::Whole(format!(
+                            "destination {:?} asked to wait {} (Retry-After), longer than its max_retry_after of {}; \
+                             these rows are sent again on the next run",
+                            self.destination_name,
+                            humantime::format_duration(asked),
+                            humantime::format_duration(self.retry.max_retry_after)
+                        )));
                     }
                     let wait = retry_after.unwrap_or(backoff);
                     self.limiter.rate_limited(wait).await;

@@ -10,7 +10,7 @@ use crate::shard::{process_shard, ShardContext};
 use ebb_shared::protocol::{
     self, ResultMessage, ShardProgress, TaskFailure, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
 };
-use ebb_shared::queue::{Delivery, MessageQueue, OutgoingMessage, QueueError, QueueName};
+use ebb_shared::queue::{Delivery, MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT};
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -24,6 +24,10 @@ pub struct WorkerSettings {
     /// Tasks this worker runs at once.
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    /// Wait before a task that failed on a transient fault goes back to the
+    /// queue: this, doubled on every later delivery, at most `task_backoff_max`.
+    pub task_backoff: Duration,
+    pub task_backoff_max: Duration,
 }
 
 impl WorkerSettings {
@@ -32,6 +36,36 @@ impl WorkerSettings {
             worker_id: worker_id.into(),
             concurrency: 2,
             retry: RetryPolicy::default(),
+            task_backoff: Duration::from_secs(1),
+            task_backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// How long to wait before returning a task on its `delivery`-th delivery.
+    pub fn backoff(&self, delivery: u32) -> Duration {
+        let doubled = self
+            .task_backoff
+            .saturating_mul(2u32.saturating_pow(delivery.saturating_sub(1)));
+        doubled.min(self.task_backoff_max)
+    }
+}
+
+/// What a worker does with a task that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedTask {
+    /// A transient fault with deliveries left: back to the queue after a wait,
+    /// so another attempt (here or on another worker) resumes it.
+    Retry,
+    /// Permanent, or out of deliveries: the run is told, with the error.
+    Report,
+}
+
+impl FailedTask {
+    pub fn decide(retriable: bool, delivery_count: u32) -> FailedTask {
+        if retriable && delivery_count < DELIVERY_LIMIT {
+            FailedTask::Retry
+        } else {
+            FailedTask::Report
         }
     }
 }
@@ -105,13 +139,35 @@ impl Worker {
         tracing::info!(task = %task.task_id, attempt = %attempt, delivery = delivery.delivery_count, "task started");
         let outcome = match self.execute(&task, &attempt).await {
             Ok(outcome) => outcome,
-            Err(error) => {
-                tracing::warn!(task = %task.task_id, %error, retriable = error.is_retriable(), "task failed");
-                TaskOutcome::Failed(TaskFailure {
-                    error: error.to_string(),
-                    retriable: error.is_retriable(),
-                })
-            }
+            Err(error) => match FailedTask::decide(error.is_retriable(), delivery.delivery_count) {
+                FailedTask::Retry => {
+                    let wait = self.settings.backoff(delivery.delivery_count);
+                    tracing::warn!(
+                        task = %task.task_id,
+                        %error,
+                        delivery = delivery.delivery_count,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "task failed on a transient fault; it goes back to the queue"
+                    );
+                    tokio::time::sleep(wait).await;
+                    if let Err(error) = delivery.requeue().await {
+                        tracing::warn!(task = %task.task_id, %error, "could not return the task; the broker will");
+                    }
+                    return;
+                }
+                FailedTask::Report => {
+                    tracing::warn!(task = %task.task_id, %error, retriable = error.is_retriable(), "task failed");
+                    let error = if error.is_retriable() {
+                        format!("{error} (still failing after {} attempts)", delivery.delivery_count)
+                    } else {
+                        error.to_string()
+                    };
+                    TaskOutcome::Failed(TaskFailure {
+                        error,
+                        retriable: false,
+                    })
+                }
+            },
         };
         let result = ResultMessage {
             version: PROTOCOL_VERSION,
@@ -206,5 +262,26 @@ impl Worker {
                     .await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_go_back_to_the_queue_until_the_deliveries_run_out() {
+        assert_eq!(FailedTask::decide(true, 1), FailedTask::Retry);
+        assert_eq!(FailedTask::decide(true, DELIVERY_LIMIT - 1), FailedTask::Retry);
+        assert_eq!(FailedTask::decide(true, DELIVERY_LIMIT), FailedTask::Report);
+        assert_eq!(FailedTask::decide(false, 1), FailedTask::Report);
+    }
+
+    #[test]
+    fn the_wait_before_a_retry_doubles_up_to_its_cap() {
+        let settings = WorkerSettings::new("w");
+        let waits: Vec<u64> = (1..=7).map(|d| settings.backoff(d).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(settings.backoff(u32::MAX), Duration::from_secs(30));
     }
 }

@@ -180,7 +180,10 @@ pub async fn process_shard(
             destination_name: &spec.destination_name,
             limiter,
             batch_size: spec.destination.batch_size(),
-            retry: ctx.retry.clone(),
+            retry: RetryPolicy {
+                max_retry_after: spec.destination.max_retry_after(),
+                ..ctx.retry.clone()
+            },
             checkpoints,
             progress,
         };

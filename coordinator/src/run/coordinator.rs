@@ -297,6 +297,18 @@ impl Coordinator {
                 return Ok(());
             };
             if let Ok(task) = protocol::decode::<TaskMessage>(&delivery.payload) {
+                match self.failure_still_matters(&task.run_id, &task.task_id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = delivery.ack().await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(%e, "could not look up the run of a dead task");
+                        let _ = delivery.requeue().await;
+                        continue;
+                    }
+                }
                 let error = format!(
                     "task {} was given up after {DELIVERY_LIMIT} deliveries: every worker that took it stopped \
                      before finishing (crash, out of memory or timeout); see the workers' logs",
@@ -334,6 +346,15 @@ impl Coordinator {
                 Ok(())
             }
             TaskOutcome::Failed(failure) => {
+                if !self.failure_still_matters(&message.run_id, &message.task_id).await? {
+                    tracing::info!(
+                        run = %message.run_id,
+                        task = %message.task_id,
+                        error = %failure.error,
+                        "ignoring the failure of a task another attempt already did"
+                    );
+                    return Ok(());
+                }
                 let error = format!(
                     "{} (task {}, worker {})",
                     failure.error, message.task_id, message.worker_id
@@ -343,6 +364,23 @@ impl Coordinator {
             TaskOutcome::Extracted(report) => self.on_extracted(&message.run_id, report).await,
             TaskOutcome::ShardDone(report) => self.on_shard_done(&message.run_id, report).await,
         }
+    }
+
+    /// Whether a failed task's work is still undone: a duplicate attempt can
+    /// fail after another attempt's result was accepted.
+    async fn failure_still_matters(&self, run_id: &str, task_id: &str) -> Result<bool, StoreError> {
+        let Some(run) = self.store.run(run_id).await? else {
+            return Ok(false);
+        };
+        let shard_status = match TaskRef::parse(task_id) {
+            TaskRef::Shard(index) => self.store.shard_status(run_id, index).await?,
+            _ => None,
+        };
+        Ok(failure_matters(
+            TaskRef::parse(task_id),
+            run.status,
+            shard_status.as_deref(),
+        ))
     }
 
     async fn on_extracted(&self, run_id: &str, report: ExtractReport) -> Result<(), StoreError> {
@@ -410,7 +448,7 @@ impl Coordinator {
             return Ok(());
         };
         match self.store.commit_shard(run_id, &run.sync, &report).await? {
-            CommitOutcome::Committed(run) => {
+            outcome @ (CommitOutcome::Committed(_) | CommitOutcome::Stale(_)) => {
                 for (outcome, counts) in [
                     ("planned", &report.planned),
                     ("succeeded", &report.succeeded),
@@ -420,6 +458,18 @@ impl Coordinator {
                     self.metrics.count_rows("changed", outcome, counts.changed);
                     self.metrics.count_rows("removed", outcome, counts.removed);
                 }
+                let run = match outcome {
+                    CommitOutcome::Stale(run) => {
+                        tracing::warn!(
+                            run = run_id,
+                            shard = report.index,
+                            "shard result is stale (another run moved its snapshot first): counted, but its rows will be seen again"
+                        );
+                        run
+                    }
+                    CommitOutcome::Committed(run) => run,
+                    _ => unreachable!("matched above"),
+                };
                 if run.status == RunStatus::Processing && run.shards_done >= run.shards_total {
                     self.finish(&run).await?;
                 }
@@ -427,11 +477,11 @@ impl Coordinator {
             CommitOutcome::Duplicate => {
                 tracing::info!(run = run_id, shard = report.index, "ignoring a repeated shard result");
             }
-            CommitOutcome::Stale => {
-                tracing::warn!(
+            CommitOutcome::Superseded => {
+                tracing::info!(
                     run = run_id,
                     shard = report.index,
-                    "shard result is stale (a later run committed first); its rows will be seen again"
+                    "late shard result of a finished run: its snapshot is kept, the run's counts stay as they were"
                 );
             }
             CommitOutcome::UnknownShard => {
@@ -487,6 +537,42 @@ impl Coordinator {
     }
 }
 
+/// Which of a run's tasks a task id names (the coordinator makes the ids:
+/// `RUN/extract`, `RUN/shard-N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRef {
+    Extract,
+    Shard(u32),
+    Unknown,
+}
+
+impl TaskRef {
+    pub fn parse(task_id: &str) -> TaskRef {
+        match task_id.rsplit_once('/').map(|(_, task)| task) {
+            Some("extract") => TaskRef::Extract,
+            Some(task) => task
+                .strip_prefix("shard-")
+                .and_then(|n| n.parse().ok())
+                .map_or(TaskRef::Unknown, TaskRef::Shard),
+            None => TaskRef::Unknown,
+        }
+    }
+}
+
+/// Whether a task's failure fails its run: only while the run is in flight and
+/// the task's own work is not done yet (an extraction still awaited, a shard
+/// still pending). A late failure of a duplicate attempt changes nothing.
+pub fn failure_matters(task: TaskRef, run: RunStatus, shard_status: Option<&str>) -> bool {
+    if run.is_terminal() {
+        return false;
+    }
+    match task {
+        TaskRef::Extract => matches!(run, RunStatus::Queued | RunStatus::Querying),
+        TaskRef::Shard(_) => shard_status == Some("pending"),
+        TaskRef::Unknown => true,
+    }
+}
+
 /// One shard task per planned range, with the fingerprint of the pointers it reads.
 fn shard_tasks(
     spec: &SyncSpec,
@@ -528,4 +614,33 @@ fn shard_tasks(
             (task, base)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_name_their_task() {
+        assert_eq!(TaskRef::parse("0190/extract"), TaskRef::Extract);
+        assert_eq!(TaskRef::parse("0190/shard-12"), TaskRef::Shard(12));
+        assert_eq!(TaskRef::parse("0190/shard-x"), TaskRef::Unknown);
+        assert_eq!(TaskRef::parse("nothing"), TaskRef::Unknown);
+    }
+
+    #[test]
+    fn only_the_failure_of_work_still_undone_fails_a_run() {
+        use RunStatus as S;
+        assert!(failure_matters(TaskRef::Extract, S::Querying, None));
+        // The extraction was accepted (shards are out) before a duplicate failed.
+        assert!(!failure_matters(TaskRef::Extract, S::Processing, None));
+        assert!(failure_matters(TaskRef::Shard(1), S::Processing, Some("pending")));
+        for done in ["committed", "stale", "superseded"] {
+            assert!(!failure_matters(TaskRef::Shard(1), S::Processing, Some(done)), "{done}");
+        }
+        for terminal in [S::Success, S::Warning, S::Failed, S::Cancelled, S::Interrupted] {
+            assert!(!failure_matters(TaskRef::Shard(1), terminal, Some("pending")));
+            assert!(!failure_matters(TaskRef::Extract, terminal, None));
+        }
+    }
 }

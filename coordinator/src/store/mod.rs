@@ -280,43 +280,30 @@ impl StateStore {
         }
         let pointers = load_pointers(&mut tx, sync).await?;
         let overlapping: Vec<&SnapshotPointer> = pointers.iter().filter(|p| p.range.overlaps(&report.range)).collect();
-        if records::pointer_base(&report.range, overlapping.iter().copied()) != shard.try_get::<String, _>("base")? {
-            sqlx::query("UPDATE ebb_run_shards SET status = 'stale' WHERE run_id = $1 AND shard_index = $2")
-                .bind(run_id)
-                .bind(report.index as i64)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(CommitOutcome::Stale);
-        }
-        for pointer in &overlapping {
-            sqlx::query("DELETE FROM ebb_snapshot_pointers WHERE sync_name = $1 AND range_start = $2")
-                .bind(sync)
-                .bind(pointer.range.start_hex())
-                .execute(&mut *tx)
-                .await?;
-            for remainder in pointer.range.minus(&report.range) {
-                insert_pointer(&mut tx, sync, &remainder, &pointer.object_key, "").await?;
+        let stale =
+            records::pointer_base(&report.range, overlapping.iter().copied()) != shard.try_get::<String, _>("base")?;
+        if !stale {
+            for pointer in &overlapping {
+                sqlx::query("DELETE FROM ebb_snapshot_pointers WHERE sync_name = $1 AND range_start = $2")
+                    .bind(sync)
+                    .bind(pointer.range.start_hex())
+                    .execute(&mut *tx)
+                    .await?;
+                for remainder in pointer.range.minus(&report.range) {
+                    insert_pointer(&mut tx, sync, &remainder, &pointer.object_key, "").await?;
+                }
             }
+            insert_pointer(&mut tx, sync, &report.range, &report.snapshot_key, run_id).await?;
         }
-        insert_pointer(&mut tx, sync, &report.range, &report.snapshot_key, run_id).await?;
-        sqlx::query(
-            "UPDATE ebb_run_shards SET status = 'committed', snapshot_key = $1, rows_key = $2 \
-             WHERE run_id = $3 AND shard_index = $4",
-        )
-        .bind(&report.snapshot_key)
-        .bind(report.rows_key.as_deref())
-        .bind(run_id)
-        .bind(report.index as i64)
-        .execute(&mut *tx)
-        .await?;
+        // Counts move only while the run is in flight; the guard is in the
+        // statement, so a run that ends concurrently is never changed after.
         let (p, s, f) = (&report.planned, &report.succeeded, &report.failed);
-        sqlx::query(
+        let counted = sqlx::query(
             "UPDATE ebb_runs SET shards_done = shards_done + 1, invalid_duplicate = invalid_duplicate + $1, \
              planned_added = planned_added + $2, planned_changed = planned_changed + $3, planned_removed = planned_removed + $4, \
              succeeded_added = succeeded_added + $5, succeeded_changed = succeeded_changed + $6, succeeded_removed = succeeded_removed + $7, \
              failed_added = failed_added + $8, failed_changed = failed_changed + $9, failed_removed = failed_removed + $10, \
-             error = COALESCE(error, $11) WHERE id = $12",
+             error = COALESCE(error, $11) WHERE id = $12 AND status IN ($13, $14, $15, $16)",
         )
         .bind(report.duplicate_keys as i64)
         .bind(p.added as i64)
@@ -330,8 +317,34 @@ impl StateStore {
         .bind(f.removed as i64)
         .bind(report.destination_error.as_deref())
         .bind(run_id)
+        .bind(RunStatus::Queued.as_str())
+        .bind(RunStatus::Querying.as_str())
+        .bind(RunStatus::Processing.as_str())
+        .bind(RunStatus::Reporting.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let status = match (counted, stale) {
+            (false, _) => "superseded",
+            (true, true) => "stale",
+            (true, false) => "committed",
+        };
+        sqlx::query(
+            "UPDATE ebb_run_shards SET status = $1, snapshot_key = $2, rows_key = $3 \
+             WHERE run_id = $4 AND shard_index = $5",
+        )
+        .bind(status)
+        .bind((!stale).then_some(report.snapshot_key.as_str()))
+        .bind(report.rows_key.as_deref())
+        .bind(run_id)
+        .bind(report.index as i64)
         .execute(&mut *tx)
         .await?;
+        if !counted {
+            tx.commit().await?;
+            return Ok(CommitOutcome::Superseded);
+        }
         for row in &report.invalid_sample {
             insert_run_row(&mut tx, run_id, &row.key, "invalid", None, "duplicate_key").await?;
         }
@@ -350,7 +363,25 @@ impl StateStore {
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("run {run_id} vanished")))?;
         tx.commit().await?;
-        Ok(CommitOutcome::Committed(Box::new(run)))
+        Ok(if stale {
+            CommitOutcome::Stale(Box::new(run))
+        } else {
+            CommitOutcome::Committed(Box::new(run))
+        })
+    }
+
+    /// A planned shard's status: pending, committed, stale or superseded.
+    pub async fn shard_status(&self, run_id: &str, index: u32) -> Result<Option<String>, StoreError> {
+        let row: Option<AnyRow> =
+            sqlx::query("SELECT status FROM ebb_run_shards WHERE run_id = $1 AND shard_index = $2")
+                .bind(run_id)
+                .bind(index as i64)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get("status")?),
+            None => None,
+        })
     }
 
     /// The row files of a run's committed shards, with the range each covers,
@@ -358,7 +389,7 @@ impl StateStore {
     pub async fn row_files(&self, run_id: &str) -> Result<Vec<(HashRange, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT range_start, range_last, rows_key FROM ebb_run_shards \
-             WHERE run_id = $1 AND status = 'committed' AND rows_key IS NOT NULL ORDER BY range_start",
+             WHERE run_id = $1 AND status IN ('committed', 'stale') AND rows_key IS NOT NULL ORDER BY range_start",
         )
         .bind(run_id)
         .fetch_all(&self.pool)

@@ -102,9 +102,14 @@ pub enum CommitOutcome {
     Committed(Box<RunRecord>),
     /// The shard was already committed: a redelivered task reported twice.
     Duplicate,
-    /// The pointers moved since the shard was planned; its snapshot is dropped
-    /// and the next run sees its rows again.
-    Stale,
+    /// The pointers moved since the shard was planned: its snapshot is dropped
+    /// (the next run sees its rows again), but the shard counts as done, with
+    /// the rows it sent, so the run can finish.
+    Stale(Box<RunRecord>),
+    /// The run had ended (failed, cancelled, interrupted) when the result came:
+    /// a terminal run never changes, so its counts stay as they were. The
+    /// snapshot is still committed, since it says what the destination has.
+    Superseded,
     UnknownShard,
 }
 

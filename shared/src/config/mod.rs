@@ -111,6 +111,10 @@ pub struct HttpDestinationConfig {
     pub rate_limit: Option<f64>,
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// The longest `Retry-After` Ebb waits out (and pauses the fleet for); a
+    /// batch asked to wait longer fails its rows, which the next run retries.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde_compat")]
+    pub max_retry_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +153,11 @@ fn default_db_batch_size() -> usize {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
+}
+/// Default cap on a destination's `Retry-After` and on the fleet pause it causes.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+fn default_max_retry_after() -> Duration {
+    DEFAULT_MAX_RETRY_AFTER
 }
 
 impl SourceConfig {
@@ -209,6 +218,14 @@ impl DestinationConfig {
                 rate_limit: None,
                 max_concurrency: Some(1),
             },
+        }
+    }
+
+    /// The longest wait a destination may ask for before its rows fail instead.
+    pub fn max_retry_after(&self) -> Duration {
+        match self {
+            DestinationConfig::Http(c) => c.max_retry_after,
+            DestinationConfig::Postgres(_) | DestinationConfig::Jsonl(_) => DEFAULT_MAX_RETRY_AFTER,
         }
     }
 

@@ -1,0 +1,111 @@
+//! Faults of the control plane: every run ends, and a transient fault is
+//! retried rather than failing the run. Real PostgreSQL, through a loopback
+//! proxy that injects the faults.
+
+use ebb_coordinator::run::{RunStatus, TriggerOptions};
+use ebb_coordinator::runtime::start_embedded;
+use ebb_shared::config::Config;
+use ebb_tests::embedded::run_to_end;
+use ebb_tests::model::{create_people, sink_emails};
+use ebb_tests::proxy::FaultProxy;
+use ebb_tests::services::fresh_postgres_database;
+use ebb_tests::sink::{Behavior, Sink};
+use sqlx::PgPool;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_refuses_connections_for_a_while_is_retried_not_failed() {
+    let database = fresh_postgres_database("faults").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 500).await;
+    let proxy = FaultProxy::start("127.0.0.1:5432").await;
+    let through_proxy = database.url.replace("127.0.0.1:5432", &proxy.address.to_string());
+    assert_ne!(
+        through_proxy, database.url,
+        "the test database URL names 127.0.0.1:5432"
+    );
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{through_proxy}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 100 }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror }}\n",
+        sink.url()
+    );
+    let config = Arc::new(Config::from_yaml_str(Path::new("faults.yaml"), &text, dir.path()).unwrap());
+    let runtime = start_embedded(config, dir.path(), 2, 2).await.unwrap();
+
+    // The first two attempts at the source find it refusing connections.
+    proxy.refuse_next(2);
+    let run = run_to_end(&runtime, "people-api", TriggerOptions::default()).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:?}");
+    assert_eq!(run.succeeded.added, 500);
+    assert!(proxy.connections_seen() >= 3, "the extraction was attempted again");
+    assert_eq!(sink_emails(&sink).len(), 500);
+
+    // A source that stays down: the retries are bounded and the run fails,
+    // naming the fault and the attempts.
+    proxy.refuse_next(u32::MAX);
+    let run = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_to_end(&runtime, "people-api", TriggerOptions::default()),
+    )
+    .await
+    .expect("the run ends");
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    let error = run.error.unwrap_or_default();
+    assert!(error.contains("unreachable") && error.contains("attempts"), "{error}");
+    runtime.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_beyond_the_cap_fails_the_rows_instead_of_parking_the_run() {
+    let database = fresh_postgres_database("cap").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 300).await;
+    let sink = Sink::start().await;
+    // Every request is answered 429 with a Retry-After of an hour.
+    sink.set_behavior(Behavior {
+        throttle_times: u32::MAX,
+        throttle_retry_after_secs: 3600,
+        ..Behavior::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 100, max_retry_after: 2s }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror }}\n",
+        database.url,
+        sink.url()
+    );
+    let config = Arc::new(Config::from_yaml_str(Path::new("cap.yaml"), &text, dir.path()).unwrap());
+    let runtime = start_embedded(config, dir.path(), 2, 2).await.unwrap();
+    let started = std::time::Instant::now();
+    let run = run_to_end(&runtime, "people-api", TriggerOptions::default()).await;
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert_eq!(run.failed.added, 300, "{run:?}");
+    let rows = runtime
+        .coordinator
+        .as_ref()
+        .unwrap()
+        .store()
+        .run_rows(&run.id, Some("rejected"), None, 5)
+        .await
+        .unwrap();
+    assert!(
+        rows[0].reason.contains("Retry-After") && rows[0].reason.contains("max_retry_after of 2s"),
+        "{rows:?}"
+    );
+    // The rows were not lost: the next run, with the destination back, sends them.
+    sink.set_behavior(Behavior::default());
+    let run = run_to_end(&runtime, "people-api", TriggerOptions::default()).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:?}");
+    assert_eq!(run.succeeded.added, 300);
+    assert_eq!(sink_emails(&sink).len(), 300);
+    runtime.shutdown(Duration::from_secs(10)).await;
+}
