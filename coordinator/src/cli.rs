@@ -340,6 +340,8 @@ impl ConfigArgs {
 }
 
 impl Target {
+    /// Where a command that runs syncs acts: the coordinator, or a runtime of
+    /// this process on the config's data directory (which it locks).
     async fn backend(&self) -> anyhow::Result<Backend> {
         if let Some(url) = &self.api_url {
             return Ok(Backend::remote(url, self.api_token.clone()));
@@ -347,6 +349,25 @@ impl Target {
         let config = self.config.load()?;
         let runtime = runtime::start_embedded(config, &self.config.data_dir(), 2, 2).await?;
         Ok(Backend::Embedded(runtime))
+    }
+
+    /// Where a command that reads runs (or cancels one) acts: the coordinator,
+    /// or the data directory's state, beside whatever process runs it.
+    async fn state(&self) -> anyhow::Result<Backend> {
+        if let Some(url) = &self.api_url {
+            return Ok(Backend::remote(url, self.api_token.clone()));
+        }
+        let config = self.config.load()?;
+        let data_dir = self.config.data_dir();
+        if !data_dir.join("state.db").exists() {
+            anyhow::bail!(
+                "no runs yet: {} has no state (run a sync first, or pass --api-url for a coordinator)",
+                data_dir.display()
+            );
+        }
+        Ok(Backend::Embedded(
+            runtime::open_embedded_state(config, &data_dir).await?,
+        ))
     }
 }
 
@@ -539,7 +560,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             json,
             target,
         }) => {
-            let backend = target.backend().await?;
+            let backend = target.state().await?;
             let runs = backend.runs(&sync, limit).await;
             backend.close().await;
             let runs = runs?;
@@ -551,13 +572,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::Show { run, json, target }) => {
-            let backend = target.backend().await?;
+            let backend = target.state().await?;
             let view = backend.run(&run).await;
             backend.close().await;
             print_run(&view?, json)
         }
         Command::Runs(RunsCommand::Cancel { run, json, target }) => {
-            let backend = target.backend().await?;
+            let backend = target.state().await?;
             let view = backend.cancel(&run).await;
             backend.close().await;
             print_run(&view?, json)
@@ -582,7 +603,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 key,
                 limit: None,
             };
-            let backend = target.backend().await?;
+            let backend = target.state().await?;
             let result = match (json, format.as_str()) {
                 (true, _) | (false, "table") => {
                     let shown = limit.unwrap_or(100);

@@ -37,6 +37,8 @@ pub struct Runtime {
     pub leases: LocalLeases,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The embedded data directory's lock, held while this runtime runs.
+    _data_dir_lock: Option<std::fs::File>,
 }
 
 impl Runtime {
@@ -46,6 +48,7 @@ impl Runtime {
             leases: LocalLeases::default(),
             shutdown: watch::channel(false).0,
             tasks: Vec::new(),
+            _data_dir_lock: None,
         }
     }
 
@@ -126,6 +129,9 @@ pub async fn start_embedded(
 ) -> anyhow::Result<Runtime> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    // One process runs a data directory's syncs: a second one would take the
+    // first one's runs for orphans and interrupt them.
+    let lock = lock_data_dir(data_dir)?;
     let state_url = format!("sqlite://{}", data_dir.join("state.db").display());
     let store = StateStore::connect(&state_url).await?;
     let queue: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new());
@@ -135,11 +141,48 @@ pub async fn start_embedded(
     coordinator.interrupt_orphaned_runs(false).await?;
     let mut runtime = Runtime::new();
     runtime.leases = leases;
+    runtime._data_dir_lock = Some(lock);
     runtime.start_coordinator(coordinator);
     let leases: Arc<dyn LeaseProvider> = Arc::new(runtime.leases.clone());
     let ids = (0..workers).map(|i| format!("standalone-{i}")).collect();
     runtime.start_workers(ids, concurrency, queue, storage, leases);
     Ok(runtime)
+}
+
+/// An embedded data directory's state and objects, to read runs and rows (and
+/// cancel a run) beside a process that may be running it: no lock, no workers,
+/// no consumer, nothing marked as orphaned.
+pub async fn open_embedded_state(config: Arc<Config>, data_dir: &Path) -> anyhow::Result<Runtime> {
+    let state_url = format!("sqlite://{}", data_dir.join("state.db").display());
+    let store = StateStore::connect(&state_url).await?;
+    let queue: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new());
+    let storage = Storage::from_url(&data_dir.join("objects").display().to_string())?;
+    let mut runtime = Runtime::new();
+    runtime.coordinator = Some(Coordinator::new(store, queue, Some(storage), config));
+    Ok(runtime)
+}
+
+/// Takes the data directory's lock, or says who holds it and what to do.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the data directory {} is in use by another Ebb process (an `ebb standalone`, or another \
+             `ebb sync run`); talk to a running standalone with --api-url http://ADDRESS (its --listen), \
+             or wait for the other run to end",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// The coordinator of a fleet: PostgreSQL (or SQLite) state and RabbitMQ.

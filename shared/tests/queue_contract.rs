@@ -115,6 +115,21 @@ async fn contract(queue: &dyn MessageQueue) {
     assert_eq!(buried.payload, b"poison");
     buried.ack().await.unwrap();
 
+    // A task refused for good goes to the dead-letter queue at once, headers kept.
+    let mut unreadable = OutgoingMessage::new(b"unreadable".to_vec());
+    unreadable.headers.insert("ebb-run-id".into(), "run-7".into());
+    queue.publish(QueueName::Tasks, unreadable).await.unwrap();
+    let refused = next(&mut tasks).await;
+    assert_eq!(
+        (refused.payload.as_slice(), refused.delivery_count),
+        (&b"unreadable"[..], 1)
+    );
+    refused.reject().await.unwrap();
+    let buried = next(&mut dead).await;
+    assert_eq!(buried.payload, b"unreadable");
+    assert_eq!(buried.headers.get("ebb-run-id").map(String::as_str), Some("run-7"));
+    buried.ack().await.unwrap();
+
     queue
         .publish(QueueName::Results, OutgoingMessage::new(b"result".to_vec()))
         .await

@@ -436,6 +436,40 @@ syncs:
         .await
         .unwrap();
     let slow_run = trigger["id"].as_str().unwrap().to_string();
+
+    // Beside the running standalone, on its data directory: reading runs works
+    // and disturbs nothing; running a sync is refused, naming the way to do it.
+    let config_arg = config.to_str().unwrap();
+    let listed = ebb_command()
+        .args(["runs", "list", "slow", "--json", "--config", config_arg])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["data"][0]["id"], slow_run.as_str(), "{listed}");
+    let refused = ebb_command()
+        .args(["sync", "run", "manual", "--config", config_arg])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another Ebb process") && stderr.contains("--api-url"),
+        "{stderr}"
+    );
+    let still: Value = http
+        .get(format!("{api}/api/v1/runs/{slow_run}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ["queued", "querying", "processing"].contains(&still["status"].as_str().unwrap()),
+        "the standalone's run was disturbed: {still}"
+    );
+
     let cancelled = cli(&["runs", "cancel", &slow_run, "--json"]);
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     let shown = cli(&["runs", "show", &slow_run, "--json"]);

@@ -109,3 +109,86 @@ async fn a_retry_after_beyond_the_cap_fails_the_rows_instead_of_parking_the_run(
     assert_eq!(sink_emails(&sink).len(), 300);
     runtime.shutdown(Duration::from_secs(10)).await;
 }
+
+/// A task no worker can read (a newer kind, mid rolling upgrade) is not dropped:
+/// the worker dead-letters it, and the coordinator fails its run by name, so
+/// the run ends instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_worker_can_read_fails_its_run_by_name() {
+    use ebb_coordinator::leases::LocalLeases;
+    use ebb_coordinator::run::Coordinator;
+    use ebb_coordinator::store::{NewRun, StateStore};
+    use ebb_shared::queue::{MemoryQueue, MessageQueue, OutgoingMessage, QueueName, RUN_ID_HEADER, TASK_ID_HEADER};
+    use ebb_shared::storage::Storage;
+    use ebb_worker::{Worker, WorkerSettings};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Arc::new(
+        Config::from_yaml_str(
+            Path::new("t.yaml"),
+            "sources:\n  files: { type: csv, path: data }\nmodels:\n  m: { source: files, file: m.csv, primary_key: id }\n\
+             destinations:\n  d: { type: jsonl, path: out.jsonl }\nsyncs:\n  s: { model: m, destination: d, mode: upsert }\n",
+            dir.path(),
+        )
+        .unwrap(),
+    );
+    let store = StateStore::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
+        .await
+        .unwrap();
+    store.ensure_sync("s", "id").await.unwrap();
+    let run = store
+        .create_run(&NewRun {
+            id: "run-1".into(),
+            sync: "s".into(),
+            trigger: "manual".into(),
+            schedule_tick: None,
+            full_resync: false,
+            reset_cdc: false,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .transition(&run.id, RunStatus::Queued, RunStatus::Querying, None)
+        .await
+        .unwrap();
+    let queue = Arc::new(MemoryQueue::new());
+    let mut garbage = OutgoingMessage::new(b"\x92\xa7unknown\x01".to_vec());
+    garbage.headers.insert(RUN_ID_HEADER.into(), run.id.clone());
+    garbage
+        .headers
+        .insert(TASK_ID_HEADER.into(), format!("{}/extract", run.id));
+    queue.publish(QueueName::Tasks, garbage).await.unwrap();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let storage = Storage::from_url(&dir.path().join("objects").display().to_string()).unwrap();
+    let worker = Arc::new(Worker::new(
+        WorkerSettings::new("w"),
+        queue.clone(),
+        storage.clone(),
+        Arc::new(LocalLeases::for_config(&config)),
+    ));
+    let worker_task = tokio::spawn(worker.run(stopped.clone()));
+    let coordinator = Coordinator::new(store, queue.clone(), Some(storage), config);
+    let dead_task = tokio::spawn(coordinator.clone().consume_dead_tasks(stopped));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let run = loop {
+        let run = coordinator.store().run("run-1").await.unwrap().unwrap();
+        if run.status.is_terminal() {
+            break run;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run did not end: {run:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("could not be read by a worker") && error.contains("Upgrade the workers first"),
+        "{error}"
+    );
+    assert_eq!(queue.depth(QueueName::Tasks).await.unwrap(), 0);
+    let _ = stop.send(true);
+    let _ = worker_task.await;
+    let _ = dead_task.await;
+}

@@ -121,9 +121,12 @@ impl Worker {
         let task: TaskMessage = match protocol::decode(&delivery.payload) {
             Ok(task) => task,
             Err(error) => {
-                // Nobody can run it; keeping it would only circle it through the queue.
-                tracing::error!(%error, "dropping an undecodable task");
-                let _ = delivery.ack().await;
+                // This worker cannot run it (a newer kind of task?). To the
+                // dead-letter queue, where the coordinator fails its run by name.
+                tracing::error!(%error, "an undecodable task goes to the dead-letter queue");
+                if let Err(error) = delivery.reject().await {
+                    tracing::warn!(%error, "could not reject the task; it will come back");
+                }
                 return;
             }
         };

@@ -13,7 +13,9 @@ use ebb_shared::protocol::RowResult;
 use ebb_shared::protocol::{
     self, ExtractReport, ResultMessage, ShardReport, ShardTask, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
 };
-use ebb_shared::queue::{MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT};
+use ebb_shared::queue::{
+    MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT, RUN_ID_HEADER, TASK_ID_HEADER,
+};
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -182,7 +184,9 @@ impl Coordinator {
     /// Publishes a task carrying the current trace context, so the worker's
     /// spans join the run's trace.
     async fn publish_task(&self, task: &TaskMessage) -> Result<(), QueueError> {
-        let message = OutgoingMessage::traced(protocol::encode(task));
+        let mut message = OutgoingMessage::traced(protocol::encode(task));
+        message.headers.insert(RUN_ID_HEADER.into(), task.run_id.clone());
+        message.headers.insert(TASK_ID_HEADER.into(), task.task_id.clone());
         self.queue.publish(QueueName::Tasks, message).await
     }
 
@@ -296,29 +300,50 @@ impl Coordinator {
             let Some(delivery) = delivery else {
                 return Ok(());
             };
-            if let Ok(task) = protocol::decode::<TaskMessage>(&delivery.payload) {
-                match self.failure_still_matters(&task.run_id, &task.task_id).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        let _ = delivery.ack().await;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(%e, "could not look up the run of a dead task");
-                        let _ = delivery.requeue().await;
-                        continue;
-                    }
+            // The task's ids: from the task itself, or, when no one can read
+            // it, from the headers every task carries.
+            let (task, unreadable) = match protocol::decode::<TaskMessage>(&delivery.payload) {
+                Ok(task) => (Some((task.run_id, task.task_id)), None),
+                Err(error) => {
+                    let ids = delivery
+                        .headers
+                        .get(RUN_ID_HEADER)
+                        .zip(delivery.headers.get(TASK_ID_HEADER))
+                        .map(|(run, task)| (run.clone(), task.clone()));
+                    (ids, Some(error))
                 }
-                let error = format!(
-                    "task {} was given up after {DELIVERY_LIMIT} deliveries: every worker that took it stopped \
-                     before finishing (crash, out of memory or timeout); see the workers' logs",
-                    task.task_id
-                );
-                if let Err(e) = self.fail_run(&task.run_id, &error).await {
-                    tracing::error!(%e, "could not fail the run of a dead task");
+            };
+            let Some((run_id, task_id)) = task else {
+                tracing::error!("a dead-lettered task names no run; dropping it");
+                let _ = delivery.ack().await;
+                continue;
+            };
+            match self.failure_still_matters(&run_id, &task_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = delivery.ack().await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(%e, "could not look up the run of a dead task");
                     let _ = delivery.requeue().await;
                     continue;
                 }
+            }
+            let error = match unreadable {
+                Some(reason) => format!(
+                    "task {task_id} could not be read by a worker ({reason}): workers older than the coordinator? \
+                     Upgrade the workers first, then the coordinator"
+                ),
+                None => format!(
+                    "task {task_id} was given up after {DELIVERY_LIMIT} deliveries: every worker that took it stopped \
+                     before finishing (crash, out of memory or timeout); see the workers' logs"
+                ),
+            };
+            if let Err(e) = self.fail_run(&run_id, &error).await {
+                tracing::error!(%e, "could not fail the run of a dead task");
+                let _ = delivery.requeue().await;
+                continue;
             }
             let _ = delivery.ack().await;
         }

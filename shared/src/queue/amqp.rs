@@ -272,6 +272,16 @@ impl Acknowledge for AmqpAck {
             .await
             .map_err(|e| QueueError::Broker(format!("requeue failed (the message will be delivered again): {e}")))
     }
+
+    async fn reject(self: Box<Self>) -> Result<(), QueueError> {
+        self.0
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| QueueError::Broker(format!("reject failed (the message will be delivered again): {e}")))
+    }
 }
 
 fn delivery_from(delivery: lapin::message::Delivery) -> Delivery {

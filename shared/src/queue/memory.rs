@@ -82,6 +82,15 @@ impl Acknowledge for MemoryAck {
         }
         Ok(())
     }
+
+    async fn reject(mut self: Box<Self>) -> Result<(), QueueError> {
+        if let Some(message) = self.message.take() {
+            if self.queue == QueueName::Tasks {
+                self.inner.push(QueueName::DeadTasks, message);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drop for MemoryAck {

@@ -105,6 +105,9 @@ pub trait Acknowledge: Send {
     async fn ack(self: Box<Self>) -> Result<(), QueueError>;
     /// Gives the message back to the queue, to be delivered again (and counted).
     async fn requeue(self: Box<Self>) -> Result<(), QueueError>;
+    /// Refuses the message for good: a task goes to the dead-letter queue at
+    /// once, where the coordinator fails its run; nothing else keeps it.
+    async fn reject(self: Box<Self>) -> Result<(), QueueError>;
 }
 
 pub struct Delivery {
@@ -137,7 +140,16 @@ impl Delivery {
     pub async fn requeue(self) -> Result<(), QueueError> {
         self.acknowledge.requeue().await
     }
+
+    pub async fn reject(self) -> Result<(), QueueError> {
+        self.acknowledge.reject().await
+    }
 }
+
+/// Headers every task carries beside its payload, so that even a task nobody
+/// can decode (a newer message kind during a rolling upgrade) names its run.
+pub const RUN_ID_HEADER: &str = "ebb-run-id";
+pub const TASK_ID_HEADER: &str = "ebb-task-id";
 
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
