@@ -8,6 +8,7 @@
 //! instant never add up to more than the limit. A lease not renewed within its
 //! TTL (a crashed worker) frees its share. Pure logic, with time passed in.
 
+use crate::store::StateStore;
 use ebb_shared::config::{Config, DeliveryLimits};
 use ebb_worker::limits::{LeaseGrant, LeaseProvider, LeaseRelease, LeaseRequest, RateLimitedReport};
 use std::collections::{BTreeMap, HashMap};
@@ -137,28 +138,50 @@ impl LeaseTable {
 /// The lease table as a `LeaseProvider`: in-process for standalone workers, and
 /// behind the coordinator's `/internal/v1/leases` API for remote ones.
 #[derive(Clone, Default)]
-pub struct LocalLeases(pub Arc<Mutex<LeaseTable>>);
+pub struct LocalLeases {
+    pub table: Arc<Mutex<LeaseTable>>,
+    /// Where runs are, to tell workers whether theirs still runs.
+    store: Option<StateStore>,
+}
 
 impl LocalLeases {
     pub fn for_config(config: &Config) -> LocalLeases {
-        LocalLeases(Arc::new(Mutex::new(LeaseTable::for_config(config))))
+        LocalLeases {
+            table: Arc::new(Mutex::new(LeaseTable::for_config(config))),
+            store: None,
+        }
+    }
+
+    pub fn with_store(mut self, store: StateStore) -> LocalLeases {
+        self.store = Some(store);
+        self
     }
 }
 
 #[async_trait::async_trait]
 impl LeaseProvider for LocalLeases {
     async fn lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
-        self.0.lock().unwrap().lease(request, Instant::now())
+        self.table.lock().unwrap().lease(request, Instant::now())
     }
 
     async fn release(&self, release: &LeaseRelease) -> Result<(), String> {
-        self.0.lock().unwrap().release(release);
+        self.table.lock().unwrap().release(release);
         Ok(())
     }
 
     async fn rate_limited(&self, report: &RateLimitedReport) -> Result<(), String> {
-        self.0.lock().unwrap().rate_limited(report, Instant::now());
+        self.table.lock().unwrap().rate_limited(report, Instant::now());
         Ok(())
+    }
+
+    async fn run_active(&self, run_id: &str) -> Result<bool, String> {
+        let Some(store) = &self.store else {
+            return Ok(true);
+        };
+        match store.run(run_id).await {
+            Ok(run) => Ok(run.is_some_and(|run| !run.status.is_terminal())),
+            Err(error) => Err(error.to_string()),
+        }
     }
 }
 

@@ -136,7 +136,7 @@ pub async fn start_embedded(
     let store = StateStore::connect(&state_url).await?;
     let queue: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new());
     let storage = Storage::from_url(&data_dir.join("objects").display().to_string())?;
-    let leases = LocalLeases::for_config(&config);
+    let leases = LocalLeases::for_config(&config).with_store(store.clone());
     let coordinator = Coordinator::new(store, queue.clone(), Some(storage.clone()), config);
     coordinator.interrupt_orphaned_runs(false).await?;
     let mut runtime = Runtime::new();
@@ -197,7 +197,7 @@ pub async fn start_coordinator(
     let store = StateStore::connect(state_url).await?;
     let queue: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(queue.amqp()).await?);
     let storage = store_url.map(Storage::from_url).transpose()?;
-    let leases = LocalLeases::for_config(&config);
+    let leases = LocalLeases::for_config(&config).with_store(store.clone());
     let coordinator = Coordinator::new(store, queue, storage, config);
     coordinator.interrupt_orphaned_runs(true).await?;
     let mut runtime = Runtime::new();

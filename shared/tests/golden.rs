@@ -45,13 +45,20 @@ fn every_kind_of_value() -> Vec<(String, Value)> {
         ("price".into(), Value::Decimal("1.50".into())),
         ("ratio".into(), Value::Float(0.25)),
         ("score".into(), Value::Int(-7)),
-        ("tags".into(), Value::Json(serde_json::json!({"vip": true, "n": [1, 2]}))),
+        (
+            "tags".into(),
+            Value::Json(serde_json::json!({"vip": true, "n": [1, 2]})),
+        ),
     ]
 }
 
 #[test]
 fn key_hashes_and_fingerprints_never_change() {
-    assert_eq!(format!("{:016x}", key_hash("42")), "cd99638b063430b3", "the key hash of \"42\"");
+    assert_eq!(
+        format!("{:016x}", key_hash("42")),
+        "cd99638b063430b3",
+        "the key hash of \"42\""
+    );
     assert_eq!(
         format!("{:032x}", fingerprint(&every_kind_of_value())),
         "d8696bef96baee746b26c768497f8690",
@@ -94,7 +101,10 @@ fn snapshot_and_chunk_files_keep_their_bytes_and_stay_readable() {
     for (kind, name) in [(FileKind::Snapshot, "snapshot.bin"), (FileKind::Chunk, "chunk.bin")] {
         let fresh = entry_file(kind);
         let stored = checked_in(name, &fresh);
-        assert!(fresh == stored, "{name}: today's writer no longer writes the checked-in bytes");
+        assert!(
+            fresh == stored,
+            "{name}: today's writer no longer writes the checked-in bytes"
+        );
         let (header, iter) = read_entries(&stored).unwrap();
         assert_eq!((header.kind, header.sync.as_str(), header.entries), (kind, "golden", 4));
         let read: Vec<Entry> = iter.collect::<Result<_, _>>().unwrap();

@@ -306,7 +306,7 @@ syncs:
         .port();
     let api = format!("http://127.0.0.1:{port}");
     let config = dir.path().join("ebb.yaml");
-    let _standalone = EbbProcess::spawn(
+    let standalone = EbbProcess::spawn(
         "standalone",
         &[
             "standalone",
@@ -470,8 +470,31 @@ syncs:
         "the standalone's run was disturbed: {still}"
     );
 
+    // Cancel once the run is sending: its shard stops between batches.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the slow run sent nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let cancelled = cli(&["runs", "cancel", &slow_run, "--json"]);
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let shard_task = format!("{slow_run}/shard-");
+    loop {
+        let log = std::fs::read_to_string(&standalone.log).unwrap_or_default();
+        let shard_ended = log
+            .lines()
+            .any(|l| l.contains(&shard_task) && (l.contains("task done") || l.contains("task failed")));
+        if shard_ended {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled run's shard did not end:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = sink.requests().len();
+    assert!(sent < 20, "a cancelled run sent {sent} of its 20 batches");
     let shown = cli(&["runs", "show", &slow_run, "--json"]);
     assert_eq!(shown["status"], "cancelled", "{shown}");
 }

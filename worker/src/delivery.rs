@@ -18,6 +18,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -100,7 +101,13 @@ pub struct Delivery<'a> {
     pub checkpoints: Checkpoints,
     /// Ops answered so far, for progress reports.
     pub progress: watch::Sender<u64>,
+    /// Set when the run ended (cancelled, failed): nothing more is sent, and
+    /// the rows not sent fail with the reason (the next run sends them).
+    pub run_ended: Arc<AtomicBool>,
 }
+
+/// The reason rows not sent after their run ended carry.
+pub const RUN_ENDED: &str = "not sent: the run ended (cancelled or failed) before this batch went out";
 
 pub struct Delivered {
     /// One answer per planned op.
@@ -249,6 +256,9 @@ impl Delivery<'_> {
                 return Err(PartRefused::Whole(error.clone()));
             }
             let permit = self.limiter.acquire().await;
+            if self.run_ended.load(Ordering::Relaxed) {
+                return Err(PartRefused::Whole(RUN_ENDED.to_string()));
+            }
             let result = self.destination.send(action, records).await;
             drop(permit);
             match result {

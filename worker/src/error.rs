@@ -34,6 +34,9 @@ pub enum TaskError {
     SourceRead { source_name: String, reason: String },
     #[error("destination {destination:?}: {reason}")]
     DestinationSetup { destination: String, reason: String },
+    /// The run ended (cancelled, failed) before this task ran: it did nothing.
+    #[error("run {run} had ended before this task ran; nothing was sent")]
+    RunEnded { run: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -52,6 +55,7 @@ impl TaskError {
             | TaskError::MissingMappedColumn { .. }
             | TaskError::Mapping { .. }
             | TaskError::DestinationSetup { .. }
+            | TaskError::RunEnded { .. }
             | TaskError::Config(_)
             | TaskError::Format(_) => false,
         }

@@ -68,11 +68,28 @@ pub struct RateLimitedReport {
     pub retry_after_ms: u64,
 }
 
+/// Asks whether a run is still in flight (a cancelled run's shards stop sending).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunQuery {
+    pub run_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunAnswer {
+    pub active: bool,
+}
+
+/// What a worker asks the coordinator while it delivers: its share of each
+/// destination's limits, and whether the run it works for still runs.
 #[async_trait]
 pub trait LeaseProvider: Send + Sync + 'static {
     async fn lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, String>;
     async fn release(&self, release: &LeaseRelease) -> Result<(), String>;
     async fn rate_limited(&self, report: &RateLimitedReport) -> Result<(), String>;
+    /// Whether `run_id` is still in flight; `false` once it ended (cancelled,
+    /// failed). A worker that cannot tell goes on.
+    async fn run_active(&self, run_id: &str) -> Result<bool, String>;
 }
 
 /// Leases over the coordinator's HTTP API, for workers in their own processes.
@@ -127,6 +144,15 @@ impl LeaseProvider for HttpLeaseProvider {
         self.post::<_, serde_json::Value>("/internal/v1/leases/rate-limited", report)
             .await
             .map(|_| ())
+    }
+
+    async fn run_active(&self, run_id: &str) -> Result<bool, String> {
+        let query = RunQuery {
+            run_id: run_id.to_string(),
+        };
+        self.post::<_, RunAnswer>("/internal/v1/runs/active", &query)
+            .await
+            .map(|answer| answer.active)
     }
 }
 

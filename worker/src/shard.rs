@@ -15,7 +15,9 @@ use ebb_shared::protocol::{
 use ebb_shared::snapshot::{paths, read_entry_files, Entry, EntryWriter, FileKind};
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 pub struct ShardContext<'a> {
@@ -24,6 +26,22 @@ pub struct ShardContext<'a> {
     pub limiters: &'a Limiters,
     pub worker_id: &'a str,
     pub retry: RetryPolicy,
+}
+
+/// How often a delivering shard asks whether its run still runs.
+const RUN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sets `ended` once the coordinator says the run is over (a cancel), so the
+/// delivery stops between batches. An unanswered question changes nothing.
+async fn watch_run(leases: Arc<dyn LeaseProvider>, run_id: String, ended: Arc<AtomicBool>) {
+    loop {
+        tokio::time::sleep(RUN_CHECK_INTERVAL).await;
+        if leases.run_active(&run_id).await == Ok(false) {
+            tracing::info!(run = %run_id, "the run ended; this shard stops sending");
+            ended.store(true, Ordering::Relaxed);
+            return;
+        }
+    }
 }
 
 /// Reads fetched at once: a shard reads a range of several objects, and one
@@ -90,6 +108,12 @@ pub async fn process_shard(
     task: &ShardTask,
     progress: watch::Sender<u64>,
 ) -> Result<ShardReport, TaskError> {
+    // A cancelled (or failed) run's queued shards send nothing.
+    if ctx.leases.run_active(run_id).await == Ok(false) {
+        return Err(TaskError::RunEnded {
+            run: run_id.to_string(),
+        });
+    }
     let range = task.range;
     let started = std::time::Instant::now();
     // Sorted by object and offset, a shard's buckets in one object are adjacent.
@@ -175,7 +199,10 @@ pub async fn process_shard(
                 "resuming from checkpoint"
             );
         }
+        let run_ended = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(watch_run(ctx.leases.clone(), run_id.to_string(), run_ended.clone()));
         let delivery = Delivery {
+            run_ended,
             destination: destination.as_ref(),
             destination_name: &spec.destination_name,
             limiter,
@@ -188,6 +215,7 @@ pub async fn process_shard(
             progress,
         };
         let delivered = delivery.run(&diff, &sendable, resume).await;
+        watcher.abort();
         (delivered.outcomes, delivered.destination_error)
     };
     let mut delivered = delivered.into_iter();

@@ -38,6 +38,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/internal/v1/leases", post(lease))
         .route("/internal/v1/leases/release", post(release))
         .route("/internal/v1/leases/rate-limited", post(rate_limited))
+        .route("/internal/v1/runs/active", post(run_active))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -254,6 +255,16 @@ async fn lease(State(state): State<ApiState>, Json(request): Json<LeaseRequest>)
 async fn release(State(state): State<ApiState>, Json(release): Json<LeaseRelease>) -> Json<serde_json::Value> {
     let _ = state.leases.release(&release).await;
     Json(serde_json::json!({}))
+}
+
+async fn run_active(
+    State(state): State<ApiState>,
+    Json(query): Json<ebb_worker::limits::RunQuery>,
+) -> Result<Json<ebb_worker::limits::RunAnswer>, ApiError> {
+    let run = state.coordinator.store().run(&query.run_id).await?;
+    Ok(Json(ebb_worker::limits::RunAnswer {
+        active: run.is_some_and(|run| !run.status.is_terminal()),
+    }))
 }
 
 async fn rate_limited(State(state): State<ApiState>, Json(report): Json<RateLimitedReport>) -> Json<serde_json::Value> {
