@@ -18,6 +18,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// How often the coordinator re-derives its runs in flight from the state DB.
+const RECONCILE_EVERY: Duration = Duration::from_secs(15);
+
 /// Where a fleet's queues live.
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -77,6 +80,19 @@ impl Runtime {
             "dead-letters",
             async move { Ok(dead.consume_dead_tasks(signal).await?) },
         );
+        let reconciler = coordinator.clone();
+        let mut signal = self.shutdown_signal();
+        self.spawn("reconciler", async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+                    _ = signal.changed() => return Ok(()),
+                }
+                if let Err(error) = reconciler.reconcile(RECONCILE_EVERY).await {
+                    tracing::warn!(%error, "reconciling runs failed; the next pass tries again");
+                }
+            }
+        });
         self.coordinator = Some(coordinator);
     }
 
@@ -138,7 +154,7 @@ pub async fn start_embedded(
     let storage = Storage::from_url(&data_dir.join("objects").display().to_string())?;
     let leases = LocalLeases::for_config(&config).with_store(store.clone());
     let coordinator = Coordinator::new(store, queue.clone(), Some(storage.clone()), config);
-    coordinator.interrupt_orphaned_runs(false).await?;
+    coordinator.recover_runs(false).await?;
     let mut runtime = Runtime::new();
     runtime.leases = leases;
     runtime._data_dir_lock = Some(lock);
@@ -199,7 +215,7 @@ pub async fn start_coordinator(
     let storage = store_url.map(Storage::from_url).transpose()?;
     let leases = LocalLeases::for_config(&config).with_store(store.clone());
     let coordinator = Coordinator::new(store, queue, storage, config);
-    coordinator.interrupt_orphaned_runs(true).await?;
+    coordinator.recover_runs(true).await?;
     let mut runtime = Runtime::new();
     runtime.leases = leases;
     runtime.start_coordinator(coordinator);

@@ -102,7 +102,7 @@ async fn processing_run(store: &StateStore, id: &str, n: usize) -> Vec<HashRange
             base: pointer_base(range, pointers.iter()),
         })
         .collect();
-    assert!(store.begin_processing(id, 100, 0, &[], &shards).await.unwrap());
+    assert!(store.begin_processing(id, 100, 0, &[], &shards, &[]).await.unwrap());
     ranges
 }
 

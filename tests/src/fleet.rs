@@ -19,6 +19,9 @@ pub struct Fleet {
     queue_prefix: String,
     /// Given to every process of the fleet, on top of its own settings.
     extra_env: Vec<(String, String)>,
+    /// The coordinator's own settings, for restarting it.
+    coordinator_env: Vec<(String, String)>,
+    restarts: u32,
     /// The coordinator's state database, dropped with the fleet.
     _state: TestDatabase,
 }
@@ -49,27 +52,20 @@ impl Fleet {
         let api = format!("http://127.0.0.1:{port}");
         let queue_prefix = format!("t{}.", rand::random::<u32>());
         // The coordinator reads the workers' row files to serve row-level results.
-        let mut env = vec![
+        let coordinator_env: Vec<(String, String)> = [
             ("EBB_STATE_URL", state.url.clone()),
             ("EBB_QUEUE_URL", queue_url.clone()),
             ("EBB_QUEUE_PREFIX", queue_prefix.clone()),
             ("EBB_STORE_URL", s3.store_url("fleet")),
             ("AWS_ACCESS_KEY_ID", s3.access_key().to_string()),
             ("AWS_SECRET_ACCESS_KEY", s3.secret_key().to_string()),
-        ];
-        env.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        let coordinator = EbbProcess::spawn(
-            "coordinator",
-            &[
-                "coordinator",
-                "--config",
-                config_path.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ],
-            &env,
-            dir.path(),
-        );
+            ("EBB_CONFIG", config_path.to_str().unwrap().to_string()),
+            ("EBB_LISTEN", format!("127.0.0.1:{port}")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let coordinator = spawn_coordinator("coordinator", &coordinator_env, &extra_env, dir.path());
         let mut fleet = Fleet {
             coordinator,
             workers: Vec::new(),
@@ -80,6 +76,8 @@ impl Fleet {
             queue_url,
             queue_prefix,
             extra_env,
+            coordinator_env,
+            restarts: 0,
             _state: state,
         };
         fleet.wait_healthy().await;
@@ -87,6 +85,30 @@ impl Fleet {
             fleet.add_worker();
         }
         fleet
+    }
+
+    /// Waits (at most `timeout`) for the coordinator to stop by itself, as a
+    /// crash point stops it; answers its exit status.
+    pub async fn coordinator_exited(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(timeout, self.coordinator.child.wait()).await {
+            Ok(status) => status.expect("the coordinator's status"),
+            Err(_) => panic!(
+                "the coordinator still runs after {timeout:?}:\n{}",
+                self.coordinator.log_tail(30)
+            ),
+        }
+    }
+
+    /// Kills the coordinator (if it still runs) and starts a new one on the
+    /// same state, queues and store, with `env` instead of the fleet's extra
+    /// settings; waits until it is healthy.
+    pub async fn restart_coordinator(&mut self, env: &[(&str, String)]) {
+        self.coordinator.kill().await;
+        self.restarts += 1;
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let name = format!("coordinator-{}", self.restarts);
+        self.coordinator = spawn_coordinator(&name, &self.coordinator_env, &env, self.dir.path());
+        self.wait_healthy().await;
     }
 
     pub fn add_worker(&mut self) {
@@ -230,6 +252,20 @@ impl Drop for Fleet {
         }
         delete_rabbitmq_queues(&self.queue_url, &self.queue_prefix);
     }
+}
+
+fn spawn_coordinator(
+    name: &str,
+    settings: &[(String, String)],
+    extra: &[(String, String)],
+    dir: &std::path::Path,
+) -> EbbProcess {
+    let env: Vec<(&str, String)> = settings
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    EbbProcess::spawn(name, &["coordinator"], &env, dir)
 }
 
 /// Counts of a run object of the API: `[added, changed, removed]`.

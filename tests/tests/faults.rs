@@ -192,3 +192,70 @@ async fn a_task_no_worker_can_read_fails_its_run_by_name() {
     let _ = worker_task.await;
     let _ = dead_task.await;
 }
+
+/// The coordinator dies at each point between a state change and what follows
+/// it (a publish, a finish): a new coordinator on the same state and queues
+/// finds the run, moves it on from the state DB, and the run ends in success
+/// with the destination equal to the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_crash_in_any_window_leaves_no_run_behind() {
+    use ebb_tests::fleet::Fleet;
+    use ebb_tests::model::model_emails;
+
+    for point in [
+        "after-querying",
+        "during-shard-publishes",
+        "before-finish",
+        "inside-finish",
+    ] {
+        let database = fresh_postgres_database("crash").await;
+        let pool = PgPool::connect(&database.url).await.unwrap();
+        create_people(&pool, 2_000).await;
+        let sink = Sink::start().await;
+        let config = format!(
+            "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+             models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+             destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 100 }}\n\
+             syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 4 }}\n",
+            database.url,
+            sink.url()
+        );
+        let mut fleet = Fleet::start_with_env(&config, 2, &[("EBB_FAULT_CRASH_AT", point.to_string())]).await;
+        // The trigger itself may die with the coordinator (after-querying).
+        let _ = reqwest::Client::new()
+            .post(format!("{}/api/v1/syncs/people-api/trigger", fleet.api))
+            .json(&serde_json::json!({}))
+            .send()
+            .await;
+        let status = fleet.coordinator_exited(Duration::from_secs(60)).await;
+        assert!(
+            !status.success(),
+            "{point}: the coordinator should have stopped at the crash point"
+        );
+        let crashed = std::fs::read_to_string(&fleet.coordinator.log).unwrap();
+        assert!(
+            crashed.contains(&format!("EBB_FAULT_CRASH_AT={point}: stopping here")),
+            "{point}:\n{crashed}"
+        );
+        fleet.restart_coordinator(&[]).await;
+        let runs: serde_json::Value = reqwest::get(format!("{}/api/v1/syncs/people-api/runs?limit=5", fleet.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let runs = runs["data"].as_array().unwrap().clone();
+        assert_eq!(runs.len(), 1, "{point}: {runs:?}");
+        let run_id = runs[0]["id"].as_str().unwrap();
+        let run = fleet.wait_run(run_id, Duration::from_secs(90)).await;
+        assert_eq!(run["status"], "success", "{point}: {run}\n{}", fleet.logs());
+        assert_eq!(run["successfulRows"]["addedCount"], 2_000, "{point}: {run}");
+        assert_eq!(
+            sink_emails(&sink),
+            model_emails(&pool).await,
+            "{point}: destination == model"
+        );
+        drop(fleet);
+        pool.close().await;
+    }
+}

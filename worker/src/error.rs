@@ -34,6 +34,11 @@ pub enum TaskError {
     SourceRead { source_name: String, reason: String },
     #[error("destination {destination:?}: {reason}")]
     DestinationSetup { destination: String, reason: String },
+    /// The coordinator gave no share of the destination's limits: it is
+    /// restarting or out of reach (worth another attempt), or it does not know
+    /// the destination (which the attempts run into, and then report).
+    #[error("destination {destination:?}: no delivery lease: {reason}")]
+    NoLease { destination: String, reason: String },
     /// The run ended (cancelled, failed) before this task ran: it did nothing.
     #[error("run {run} had ended before this task ran; nothing was sent")]
     RunEnded { run: String },
@@ -48,7 +53,7 @@ pub enum TaskError {
 impl TaskError {
     pub fn is_retriable(&self) -> bool {
         match self {
-            TaskError::SourceUnreachable { .. } | TaskError::SourceRead { .. } => true,
+            TaskError::SourceUnreachable { .. } | TaskError::SourceRead { .. } | TaskError::NoLease { .. } => true,
             TaskError::Storage(error) => error.is_retriable(),
             TaskError::Query { .. }
             | TaskError::MissingKeyColumn { .. }

@@ -182,9 +182,9 @@ pub async fn process_shard(
                 spec.destination.limits(),
             )
             .await
-            .map_err(|reason| TaskError::DestinationSetup {
+            .map_err(|reason| TaskError::NoLease {
                 destination: spec.destination_name.clone(),
-                reason: format!("no delivery lease: {reason}"),
+                reason,
             })?;
         let checkpoints = Checkpoints {
             storage: ctx.storage.clone(),

@@ -6,7 +6,7 @@
 use super::planner::{plan_shards, previous_for, rows_per_shard};
 use super::state::{RunEvent, RunStatus};
 use crate::metrics::Metrics;
-use crate::store::{pointer_base, CommitOutcome, NewRun, RunRecord, ShardPlanRow, StateStore, StoreError};
+use crate::store::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, ShardPlanRow, StateStore, StoreError};
 use ebb_shared::config::{Config, SyncSpec};
 use ebb_shared::hashing::{HashRange, BUCKET_COUNT};
 use ebb_shared::protocol::RowResult;
@@ -160,34 +160,76 @@ impl Coordinator {
         self.metrics.runs_started.inc();
         self.metrics.runs_active.inc();
         tracing::info!(run = %run.id, sync, trigger = %run.trigger, "run queued");
-        let task = TaskMessage {
-            version: PROTOCOL_VERSION,
-            task_id: format!("{}/extract", run.id),
-            run_id: run.id.clone(),
-            sync: spec,
-            kind: TaskKind::Extract,
-            run_started_at_ms: run.created_at,
-        };
+        let task = extract_task(&run, spec);
         // The run is querying before its task is out: a worker can finish the
         // extraction before this function goes on, and its result must find
         // the run ready for it (a result for a run still queued is dropped).
-        self.store
-            .transition(&run.id, RunStatus::Queued, RunStatus::Querying, None)
-            .await?;
-        if let Err(error) = self.publish_task(&task).await {
+        // The task is in the outbox in the same transaction, so a crash before
+        // the publish below leaves it for the reconciler.
+        let task = outboxed(&task);
+        self.store.begin_querying(&run.id, &task).await?;
+        crash_point("after-querying");
+        if let Err(error) = self.publish(&task).await {
             self.fail_run(&run.id, &format!("could not queue the extract task: {error}"))
                 .await?;
         }
         Ok(self.store.run(&run.id).await?.unwrap_or(run))
     }
 
-    /// Publishes a task carrying the current trace context, so the worker's
-    /// spans join the run's trace.
-    async fn publish_task(&self, task: &TaskMessage) -> Result<(), QueueError> {
-        let mut message = OutgoingMessage::traced(protocol::encode(task));
+    /// Publishes a task of the outbox, carrying the current trace context (so
+    /// the worker's spans join the run's trace) and the ids of its run and task
+    /// (so even a worker that cannot read it can name them), and marks it sent.
+    async fn publish(&self, task: &OutboxTask) -> Result<(), QueueError> {
+        let mut message = OutgoingMessage::traced(task.payload.clone());
         message.headers.insert(RUN_ID_HEADER.into(), task.run_id.clone());
         message.headers.insert(TASK_ID_HEADER.into(), task.task_id.clone());
-        self.queue.publish(QueueName::Tasks, message).await
+        self.queue.publish(QueueName::Tasks, message).await?;
+        if let Err(error) = self.store.mark_published(&task.task_id).await {
+            // Only a second publish follows from this, which tasks tolerate.
+            tracing::warn!(task = %task.task_id, %error, "could not mark a task as published");
+        }
+        Ok(())
+    }
+
+    /// Moves every run in flight on, from what the state DB says: publishes
+    /// the tasks a crash left in the outbox (older than `unpublished_for`),
+    /// finishes runs whose shards are all in, and ends runs past their deadline.
+    /// Runs at start and periodically; every step is idempotent.
+    pub async fn reconcile(&self, unpublished_for: Duration) -> Result<(), StoreError> {
+        let before = crate::store::now_ms() - unpublished_for.as_millis() as i64;
+        for task in self.store.unpublished_tasks(before).await? {
+            tracing::warn!(run = %task.run_id, task = %task.task_id, "publishing a task a crash left unpublished");
+            if let Err(error) = self.publish(&task).await {
+                tracing::warn!(task = %task.task_id, %error, "could not publish; the next pass tries again");
+            }
+        }
+        let now = crate::store::now_ms();
+        for run in self.store.active_runs().await? {
+            match repair(&run, now, run_deadline()) {
+                Repair::Nothing => {}
+                Repair::StartQuerying => {
+                    if let Ok(spec) = self.config.sync_spec(&run.sync) {
+                        let task = outboxed(&extract_task(&run, spec));
+                        if self.store.begin_querying(&run.id, &task).await? {
+                            tracing::warn!(run = %run.id, "a queued run's extraction was never started; starting it");
+                            if let Err(error) = self.publish(&task).await {
+                                tracing::warn!(run = %run.id, %error, "could not publish; the next pass tries again");
+                            }
+                        }
+                    }
+                }
+                Repair::Finish => {
+                    tracing::warn!(run = %run.id, status = %run.status, "finishing a run whose shards are all in");
+                    self.finish(&run).await?;
+                }
+                Repair::Interrupt(reason) => {
+                    tracing::warn!(run = %run.id, %reason, "interrupting a run past its deadline");
+                    self.end_run(&run.id, RunEvent::Interrupted, Some(&reason)).await?;
+                }
+            }
+        }
+        self.store.prune_outbox().await?;
+        Ok(())
     }
 
     /// Cancels a run in flight. Tasks already handed out finish; their results
@@ -231,17 +273,19 @@ impl Coordinator {
         tracing::info!(run = run_id, %status, "run finished");
     }
 
-    /// Marks runs left in flight by a previous process as interrupted: with an
-    /// in-process queue their tasks died with it; a run still queued never got
-    /// its first task out.
-    pub async fn interrupt_orphaned_runs(&self, queue_is_durable: bool) -> Result<(), StoreError> {
+    /// Picks up where a previous process left its runs. With a durable queue
+    /// the tasks survived it (and the outbox holds those it never published):
+    /// the reconciler moves every run on. With the in-process queue they died
+    /// with it, and its runs in flight are interrupted.
+    pub async fn recover_runs(&self, queue_is_durable: bool) -> Result<(), StoreError> {
+        if queue_is_durable {
+            return self.reconcile(Duration::ZERO).await;
+        }
+        let message = "the coordinator stopped while this run was in flight";
         for run in self.store.active_runs().await? {
-            if !queue_is_durable || run.status == RunStatus::Queued {
-                let message = "the coordinator stopped while this run was in flight";
-                if let Ok(next) = run.status.next(RunEvent::Interrupted) {
-                    self.store.transition(&run.id, run.status, next, Some(message)).await?;
-                    tracing::warn!(run = %run.id, "run interrupted by a coordinator restart");
-                }
+            if let Ok(next) = run.status.next(RunEvent::Interrupted) {
+                self.store.transition(&run.id, run.status, next, Some(message)).await?;
+                tracing::warn!(run = %run.id, "run interrupted by a coordinator restart");
             }
         }
         Ok(())
@@ -430,6 +474,19 @@ impl Coordinator {
                 base: base.clone(),
             })
             .collect();
+        let messages: Vec<OutboxTask> = tasks
+            .into_iter()
+            .map(|(shard, _)| {
+                outboxed(&TaskMessage {
+                    version: PROTOCOL_VERSION,
+                    task_id: format!("{run_id}/shard-{}", shard.index),
+                    run_id: run_id.to_string(),
+                    sync: spec.clone(),
+                    kind: TaskKind::Shard(shard),
+                    run_started_at_ms: run.created_at,
+                })
+            })
+            .collect();
         if !self
             .store
             .begin_processing(
@@ -438,6 +495,7 @@ impl Coordinator {
                 report.null_keys,
                 &report.null_key_rows,
                 &rows,
+                &messages,
             )
             .await?
         {
@@ -447,19 +505,14 @@ impl Coordinator {
             run = run_id,
             rows = report.rows_queried,
             null_keys = report.null_keys,
-            shards = tasks.len(),
+            shards = messages.len(),
             "extraction done; shards queued"
         );
-        for (shard, _) in tasks {
-            let task = TaskMessage {
-                version: PROTOCOL_VERSION,
-                task_id: format!("{run_id}/shard-{}", shard.index),
-                run_id: run_id.to_string(),
-                sync: spec.clone(),
-                kind: TaskKind::Shard(shard),
-                run_started_at_ms: run.created_at,
-            };
-            if let Err(error) = self.publish_task(&task).await {
+        for (published, task) in messages.iter().enumerate() {
+            if published == 1 {
+                crash_point("during-shard-publishes");
+            }
+            if let Err(error) = self.publish(task).await {
                 return self
                     .fail_run(run_id, &format!("could not queue shard tasks: {error}"))
                     .await;
@@ -496,6 +549,7 @@ impl Coordinator {
                     _ => unreachable!("matched above"),
                 };
                 if run.status == RunStatus::Processing && run.shards_done >= run.shards_total {
+                    crash_point("before-finish");
                     self.finish(&run).await?;
                 }
             }
@@ -520,14 +574,19 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Ends a run whose shards are all in: processing → reporting → its
+    /// outcome. A run found in reporting (a crash inside `finish`) goes on
+    /// from there.
     async fn finish(&self, run: &RunRecord) -> Result<(), StoreError> {
-        if !self
-            .store
-            .transition(&run.id, RunStatus::Processing, RunStatus::Reporting, None)
-            .await?
+        if run.status == RunStatus::Processing
+            && !self
+                .store
+                .transition(&run.id, RunStatus::Processing, RunStatus::Reporting, None)
+                .await?
         {
             return Ok(());
         }
+        crash_point("inside-finish");
         let rejected = run.failed.total();
         let nothing_succeeded = run.planned.total() > 0 && run.succeeded.total() == 0 && rejected > 0;
         let event = RunEvent::Completed {
@@ -559,6 +618,73 @@ impl Coordinator {
             self.run_ended(&run.id, status);
         }
         Ok(())
+    }
+}
+
+fn extract_task(run: &RunRecord, spec: SyncSpec) -> TaskMessage {
+    TaskMessage {
+        version: PROTOCOL_VERSION,
+        task_id: format!("{}/extract", run.id),
+        run_id: run.id.clone(),
+        sync: spec,
+        kind: TaskKind::Extract,
+        run_started_at_ms: run.created_at,
+    }
+}
+
+fn outboxed(task: &TaskMessage) -> OutboxTask {
+    OutboxTask {
+        task_id: task.task_id.clone(),
+        run_id: task.run_id.clone(),
+        payload: protocol::encode(task),
+    }
+}
+
+/// Fault-injection hook of the fault suite: `EBB_FAULT_CRASH_AT=NAME` stops the
+/// process dead at the point called NAME, as a crash would.
+fn crash_point(name: &str) {
+    if std::env::var("EBB_FAULT_CRASH_AT").is_ok_and(|at| at == name) {
+        eprintln!("EBB_FAULT_CRASH_AT={name}: stopping here");
+        std::process::abort();
+    }
+}
+
+/// How long a run may stay in flight before it is interrupted
+/// (`EBB_RUN_DEADLINE`, e.g. `6h`; one day by default).
+fn run_deadline() -> Duration {
+    std::env::var("EBB_RUN_DEADLINE")
+        .ok()
+        .and_then(|text| humantime::parse_duration(&text).ok())
+        .unwrap_or(Duration::from_secs(24 * 3600))
+}
+
+/// What the reconciler does for a run in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    Nothing,
+    /// Queued with no extraction started (a crash between creating the run
+    /// and starting it).
+    StartQuerying,
+    /// Every shard is in, or it was being reported: finish it.
+    Finish,
+    Interrupt(String),
+}
+
+/// The reconciler's decision for one run, from its record alone.
+pub fn repair(run: &RunRecord, now_ms: i64, deadline: Duration) -> Repair {
+    let age = Duration::from_millis((now_ms - run.created_at).max(0) as u64);
+    if age > deadline {
+        return Repair::Interrupt(format!(
+            "the run was still {} after {}, past its deadline (EBB_RUN_DEADLINE)",
+            run.status,
+            humantime::format_duration(Duration::from_secs(deadline.as_secs()))
+        ));
+    }
+    match run.status {
+        RunStatus::Queued if age > Duration::from_secs(10) => Repair::StartQuerying,
+        RunStatus::Processing if run.shards_done >= run.shards_total => Repair::Finish,
+        RunStatus::Reporting => Repair::Finish,
+        _ => Repair::Nothing,
     }
 }
 
@@ -667,5 +793,57 @@ mod tests {
             assert!(!failure_matters(TaskRef::Shard(1), terminal, Some("pending")));
             assert!(!failure_matters(TaskRef::Extract, terminal, None));
         }
+    }
+
+    fn run(status: RunStatus, age_s: i64, shards_done: u64, shards_total: u64) -> (RunRecord, i64) {
+        let created_at = 1_000_000;
+        let record = RunRecord {
+            id: "r".into(),
+            sync: "s".into(),
+            status,
+            trigger: "manual".into(),
+            schedule_tick: None,
+            full_resync: false,
+            reset_cdc: false,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            rows_queried: 0,
+            invalid_null: 0,
+            invalid_duplicate: 0,
+            planned: Default::default(),
+            succeeded: Default::default(),
+            failed: Default::default(),
+            shards_total,
+            shards_done,
+        };
+        (record, created_at + age_s * 1000)
+    }
+
+    #[test]
+    fn the_reconciler_moves_on_exactly_the_runs_a_crash_left_behind() {
+        let day = Duration::from_secs(86_400);
+        let decide = |status, age, done, total| {
+            let (record, now) = run(status, age, done, total);
+            repair(&record, now, day)
+        };
+        assert_eq!(
+            decide(RunStatus::Queued, 1, 0, 0),
+            Repair::Nothing,
+            "a fresh run is being started"
+        );
+        assert_eq!(decide(RunStatus::Queued, 60, 0, 0), Repair::StartQuerying);
+        assert_eq!(decide(RunStatus::Querying, 600, 0, 0), Repair::Nothing);
+        assert_eq!(decide(RunStatus::Processing, 60, 2, 3), Repair::Nothing);
+        assert_eq!(decide(RunStatus::Processing, 60, 3, 3), Repair::Finish);
+        assert_eq!(decide(RunStatus::Reporting, 60, 3, 3), Repair::Finish);
+        let Repair::Interrupt(reason) = decide(RunStatus::Processing, 86_401, 1, 3) else {
+            panic!("a run past its deadline is interrupted");
+        };
+        assert!(
+            reason.contains("past its deadline") && reason.contains("1day"),
+            "{reason}"
+        );
     }
 }

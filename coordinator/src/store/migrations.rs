@@ -74,6 +74,19 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
     // Each committed shard names its row file: the outcome of every row.
     &["ALTER TABLE ebb_run_shards ADD COLUMN rows_key TEXT"],
+    // A transactional outbox: every task is written in the transaction that
+    // moves its run, and published after; a coordinator that crashed in
+    // between publishes it on its next start (tasks are idempotent).
+    &[
+        "CREATE TABLE ebb_task_outbox (
+        task_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        published_at BIGINT
+    )",
+        "CREATE INDEX ebb_task_outbox_by_run ON ebb_task_outbox (run_id)",
+    ],
 ];
 
 pub(super) async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@
 mod migrations;
 mod records;
 
-pub use records::{pointer_base, CommitOutcome, NewRun, RunRecord, RunRow, ShardPlanRow};
+pub use records::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, RunRow, ShardPlanRow};
 
 use crate::run::state::{RunStatus, ACTIVE};
 use ebb_shared::hashing::HashRange;
@@ -216,6 +216,7 @@ impl StateStore {
         null_keys: u64,
         null_key_rows: &[NullKeyRow],
         shards: &[ShardPlanRow],
+        tasks: &[OutboxTask],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
@@ -251,8 +252,76 @@ impl StateStore {
         for row in null_key_rows {
             insert_run_row(&mut tx, run_id, "", "invalid", None, &row.reason()).await?;
         }
+        for task in tasks {
+            insert_outbox(&mut tx, task).await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Moves a queued run to querying and writes its extract task to the
+    /// outbox, in one transaction.
+    pub async fn begin_querying(&self, run_id: &str, task: &OutboxTask) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let updated = sqlx::query(
+            "UPDATE ebb_runs SET status = $1, started_at = COALESCE(started_at, $2) WHERE id = $3 AND status = $4",
+        )
+        .bind(RunStatus::Querying.as_str())
+        .bind(now)
+        .bind(run_id)
+        .bind(RunStatus::Queued.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            return Ok(false);
+        }
+        insert_outbox(&mut tx, task).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn mark_published(&self, task_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE ebb_task_outbox SET published_at = $1 WHERE task_id = $2")
+            .bind(now_ms())
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Tasks of runs in flight written before `before_ms` and never published.
+    pub async fn unpublished_tasks(&self, before_ms: i64) -> Result<Vec<OutboxTask>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT o.task_id, o.run_id, o.payload FROM ebb_task_outbox o JOIN ebb_runs r ON r.id = o.run_id \
+             WHERE o.published_at IS NULL AND o.created_at < $1 AND r.status IN ({}) ORDER BY o.created_at, o.task_id",
+            status_list(&ACTIVE)
+        ))
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxTask {
+                    task_id: row.try_get("task_id")?,
+                    run_id: row.try_get("run_id")?,
+                    payload: records::from_hex(&row.try_get::<String, _>("payload")?)
+                        .ok_or_else(|| StoreError::Corrupt("an outbox payload is not hex".into()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the outbox rows of runs that ended: nothing will publish them.
+    pub async fn prune_outbox(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query(&format!(
+            "DELETE FROM ebb_task_outbox WHERE run_id IN (SELECT id FROM ebb_runs WHERE status NOT IN ({}))",
+            status_list(&ACTIVE)
+        ))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Accepts one shard result: moves the snapshot pointers of its range, adds
@@ -529,6 +598,20 @@ async fn insert_pointer(
     .bind(range.last_hex())
     .bind(object_key)
     .bind(run_id)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+async fn insert_outbox(connection: &mut sqlx::AnyConnection, task: &OutboxTask) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO ebb_task_outbox (task_id, run_id, payload, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (task_id) DO NOTHING",
+    )
+    .bind(&task.task_id)
+    .bind(&task.run_id)
+    .bind(records::to_hex(&task.payload))
+    .bind(now_ms())
     .execute(&mut *connection)
     .await?;
     Ok(())

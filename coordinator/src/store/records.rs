@@ -124,3 +124,26 @@ pub fn pointer_base<'a>(range: &HashRange, pointers: impl Iterator<Item = &'a Sn
     parts.sort();
     parts.join(";")
 }
+
+/// A task as the outbox keeps it: encoded, ready to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTask {
+    pub task_id: String,
+    pub run_id: String,
+    pub payload: Vec<u8>,
+}
+
+/// Bytes as text both SQLite and PostgreSQL take through one query.
+pub(super) fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(super) fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
