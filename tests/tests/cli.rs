@@ -98,18 +98,29 @@ fn quickstart_sends_everything_then_only_the_changes() {
     assert!(table.contains("995 more (showing 5 of 1,000)"), "{table}");
 
     // Piped into `head`, a long listing stops quietly.
-    let mut piped = ebb_command()
+    let mut export = ebb_command();
+    export
         .args(["runs", "rows", &first_run, "--format", "csv", "--config"])
-        .arg(&config)
+        .arg(&config);
+    let ended = with_stdout_closed(export);
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Runs a command whose reader has gone away before it writes a byte.
+fn with_stdout_closed(mut command: std::process::Command) -> std::process::Output {
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    drop(piped.stdout.take());
-    let ended = piped.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&ended.stderr);
-    assert_eq!(ended.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 fn ebb_output(args: &[&str]) -> (i32, String, String) {
@@ -206,14 +217,9 @@ fn help_version_completions_and_exit_statuses_are_what_scripts_need() {
     assert!(stdout.contains("FAILED"), "{stdout}");
 
     // Piped into a reader that is gone, output ends quietly.
-    let mut piped = ebb_command()
-        .args(["completions", "bash"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(piped.stdout.take());
-    let ended = piped.wait_with_output().unwrap();
+    let mut completions = ebb_command();
+    completions.args(["completions", "bash"]);
+    let ended = with_stdout_closed(completions);
     assert_eq!(ended.status.code(), Some(0));
     assert!(ended.stderr.is_empty(), "{}", String::from_utf8_lossy(&ended.stderr));
 }
@@ -335,18 +341,13 @@ syncs:
         .await
         .unwrap();
     let run_id = trigger["id"].as_str().expect("a run id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
     let run = loop {
-        let run: Value = http
-            .get(format!("{api}/api/v1/runs/{run_id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run = get_json(&http, &format!("{api}/api/v1/runs/{run_id}")).await;
         if run["status"] == "success" || run["status"] == "failed" {
             break run;
         }
+        assert!(Instant::now() < deadline, "the run did not end within 30s: {run}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(run["status"], "success", "{run}");
@@ -363,14 +364,7 @@ syncs:
     // The scheduled sync runs once per tick, never two runs at once.
     let deadline = Instant::now() + Duration::from_secs(30);
     let runs = loop {
-        let runs: Value = http
-            .get(format!("{api}/api/v1/syncs/every-second/runs?limit=50"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let runs = get_json(&http, &format!("{api}/api/v1/syncs/every-second/runs?limit=50")).await;
         let runs = runs["data"].as_array().unwrap().clone();
         if runs.iter().filter(|r| r["finishedAt"].is_string()).count() >= 3 {
             break runs;
@@ -457,14 +451,7 @@ syncs:
         stderr.contains("is in use by another Ebb process") && stderr.contains("--api-url"),
         "{stderr}"
     );
-    let still: Value = http
-        .get(format!("{api}/api/v1/runs/{slow_run}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let still = get_json(&http, &format!("{api}/api/v1/runs/{slow_run}")).await;
     assert!(
         ["queued", "querying", "processing"].contains(&still["status"].as_str().unwrap()),
         "the standalone's run was disturbed: {still}"
