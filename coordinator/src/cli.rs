@@ -359,12 +359,8 @@ impl Target {
         }
         let config = self.config.load()?;
         let data_dir = self.config.data_dir();
-        if !data_dir.join("state.db").exists() {
-            anyhow::bail!(
-                "no runs yet: {} has no state (run a sync first, or pass --api-url for a coordinator)",
-                data_dir.display()
-            );
-        }
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         Ok(Backend::Embedded(
             runtime::open_embedded_state(config, &data_dir).await?,
         ))

@@ -240,11 +240,18 @@ fn rows_with_a_null_key_are_listed_like_the_other_invalid_rows() {
          destinations:\n  d: { type: jsonl, path: out.jsonl }\nsyncs:\n  s: { model: people, destination: d, mode: upsert }\n",
     )
     .unwrap();
+    // Even with every info log asked for, logs stay text on stderr: stdout is
+    // the command's JSON alone.
     let run = ebb_command()
         .args(["sync", "run", "s", "--json", "--config"])
         .arg(&config)
+        .env("EBB_LOG", "info")
+        .env_remove("EBB_LOG_FORMAT")
         .output()
         .unwrap();
+    let logs = String::from_utf8_lossy(&run.stderr);
+    assert!(logs.contains("INFO"), "info logs were asked for: {logs}");
+    assert!(!logs.lines().any(|l| l.starts_with('{')), "JSON log lines: {logs}");
     let run: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(run["status"], "warning", "{run}");
     assert_eq!(run["invalidRows"]["nullKeyCount"], 2, "{run}");
