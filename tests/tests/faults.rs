@@ -259,3 +259,75 @@ async fn a_coordinator_crash_in_any_window_leaves_no_run_behind() {
         pool.close().await;
     }
 }
+
+/// `/readyz` answers 200 only while the state database and the broker both
+/// answer, and names the part that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reflects_the_state_database_and_the_broker() {
+    use ebb_coordinator::api::{router, ApiState};
+    use ebb_coordinator::leases::LocalLeases;
+    use ebb_coordinator::run::Coordinator;
+    use ebb_coordinator::store::StateStore;
+    use ebb_shared::queue::{AmqpQueue, AmqpSettings};
+
+    ebb_tests::services::require_rabbitmq().await;
+    let broker = FaultProxy::start("127.0.0.1:5672").await;
+    let prefix = format!("ready{}.", rand::random::<u32>());
+    let url = format!("amqp://guest:guest@{}/%2f", broker.address);
+    let queue = Arc::new(
+        AmqpQueue::connect(AmqpSettings::new(url).with_prefix(prefix.clone()))
+            .await
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
+        .await
+        .unwrap();
+    let config = Arc::new(
+        Config::from_yaml_str(
+            Path::new("r.yaml"),
+            "destinations:\n  d: { type: jsonl, path: out.jsonl }\n",
+            dir.path(),
+        )
+        .unwrap(),
+    );
+    let coordinator = Coordinator::new(store.clone(), queue.clone(), None, config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = router(ApiState {
+        coordinator,
+        leases: LocalLeases::default(),
+        token: None,
+    });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let readyz = || async move {
+        let response = reqwest::get(format!("http://{address}/readyz")).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"ready": true, "database": "ok", "queue": "ok"})
+    );
+
+    // The broker goes away: not ready, and the queue is named.
+    broker.refuse_next(u32::MAX);
+    broker.cut();
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["database"], "ok", "{body}");
+    assert!(body["queue"]["error"].is_string(), "{body}");
+
+    // The database goes away too.
+    store.close().await;
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["database"]["error"].is_string(), "{body}");
+
+    server.abort();
+    drop(broker);
+    ebb_tests::services::delete_rabbitmq_queues(&ebb_tests::services::rabbitmq_url(), &prefix);
+}

@@ -42,6 +42,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(protected)
         .with_state(state)
@@ -78,6 +79,26 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
         }
     }
     next.run(request).await
+}
+
+/// 200 when the state database and the queue answer, else 503 naming what does not.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let readiness = state.coordinator.readiness().await;
+    let part = |result: &Result<(), String>| match result {
+        Ok(()) => serde_json::json!("ok"),
+        Err(error) => serde_json::json!({ "error": error }),
+    };
+    let body = serde_json::json!({
+        "ready": readiness.is_ready(),
+        "database": part(&readiness.database),
+        "queue": part(&readiness.queue),
+    });
+    let status = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {

@@ -92,6 +92,23 @@ impl Coordinator {
         &self.store
     }
 
+    /// Whether this coordinator can do its work now: its state database and
+    /// its queue both answer (within 5 s). Each failing part names its error.
+    pub async fn readiness(&self) -> Readiness {
+        let within = Duration::from_secs(5);
+        let database = match tokio::time::timeout(within, self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {within:?}")),
+        };
+        let queue = match tokio::time::timeout(within, self.queue.depth(QueueName::Tasks)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {within:?}")),
+        };
+        Readiness { database, queue }
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -685,6 +702,19 @@ pub fn repair(run: &RunRecord, now_ms: i64, deadline: Duration) -> Repair {
         RunStatus::Processing if run.shards_done >= run.shards_total => Repair::Finish,
         RunStatus::Reporting => Repair::Finish,
         _ => Repair::Nothing,
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub database: Result<(), String>,
+    pub queue: Result<(), String>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.database.is_ok() && self.queue.is_ok()
     }
 }
 

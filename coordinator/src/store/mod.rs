@@ -551,6 +551,12 @@ impl StateStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Answers when the database does (for readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 async fn fetch_run<'e, E>(executor: E, run_id: &str) -> Result<Option<RunRecord>, StoreError>
