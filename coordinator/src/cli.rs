@@ -125,6 +125,9 @@ enum Command {
         /// Tasks this worker runs at once.
         #[arg(long, default_value_t = 2, env = "EBB_WORKER_CONCURRENCY")]
         concurrency: usize,
+        /// Serve /healthz, /readyz (the queue answers) and /metrics on this address (e.g. 0.0.0.0:9090).
+        #[arg(long, env = "EBB_WORKER_LISTEN")]
+        listen: Option<String>,
     },
     /// Syncs: run one now, or list them.
     #[command(subcommand)]
@@ -490,6 +493,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             coordinator_url,
             worker_id,
             concurrency,
+            listen,
         } => {
             let worker_id = worker_id.unwrap_or_else(|| {
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
@@ -503,7 +507,25 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 concurrency.max(1),
             )
             .await?;
+            let health = match (&listen, runtime.workers.first()) {
+                (Some(address), Some(worker)) => {
+                    let listener = tokio::net::TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("cannot listen on {address} (set --listen or EBB_WORKER_LISTEN)"))?;
+                    tracing::info!(address = %listener.local_addr()?, "health and metrics listening");
+                    let router = crate::api::worker_router(worker.clone());
+                    Some(tokio::spawn(async move {
+                        if let Err(error) = axum::serve(listener, router).await {
+                            tracing::error!(%error, "health listener stopped");
+                        }
+                    }))
+                }
+                _ => None,
+            };
             shutdown_signal().await;
+            if let Some(health) = health {
+                health.abort();
+            }
             tracing::info!("shutting down; finishing tasks in flight");
             runtime.shutdown(Duration::from_secs(60)).await;
             Ok(ExitCode::SUCCESS)

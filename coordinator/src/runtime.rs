@@ -42,6 +42,8 @@ pub struct Runtime {
     tasks: Vec<JoinHandle<()>>,
     /// The embedded data directory's lock, held while this runtime runs.
     _data_dir_lock: Option<std::fs::File>,
+    /// The workers this process runs, for their health and metrics.
+    pub workers: Vec<Arc<Worker>>,
 }
 
 impl Runtime {
@@ -52,6 +54,7 @@ impl Runtime {
             shutdown: watch::channel(false).0,
             tasks: Vec::new(),
             _data_dir_lock: None,
+            workers: Vec::new(),
         }
     }
 
@@ -117,6 +120,7 @@ impl Runtime {
             let mut settings = WorkerSettings::new(worker_id);
             settings.concurrency = concurrency;
             let worker = Arc::new(Worker::new(settings, queue.clone(), storage.clone(), leases.clone()));
+            self.workers.push(worker.clone());
             let signal = self.shutdown_signal();
             self.spawn("worker", async move { Ok(worker.run(signal).await?) });
         }

@@ -112,6 +112,11 @@ impl Fleet {
     }
 
     pub fn add_worker(&mut self) {
+        self.add_worker_with_args(&[]);
+    }
+
+    /// A worker with more command-line options (`--listen ADDRESS`).
+    pub fn add_worker_with_args(&mut self, extra_args: &[&str]) {
         let name = format!("worker-{}", self.workers.len());
         let mut env = vec![
             ("EBB_QUEUE_URL", self.queue_url.clone()),
@@ -124,7 +129,7 @@ impl Fleet {
         env.extend(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let worker = EbbProcess::spawn(
             &name,
-            &["worker", "--worker-id", &name, "--concurrency", "2"],
+            &[&["worker", "--worker-id", &name, "--concurrency", "2"][..], extra_args].concat(),
             &env,
             self.dir.path(),
         );

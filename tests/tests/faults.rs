@@ -331,3 +331,61 @@ async fn readiness_reflects_the_state_database_and_the_broker() {
     drop(broker);
     ebb_tests::services::delete_rabbitmq_queues(&ebb_tests::services::rabbitmq_url(), &prefix);
 }
+
+/// A worker of a fleet serves its own health, readiness and metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_its_health_readiness_and_metrics() {
+    use ebb_tests::fleet::Fleet;
+
+    let database = fresh_postgres_database("health").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 300).await;
+    let sink = Sink::start().await;
+    let config = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 100 }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 2 }}\n",
+        database.url,
+        sink.url()
+    );
+    let mut fleet = Fleet::start(&config, 0).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    fleet.add_worker_with_args(&["--listen", &address]);
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http.get(format!("http://{address}/healthz")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker's health listener did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = http.get(format!("http://{address}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let run_id = fleet.trigger("people-api").await;
+    let run = fleet.wait_run(&run_id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let metrics = http
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "ebb_worker_tasks_total{kind=\"extract\",outcome=\"done\"} 1",
+        "ebb_worker_tasks_total{kind=\"shard\",outcome=\"done\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    drop(fleet);
+    pool.close().await;
+}

@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod mapping;
+pub mod metrics;
 pub mod runtime;
 pub mod shard;
 pub mod sources;

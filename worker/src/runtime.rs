@@ -6,6 +6,7 @@ use crate::delivery::RetryPolicy;
 use crate::error::TaskError;
 use crate::limits::{LeaseProvider, Limiters};
 use crate::mapping::RunContext;
+use crate::metrics::WorkerMetrics;
 use crate::shard::{process_shard, ShardContext};
 use ebb_shared::protocol::{
     self, ResultMessage, ShardProgress, TaskFailure, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
@@ -50,6 +51,13 @@ impl WorkerSettings {
     }
 }
 
+fn task_kind(task: &TaskMessage) -> &'static str {
+    match task.kind {
+        TaskKind::Extract => "extract",
+        TaskKind::Shard(_) => "shard",
+    }
+}
+
 /// What a worker does with a task that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedTask {
@@ -76,6 +84,7 @@ pub struct Worker {
     storage: Storage,
     leases: Arc<dyn LeaseProvider>,
     limiters: Limiters,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Worker {
@@ -91,6 +100,20 @@ impl Worker {
             storage,
             leases,
             limiters: Limiters::default(),
+            metrics: Arc::new(WorkerMetrics::default()),
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Whether this worker can take tasks now: its queue answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.queue.depth(QueueName::Tasks)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the queue gave no answer within 5s".into()),
         }
     }
 
@@ -124,6 +147,7 @@ impl Worker {
                 // This worker cannot run it (a newer kind of task?). To the
                 // dead-letter queue, where the coordinator fails its run by name.
                 tracing::error!(%error, "an undecodable task goes to the dead-letter queue");
+                self.metrics.task("unknown", "rejected");
                 if let Err(error) = delivery.reject().await {
                     tracing::warn!(%error, "could not reject the task; it will come back");
                 }
@@ -152,6 +176,7 @@ impl Worker {
                         retry_in_ms = wait.as_millis() as u64,
                         "task failed on a transient fault; it goes back to the queue"
                     );
+                    self.metrics.task(task_kind(&task), "retried");
                     tokio::time::sleep(wait).await;
                     if let Err(error) = delivery.requeue().await {
                         tracing::warn!(task = %task.task_id, %error, "could not return the task; the broker will");
@@ -180,6 +205,12 @@ impl Worker {
             attempt,
             outcome,
         };
+        let outcome = if matches!(result.outcome, TaskOutcome::Failed(_)) {
+            "failed"
+        } else {
+            "done"
+        };
+        self.metrics.task(task_kind(&task), outcome);
         let message = OutgoingMessage::traced(protocol::encode(&result));
         match self.queue.publish(QueueName::Results, message).await {
             Ok(()) => {

@@ -48,6 +48,42 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// A worker's own listener: `/healthz` (the process runs), `/readyz` (its
+/// queue answers) and `/metrics`.
+pub fn worker_router(worker: Arc<ebb_worker::Worker>) -> Router {
+    let ready = worker.clone();
+    let metrics = worker;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let worker = ready.clone();
+                async move {
+                    match worker.ready().await {
+                        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"ready": true, "queue": "ok"}))),
+                        Err(error) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(serde_json::json!({"ready": false, "queue": {"error": error}})),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let worker = metrics.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        worker.metrics().render(),
+                    )
+                }
+            }),
+        )
+}
+
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
