@@ -123,6 +123,10 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+async fn post_json(http: &reqwest::Client, url: &str, body: Value) -> Value {
+    http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
+}
+
 fn ebb_output(args: &[&str]) -> (i32, String, String) {
     let output = ebb_command().args(args).output().unwrap();
     (
@@ -338,15 +342,12 @@ syncs:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let trigger: Value = http
-        .post(format!("{api}/api/v1/syncs/manual/trigger"))
-        .json(&serde_json::json!({"fullResync": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trigger = post_json(
+        &http,
+        &format!("{api}/api/v1/syncs/manual/trigger"),
+        serde_json::json!({"fullResync": false}),
+    )
+    .await;
     let run_id = trigger["id"].as_str().expect("a run id").to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     let run = loop {
@@ -427,15 +428,12 @@ syncs:
         latency: Duration::from_millis(300),
         ..Behavior::default()
     });
-    let trigger: Value = http
-        .post(format!("{api}/api/v1/syncs/slow/trigger"))
-        .json(&serde_json::json!({"fullResync": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trigger = post_json(
+        &http,
+        &format!("{api}/api/v1/syncs/slow/trigger"),
+        serde_json::json!({"fullResync": true}),
+    )
+    .await;
     let slow_run = trigger["id"].as_str().unwrap().to_string();
 
     // Beside the running standalone, on its data directory: reading runs works
