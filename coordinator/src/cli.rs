@@ -2,6 +2,7 @@
 
 use crate::api::views::{List, RunView, SyncView, TriggerBody};
 use crate::client::Backend;
+use crate::janitor::GcSettings;
 use crate::output;
 use crate::run::rows::{RowFilter, RowsFormat};
 use crate::runtime;
@@ -91,6 +92,8 @@ enum Command {
         /// Workers to run inside this process.
         #[arg(long, default_value_t = 2, env = "EBB_WORKERS")]
         workers: usize,
+        #[command(flatten)]
+        gc: GcArgs,
     },
     /// The coordinator of a fleet: plans runs, commits results, serves the API. Needs PostgreSQL and RabbitMQ.
     Coordinator {
@@ -108,6 +111,8 @@ enum Command {
         /// (`ebb runs rows`); without it only samples of rejected and invalid rows are kept.
         #[arg(long, env = "EBB_STORE_URL")]
         store_url: Option<String>,
+        #[command(flatten)]
+        gc: GcArgs,
     },
     /// A stateless worker of a fleet: extracts, diffs and delivers. Start as many as you like, on any hosts.
     Worker {
@@ -274,6 +279,34 @@ impl QueueArgs {
         runtime::QueueSettings {
             url: self.queue_url.clone(),
             prefix: self.queue_prefix.clone(),
+        }
+    }
+}
+
+/// What the janitor keeps, and for how long.
+#[derive(Args, Clone)]
+struct GcArgs {
+    /// How long ended runs, their row results and row files are kept (each sync's latest run stays).
+    #[arg(long, default_value = "30d", env = "EBB_RETENTION", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    retention: Duration,
+    /// How long an unreferenced snapshot object stays before deletion; longer than EBB_RUN_DEADLINE.
+    #[arg(long, default_value = "25h", env = "EBB_GC_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    gc_grace: Duration,
+    /// How long after a run ended its chunks, checkpoints and losing attempts' row files are deleted.
+    #[arg(long, default_value = "10m", env = "EBB_GC_RUN_FILES_AFTER", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    gc_run_files_after: Duration,
+    /// How often the janitor sweeps the object store.
+    #[arg(long, default_value = "10m", env = "EBB_GC_EVERY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    gc_every: Duration,
+}
+
+impl GcArgs {
+    fn settings(&self) -> GcSettings {
+        GcSettings {
+            retention: self.retention,
+            grace: self.gc_grace,
+            run_files_after: self.gc_run_files_after,
+            every: self.gc_every,
         }
     }
 }
@@ -470,9 +503,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             listen,
             workers,
+            gc,
         } => {
             let loaded = config.load()?;
-            let runtime = runtime::start_embedded(loaded, &config.data_dir(), workers.max(1), 2).await?;
+            let mut runtime = runtime::start_embedded(loaded, &config.data_dir(), workers.max(1), 2).await?;
+            runtime.start_janitor(gc.settings())?;
             serve_until_signal(runtime, &listen).await
         }
         Command::Coordinator {
@@ -481,10 +516,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             queue,
             listen,
             store_url,
+            gc,
         } => {
             let loaded = config.load()?;
-            let runtime =
+            let mut runtime =
                 runtime::start_coordinator(loaded, &state_url, &queue.settings(), store_url.as_deref()).await?;
+            runtime.start_janitor(gc.settings())?;
             serve_until_signal(runtime, &listen).await
         }
         Command::Worker {

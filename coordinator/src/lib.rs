@@ -8,6 +8,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod janitor;
 pub mod leases;
 pub mod metrics;
 pub mod output;

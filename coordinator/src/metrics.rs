@@ -13,6 +13,12 @@ pub struct Metrics {
     pub rows: Family<Vec<(String, String)>, Counter>,
     pub results_received: Family<Vec<(String, String)>, Counter>,
     pub runs_active: Gauge,
+    /// Unix time of each sync's last run that ended successful (or with a
+    /// warning): alert when it falls too far behind (freshness).
+    pub sync_last_success: Family<Vec<(String, String)>, Gauge>,
+    pub gc_objects_deleted: Counter,
+    pub gc_runs_expired: Counter,
+    pub gc_sweeps_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -23,8 +29,36 @@ impl Default for Metrics {
         let rows = Family::default();
         let results_received = Family::default();
         let runs_active = Gauge::default();
+        let sync_last_success = Family::default();
+        let gc_objects_deleted = Counter::default();
+        let gc_runs_expired = Counter::default();
+        let gc_sweeps_failed = Counter::default();
         registry.register("runs_started", "Runs started", runs_started.clone());
-        registry.register("runs_finished", "Runs finished, by status", runs_finished.clone());
+        registry.register(
+            "runs_finished",
+            "Runs finished, by sync and status",
+            runs_finished.clone(),
+        );
+        registry.register(
+            "sync_last_success_timestamp_seconds",
+            "When each sync's last successful run ended (Unix seconds)",
+            sync_last_success.clone(),
+        );
+        registry.register(
+            "gc_objects_deleted",
+            "Objects the janitor deleted",
+            gc_objects_deleted.clone(),
+        );
+        registry.register(
+            "gc_runs_expired",
+            "Runs deleted past their retention",
+            gc_runs_expired.clone(),
+        );
+        registry.register(
+            "gc_sweeps_failed",
+            "Janitor sweeps that stopped on an error",
+            gc_sweeps_failed.clone(),
+        );
         registry.register(
             "rows",
             "Rows planned, succeeded and failed, by operation and outcome",
@@ -43,6 +77,10 @@ impl Default for Metrics {
             rows,
             results_received,
             runs_active,
+            sync_last_success,
+            gc_objects_deleted,
+            gc_runs_expired,
+            gc_sweeps_failed,
         }
     }
 }

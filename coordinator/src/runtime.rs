@@ -3,6 +3,7 @@
 //! services (`ebb coordinator`, `ebb worker`). Nothing in the sync path knows
 //! which (invariant 10).
 
+use crate::janitor::{GcSettings, Janitor};
 use crate::leases::LocalLeases;
 use crate::run::Coordinator;
 use crate::store::StateStore;
@@ -97,6 +98,44 @@ impl Runtime {
             }
         });
         self.coordinator = Some(coordinator);
+    }
+
+    /// Sweeps the object store every `settings.every` (the first sweep a
+    /// tenth of that after start). Needs a coordinator that has the store.
+    pub fn start_janitor(&mut self, settings: GcSettings) -> anyhow::Result<()> {
+        let coordinator = self.coordinator.clone().expect("a coordinator runs here");
+        let settings = settings
+            .validated(crate::run::coordinator::run_deadline())
+            .map_err(anyhow::Error::msg)?;
+        let Some(storage) = coordinator.storage().cloned() else {
+            tracing::warn!(
+                "no object store given (--store-url): the janitor does not run and objects are never collected"
+            );
+            return Ok(());
+        };
+        let janitor = Janitor::new(coordinator.store().clone(), storage, settings);
+        let mut signal = self.shutdown_signal();
+        self.spawn("janitor", async move {
+            let mut wait = janitor.settings().every / 10;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = signal.changed() => return Ok(()),
+                }
+                wait = janitor.settings().every;
+                match janitor.sweep().await {
+                    Ok(report) => {
+                        coordinator.metrics.gc_objects_deleted.inc_by(report.objects_deleted);
+                        coordinator.metrics.gc_runs_expired.inc_by(report.runs_expired);
+                    }
+                    Err(error) => {
+                        coordinator.metrics.gc_sweeps_failed.inc();
+                        tracing::warn!(%error, "the janitor's sweep stopped; the next one goes on");
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     pub fn start_scheduler(&mut self) {

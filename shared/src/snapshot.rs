@@ -373,6 +373,55 @@ pub mod paths {
         )
     }
 
+    /// What an object of this layout is, for the janitor.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ObjectKind {
+        /// Extraction output of a run: read by its shard tasks only.
+        Chunks,
+        /// Delivery progress of a shard attempt: read by its redeliveries only.
+        Checkpoint,
+        /// Row outcomes of a shard attempt: read while its run is kept.
+        Rows,
+        /// A shard attempt's snapshot: read while a pointer names it.
+        Snapshot,
+    }
+
+    /// An object key taken apart: the sync and run it was written for.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ObjectRef<'a> {
+        pub sync: &'a str,
+        pub run_id: &'a str,
+        pub kind: ObjectKind,
+    }
+
+    /// Reads a key written by the functions of this module; `None` for any
+    /// other key, which the janitor never touches. Run ids hold no `/`.
+    pub fn parse(key: &str) -> Option<ObjectRef<'_>> {
+        let rest = key.strip_prefix("syncs/")?;
+        if let Some(at) = rest.rfind("/snapshots/") {
+            let (sync, tail) = (&rest[..at], &rest[at + "/snapshots/".len()..]);
+            let (run_id, file) = tail.split_once('/')?;
+            if !sync.is_empty() && !run_id.is_empty() && !file.is_empty() && !file.contains('/') {
+                return Some(ObjectRef {
+                    sync,
+                    run_id,
+                    kind: ObjectKind::Snapshot,
+                });
+            }
+        }
+        let at = rest.rfind("/runs/")?;
+        let (sync, tail) = (&rest[..at], &rest[at + "/runs/".len()..]);
+        let (run_id, tail) = tail.split_once('/')?;
+        let (folder, file) = tail.split_once('/')?;
+        let kind = match folder {
+            "chunks" => ObjectKind::Chunks,
+            "checkpoints" => ObjectKind::Checkpoint,
+            "rows" => ObjectKind::Rows,
+            _ => return None,
+        };
+        (!sync.is_empty() && !run_id.is_empty() && !file.is_empty()).then_some(ObjectRef { sync, run_id, kind })
+    }
+
     /// The outcome of every planned and invalid row of one shard attempt.
     pub fn rows(sync: &str, run_id: &str, range: &HashRange, attempt: &str) -> String {
         format!(
@@ -386,6 +435,33 @@ pub mod paths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_written_key_parses_back_to_its_sync_run_and_kind() {
+        use paths::{parse, ObjectKind};
+        let range = HashRange::FULL;
+        let cases = [
+            (paths::chunks("a/b", "r1", "t1", 3), ObjectKind::Chunks),
+            (paths::snapshot("a/b", "r1", &range, "t1"), ObjectKind::Snapshot),
+            (
+                format!("{}000001.ebb", paths::checkpoint_prefix("a/b", "r1", &range)),
+                ObjectKind::Checkpoint,
+            ),
+            (paths::rows("a/b", "r1", &range, "t1"), ObjectKind::Rows),
+        ];
+        for (key, kind) in cases {
+            let parsed = parse(&key).unwrap_or_else(|| panic!("{key} does not parse"));
+            assert_eq!((parsed.sync, parsed.run_id, parsed.kind), ("a/b", "r1", kind), "{key}");
+        }
+        for foreign in [
+            "other/x",
+            "syncs/s/runs/r/elsewhere/f",
+            "syncs/s/snapshots/r",
+            "syncs//runs/r/rows/f",
+        ] {
+            assert_eq!(parse(foreign), None, "{foreign}");
+        }
+    }
 
     #[test]
     fn files_back_to_back_read_as_one_and_a_cut_one_is_an_error() {

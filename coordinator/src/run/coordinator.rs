@@ -92,6 +92,11 @@ impl Coordinator {
         &self.store
     }
 
+    /// The fleet's object store, when this coordinator was given it.
+    pub fn storage(&self) -> Option<&Storage> {
+        self.storage.as_ref()
+    }
+
     /// Whether this coordinator can do its work now: its state database and
     /// its queue both answer (within 5 s). Each failing part names its error.
     pub async fn readiness(&self) -> Readiness {
@@ -273,21 +278,30 @@ impl Coordinator {
                 return Ok(());
             };
             if self.store.transition(run_id, run.status, next, error).await? {
-                self.run_ended(run_id, next);
+                self.run_ended(run_id, &run.sync, next);
                 return Ok(());
             }
         }
         Ok(())
     }
 
-    fn run_ended(&self, run_id: &str, status: RunStatus) {
+    fn run_ended(&self, run_id: &str, sync: &str, status: RunStatus) {
         self.metrics.runs_active.dec();
         self.metrics
             .runs_finished
-            .get_or_create(&vec![("status".to_string(), status.as_str().to_string())])
+            .get_or_create(&vec![
+                ("sync".to_string(), sync.to_string()),
+                ("status".to_string(), status.as_str().to_string()),
+            ])
             .inc();
+        if matches!(status, RunStatus::Success | RunStatus::Warning) {
+            self.metrics
+                .sync_last_success
+                .get_or_create(&vec![("sync".to_string(), sync.to_string())])
+                .set(chrono::Utc::now().timestamp());
+        }
         self.progress.lock().unwrap().remove(run_id);
-        tracing::info!(run = run_id, %status, "run finished");
+        tracing::info!(run = run_id, sync, %status, "run finished");
     }
 
     /// Picks up where a previous process left its runs. With a durable queue
@@ -632,7 +646,7 @@ impl Coordinator {
                         .await?;
                 }
             }
-            self.run_ended(&run.id, status);
+            self.run_ended(&run.id, &run.sync, status);
         }
         Ok(())
     }
@@ -668,7 +682,7 @@ fn crash_point(name: &str) {
 
 /// How long a run may stay in flight before it is interrupted
 /// (`EBB_RUN_DEADLINE`, e.g. `6h`; one day by default).
-fn run_deadline() -> Duration {
+pub fn run_deadline() -> Duration {
     std::env::var("EBB_RUN_DEADLINE")
         .ok()
         .and_then(|text| humantime::parse_duration(&text).ok())

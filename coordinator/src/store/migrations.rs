@@ -87,6 +87,13 @@ const MIGRATIONS: &[&[&str]] = &[
     )",
         "CREATE INDEX ebb_task_outbox_by_run ON ebb_task_outbox (run_id)",
     ],
+    // The janitor's memory: when each unreferenced object was first seen so,
+    // so that it is collected only a grace period later.
+    &["CREATE TABLE ebb_gc_candidates (
+        object_key TEXT PRIMARY KEY,
+        sync_name TEXT NOT NULL,
+        first_seen_at BIGINT NOT NULL
+    )"],
 ];
 
 pub(super) async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {

@@ -6,9 +6,11 @@
 //! each part of the hash space; they move in the same transaction that accepts a
 //! shard result (invariant 3), and together always cover the space exactly once.
 
+mod gc;
 mod migrations;
 mod records;
 
+pub use gc::SyncReferences;
 pub use records::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, RunRow, ShardPlanRow};
 
 use crate::run::state::{RunStatus, ACTIVE};
@@ -38,6 +40,15 @@ pub struct StateStore {
 enum Dialect {
     Sqlite,
     Postgres,
+}
+
+/// How long after its run ended a shard result may still move snapshot
+/// pointers (it says what the destination received, so the next run need not
+/// send it again): an hour, or the run deadline if that is shorter. Later
+/// results change nothing. The janitor's grace period is longer than the run
+/// deadline, so it never collects an object a commit may still name.
+pub fn late_commit_window() -> Duration {
+    crate::run::coordinator::run_deadline().min(Duration::from_secs(3600))
 }
 
 pub fn now_ms() -> i64 {
@@ -347,10 +358,19 @@ impl StateStore {
         if shard.try_get::<String, _>("status")? != "pending" {
             return Ok(CommitOutcome::Duplicate);
         }
+        // A late result of a run that ended long ago no longer moves pointers:
+        // the janitor may have collected its objects by now (see `janitor`).
+        let finished_at: Option<i64> = sqlx::query_scalar("SELECT finished_at FROM ebb_runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+        let too_late = finished_at.is_some_and(|at| now_ms() - at > late_commit_window().as_millis() as i64);
         let pointers = load_pointers(&mut tx, sync).await?;
         let overlapping: Vec<&SnapshotPointer> = pointers.iter().filter(|p| p.range.overlaps(&report.range)).collect();
-        let stale =
-            records::pointer_base(&report.range, overlapping.iter().copied()) != shard.try_get::<String, _>("base")?;
+        let stale = too_late
+            || records::pointer_base(&report.range, overlapping.iter().copied())
+                != shard.try_get::<String, _>("base")?;
         if !stale {
             for pointer in &overlapping {
                 sqlx::query("DELETE FROM ebb_snapshot_pointers WHERE sync_name = $1 AND range_start = $2")
