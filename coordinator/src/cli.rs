@@ -111,6 +111,10 @@ enum Command {
         /// (`ebb runs rows`); without it only samples of rejected and invalid rows are kept.
         #[arg(long, env = "EBB_STORE_URL")]
         store_url: Option<String>,
+        /// Where this coordinator's API answers for workers, when it leads (default: from --listen and HOSTNAME).
+        /// Run two or more coordinators on one state DB for high availability: one leads, the others stand by.
+        #[arg(long, env = "EBB_ADVERTISE_URL", value_name = "URL")]
+        advertise_url: Option<String>,
         #[command(flatten)]
         gc: GcArgs,
     },
@@ -469,11 +473,32 @@ async fn serve_until_signal(mut runtime: runtime::Runtime, listen: &str) -> anyh
         token: std::env::var("EBB_API_TOKEN").ok().filter(|t| !t.is_empty()),
     };
     let server = serve(listen, state).await?;
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let deposed = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = runtime.deposed() => Some(reason),
+    };
     server.abort();
+    if let Some(reason) = deposed {
+        // Nothing this process started as leader may go on: exit, and let the
+        // restart rejoin as a standby.
+        tracing::error!(%reason, "lost the leadership; exiting");
+        runtime.shutdown(Duration::from_secs(5)).await;
+        anyhow::bail!("lost the leadership: {reason}");
+    }
+    tracing::info!("shutting down");
     runtime.shutdown(Duration::from_secs(30)).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The API's address as other hosts reach it: `--listen`, with an unspecified
+/// host (0.0.0.0, [::]) replaced by this host's name.
+fn default_advertise_url(listen: &str) -> String {
+    let (host, port) = listen.rsplit_once(':').unwrap_or((listen, "8080"));
+    let host = match host {
+        "0.0.0.0" | "[::]" | "" => std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into()),
+        other => other.to_string(),
+    };
+    format!("http://{host}:{port}")
 }
 
 async fn serve(listen: &str, state: crate::api::ApiState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -516,11 +541,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             queue,
             listen,
             store_url,
+            advertise_url,
             gc,
         } => {
             let loaded = config.load()?;
-            let mut runtime =
-                runtime::start_coordinator(loaded, &state_url, &queue.settings(), store_url.as_deref()).await?;
+            let advertise_url = advertise_url.unwrap_or_else(|| default_advertise_url(&listen));
+            let mut runtime = runtime::start_coordinator(
+                loaded,
+                &state_url,
+                &queue.settings(),
+                store_url.as_deref(),
+                &advertise_url,
+            )
+            .await?;
             runtime.start_janitor(gc.settings())?;
             serve_until_signal(runtime, &listen).await
         }

@@ -142,6 +142,26 @@ pub struct LocalLeases {
     pub table: Arc<Mutex<LeaseTable>>,
     /// Where runs are, to tell workers whether theirs still runs.
     store: Option<StateStore>,
+    gate: Arc<Mutex<LeaseGate>>,
+}
+
+/// Whether this coordinator grants leases: only the leader does, and only
+/// once the leases of the leader before it have expired.
+#[derive(Debug, Clone, Default)]
+enum LeaseGate {
+    /// Grants (a coordinator that was never told otherwise: tests, embedded).
+    #[default]
+    Granting,
+    /// The leader, granting nothing before `from`.
+    LeadingFrom(Instant),
+    /// A standby: the worker should ask the leader, at this URL if known.
+    Standby(Option<String>),
+}
+
+/// A standby's refusal, naming the leader's API when it is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotLeader {
+    pub leader_url: Option<String>,
 }
 
 impl LocalLeases {
@@ -149,6 +169,27 @@ impl LocalLeases {
         LocalLeases {
             table: Arc::new(Mutex::new(LeaseTable::for_config(config))),
             store: None,
+            gate: Arc::default(),
+        }
+    }
+
+    /// Stops granting: another coordinator (at `leader_url`) leads.
+    pub fn stand_by(&self, leader_url: Option<String>) {
+        *self.gate.lock().unwrap() = LeaseGate::Standby(leader_url);
+    }
+
+    /// Starts granting, after `hold` (one lease TTL after a takeover).
+    pub fn lead(&self, hold: Duration) {
+        *self.gate.lock().unwrap() = LeaseGate::LeadingFrom(Instant::now() + hold);
+    }
+
+    /// `Err` on a standby: lease calls belong to the leader.
+    pub fn check_leading(&self) -> Result<(), NotLeader> {
+        match &*self.gate.lock().unwrap() {
+            LeaseGate::Standby(url) => Err(NotLeader {
+                leader_url: url.clone().filter(|u| !u.is_empty()),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -161,7 +202,21 @@ impl LocalLeases {
 #[async_trait::async_trait]
 impl LeaseProvider for LocalLeases {
     async fn lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
-        self.table.lock().unwrap().lease(request, Instant::now())
+        let now = Instant::now();
+        match &*self.gate.lock().unwrap() {
+            LeaseGate::Standby(_) => return Err("this coordinator is a standby; ask the leader".into()),
+            LeaseGate::LeadingFrom(from) if now < *from => {
+                // Nothing yet: come back once the old leader's leases are gone.
+                return Ok(LeaseGrant {
+                    rate: Some(0.0),
+                    concurrency: Some(0),
+                    paused_for_ms: 0,
+                    ttl_ms: (*from - now).as_millis().max(1) as u64,
+                });
+            }
+            _ => {}
+        }
+        self.table.lock().unwrap().lease(request, now)
     }
 
     async fn release(&self, release: &LeaseRelease) -> Result<(), String> {

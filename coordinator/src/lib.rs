@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod janitor;
+pub mod leader;
 pub mod leases;
 pub mod metrics;
 pub mod output;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub gc_objects_deleted: Counter,
     pub gc_runs_expired: Counter,
     pub gc_sweeps_failed: Counter,
+    /// 1 while this coordinator leads its fleet.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -33,6 +35,12 @@ impl Default for Metrics {
         let gc_objects_deleted = Counter::default();
         let gc_runs_expired = Counter::default();
         let gc_sweeps_failed = Counter::default();
+        let leader = Gauge::default();
+        registry.register(
+            "coordinator_leader",
+            "1 while this coordinator leads its fleet",
+            leader.clone(),
+        );
         registry.register("runs_started", "Runs started", runs_started.clone());
         registry.register(
             "runs_finished",
@@ -81,6 +89,7 @@ impl Default for Metrics {
             gc_objects_deleted,
             gc_runs_expired,
             gc_sweeps_failed,
+            leader,
         }
     }
 }

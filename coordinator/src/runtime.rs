@@ -4,6 +4,7 @@
 //! which (invariant 10).
 
 use crate::janitor::{GcSettings, Janitor};
+use crate::leader::Role;
 use crate::leases::LocalLeases;
 use crate::run::Coordinator;
 use crate::store::StateStore;
@@ -39,6 +40,8 @@ impl QueueSettings {
 pub struct Runtime {
     pub coordinator: Option<Arc<Coordinator>>,
     pub leases: LocalLeases,
+    /// This process's part in its fleet's leadership (a standby until elected).
+    pub role: watch::Receiver<Role>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// The embedded data directory's lock, held while this runtime runs.
@@ -52,6 +55,7 @@ impl Runtime {
         Runtime {
             coordinator: None,
             leases: LocalLeases::default(),
+            role: watch::channel(Role::Standby { leader: None }).1,
             shutdown: watch::channel(false).0,
             tasks: Vec::new(),
             _data_dir_lock: None,
@@ -74,30 +78,88 @@ impl Runtime {
         }));
     }
 
-    fn start_coordinator(&mut self, coordinator: Arc<Coordinator>) {
+    /// Starts the campaign for the lead and the components only the leader
+    /// runs, each of which waits for the lead. `recover` names how runs left
+    /// in flight by a previous process are picked up, once leading.
+    fn start_coordinator(&mut self, coordinator: Arc<Coordinator>, advertise_url: &str) {
+        let (role_sender, role) = watch::channel(Role::Standby { leader: None });
+        self.role = role;
+        let store = coordinator.store().clone();
+        let leases = self.leases.clone();
+        let signal = self.shutdown_signal();
+        let url = advertise_url.to_string();
+        let metrics = coordinator.metrics.clone();
+        let mut watch_role = self.role.clone();
+        self.spawn("election", async move {
+            tokio::spawn(async move {
+                while watch_role.changed().await.is_ok() {
+                    let leading = watch_role.borrow().is_leader();
+                    metrics.leader.set(i64::from(leading));
+                }
+            });
+            crate::leader::campaign(store, crate::leader::holder_id(), url, leases, role_sender, signal).await;
+            Ok(())
+        });
         let results = coordinator.clone();
         let signal = self.shutdown_signal();
-        self.spawn("results", async move { Ok(results.consume_results(signal).await?) });
+        self.spawn_leading("results", async move { Ok(results.consume_results(signal).await?) });
         let dead = coordinator.clone();
         let signal = self.shutdown_signal();
-        self.spawn(
+        self.spawn_leading(
             "dead-letters",
             async move { Ok(dead.consume_dead_tasks(signal).await?) },
         );
         let reconciler = coordinator.clone();
         let mut signal = self.shutdown_signal();
-        self.spawn("reconciler", async move {
+        self.spawn_leading("reconciler", async move {
+            // The first pass right on taking the lead picks up what the
+            // previous leader (or this process's previous life) left.
+            let mut unpublished_for = Duration::ZERO;
             loop {
+                if let Err(error) = reconciler.reconcile(unpublished_for).await {
+                    tracing::warn!(%error, "reconciling runs failed; the next pass tries again");
+                }
+                unpublished_for = RECONCILE_EVERY;
                 tokio::select! {
                     _ = tokio::time::sleep(RECONCILE_EVERY) => {}
                     _ = signal.changed() => return Ok(()),
                 }
-                if let Err(error) = reconciler.reconcile(RECONCILE_EVERY).await {
-                    tracing::warn!(%error, "reconciling runs failed; the next pass tries again");
-                }
             }
         });
         self.coordinator = Some(coordinator);
+    }
+
+    /// Spawns a component that runs only while this process leads.
+    fn spawn_leading<F>(&mut self, name: &'static str, future: F)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let mut role = self.role.clone();
+        let mut shutdown = self.shutdown_signal();
+        self.spawn(name, async move {
+            tokio::select! {
+                leading = crate::leader::until_leader(&mut role) => if !leading { return Ok(()) },
+                _ = shutdown.changed() => return Ok(()),
+            }
+            future.await
+        });
+    }
+
+    /// Resolves when this process lost the lead, with the reason.
+    pub async fn deposed(&self) -> String {
+        let mut role = self.role.clone();
+        let reason = match role.wait_for(|role| matches!(role, Role::Deposed(_))).await {
+            Ok(role) => match &*role {
+                Role::Deposed(reason) => Some(reason.clone()),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            // The election ended without a deposition: never resolves.
+            None => std::future::pending().await,
+        }
     }
 
     /// Sweeps the object store every `settings.every` (the first sweep a
@@ -115,7 +177,7 @@ impl Runtime {
         };
         let janitor = Janitor::new(coordinator.store().clone(), storage, settings);
         let mut signal = self.shutdown_signal();
-        self.spawn("janitor", async move {
+        self.spawn_leading("janitor", async move {
             let mut wait = janitor.settings().every / 10;
             loop {
                 tokio::select! {
@@ -141,7 +203,7 @@ impl Runtime {
     pub fn start_scheduler(&mut self) {
         let coordinator = self.coordinator.clone().expect("a coordinator runs here");
         let signal = self.shutdown_signal();
-        self.spawn("scheduler", async move {
+        self.spawn_leading("scheduler", async move {
             crate::scheduler::run_scheduler(coordinator, signal).await;
             Ok(())
         });
@@ -201,7 +263,7 @@ pub async fn start_embedded(
     let mut runtime = Runtime::new();
     runtime.leases = leases;
     runtime._data_dir_lock = Some(lock);
-    runtime.start_coordinator(coordinator);
+    runtime.start_coordinator(coordinator, "");
     let leases: Arc<dyn LeaseProvider> = Arc::new(runtime.leases.clone());
     let ids = (0..workers).map(|i| format!("standalone-{i}")).collect();
     runtime.start_workers(ids, concurrency, queue, storage, leases);
@@ -247,21 +309,27 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
 /// The coordinator of a fleet: PostgreSQL (or SQLite) state and RabbitMQ.
 /// `store_url`, the fleet's object store, serves row-level results; without it
 /// the API has only the state DB's samples of rejected and invalid rows.
+///
+/// Any number of coordinators may share one state DB: one leads (see
+/// `leader`), the others serve the API and take over when it goes.
+/// `advertise_url` is where this one's API answers, for workers that reach a
+/// standby first.
 pub async fn start_coordinator(
     config: Arc<Config>,
     state_url: &str,
     queue: &QueueSettings,
     store_url: Option<&str>,
+    advertise_url: &str,
 ) -> anyhow::Result<Runtime> {
     let store = StateStore::connect(state_url).await?;
     let queue: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(queue.amqp()).await?);
     let storage = store_url.map(Storage::from_url).transpose()?;
     let leases = LocalLeases::for_config(&config).with_store(store.clone());
+    leases.stand_by(None);
     let coordinator = Coordinator::new(store, queue, storage, config);
-    coordinator.recover_runs(true).await?;
     let mut runtime = Runtime::new();
     runtime.leases = leases;
-    runtime.start_coordinator(coordinator);
+    runtime.start_coordinator(coordinator, advertise_url);
     Ok(runtime)
 }
 

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 pub struct Fleet {
     pub coordinator: EbbProcess,
+    /// A second coordinator on the same state, standing by (see `start_replicated`).
+    pub standby: Option<EbbProcess>,
+    /// The standby's API.
+    pub standby_api: Option<String>,
     pub workers: Vec<EbbProcess>,
     pub api: String,
     pub dir: tempfile::TempDir,
@@ -41,6 +45,16 @@ impl Fleet {
 
     /// A fleet whose processes all get `extra_env` too.
     pub async fn start_with_env(config_yaml: &str, workers: usize, extra_env: &[(&str, String)]) -> Fleet {
+        Fleet::start_inner(config_yaml, workers, extra_env, false).await
+    }
+
+    /// A fleet of two coordinators on one state DB: the first leads once it
+    /// is up, the second stands by; workers know both.
+    pub async fn start_replicated(config_yaml: &str, workers: usize) -> Fleet {
+        Fleet::start_inner(config_yaml, workers, &[], true).await
+    }
+
+    async fn start_inner(config_yaml: &str, workers: usize, extra_env: &[(&str, String)], standby: bool) -> Fleet {
         let extra_env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         let queue_url = require_rabbitmq().await;
         let state = fresh_postgres_database("state").await;
@@ -68,6 +82,8 @@ impl Fleet {
         let coordinator = spawn_coordinator("coordinator", &coordinator_env, &extra_env, dir.path());
         let mut fleet = Fleet {
             coordinator,
+            standby: None,
+            standby_api: None,
             workers: Vec::new(),
             api,
             dir,
@@ -81,6 +97,15 @@ impl Fleet {
             _state: state,
         };
         fleet.wait_healthy().await;
+        if standby {
+            fleet.wait_leading(&fleet.api).await;
+            let port = free_port();
+            let mut env = fleet.extra_env.clone();
+            env.push(("EBB_LISTEN".into(), format!("127.0.0.1:{port}")));
+            let process = spawn_coordinator("standby", &fleet.coordinator_env, &env, fleet.dir.path());
+            fleet.standby = Some(process);
+            fleet.standby_api = Some(format!("http://127.0.0.1:{port}"));
+        }
         for _ in 0..workers {
             fleet.add_worker();
         }
@@ -122,7 +147,13 @@ impl Fleet {
             ("EBB_QUEUE_URL", self.queue_url.clone()),
             ("EBB_QUEUE_PREFIX", self.queue_prefix.clone()),
             ("EBB_STORE_URL", self.s3.store_url("fleet")),
-            ("EBB_COORDINATOR_URL", self.api.clone()),
+            (
+                "EBB_COORDINATOR_URL",
+                match &self.standby_api {
+                    Some(standby) => format!("{},{standby}", self.api),
+                    None => self.api.clone(),
+                },
+            ),
             ("AWS_ACCESS_KEY_ID", self.s3.access_key().to_string()),
             ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key().to_string()),
         ];
@@ -134,6 +165,24 @@ impl Fleet {
             self.dir.path(),
         );
         self.workers.push(worker);
+    }
+
+    /// Waits (at most a minute) until the coordinator at `api` leads.
+    pub async fn wait_leading(&self, api: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(response) = self.http.get(format!("{api}/metrics")).send().await {
+                let text = response.text().await.unwrap_or_default();
+                if text.lines().any(|line| line == "ebb_coordinator_leader 1") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the coordinator at {api} did not lead within a minute:\n{}",
+            self.logs()
+        );
     }
 
     async fn wait_healthy(&self) {
@@ -191,6 +240,9 @@ impl Fleet {
 
     pub fn logs(&self) -> String {
         let mut out = format!("--- coordinator\n{}\n", self.coordinator.log_tail(30));
+        if let Some(standby) = &self.standby {
+            out.push_str(&format!("--- standby\n{}\n", standby.log_tail(30)));
+        }
         for worker in &self.workers {
             out.push_str(&format!("--- {}\n{}\n", worker.name, worker.log_tail(30)));
         }
@@ -200,7 +252,10 @@ impl Fleet {
     /// Task events of every process: which worker ran, resumed or failed what.
     pub fn events(&self) -> String {
         let mut out = String::new();
-        for process in std::iter::once(&self.coordinator).chain(&self.workers) {
+        for process in std::iter::once(&self.coordinator)
+            .chain(&self.standby)
+            .chain(&self.workers)
+        {
             let text = std::fs::read_to_string(&process.log).unwrap_or_default();
             for line in text.lines().filter(|l| {
                 [
@@ -238,7 +293,10 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         if let Ok(keep) = std::env::var("EBB_TEST_KEEP_LOGS") {
             let _ = std::fs::create_dir_all(&keep);
-            for process in std::iter::once(&self.coordinator).chain(&self.workers) {
+            for process in std::iter::once(&self.coordinator)
+                .chain(&self.standby)
+                .chain(&self.workers)
+            {
                 let _ = std::fs::copy(
                     &process.log,
                     std::path::Path::new(&keep).join(format!("{}.log", process.name)),
@@ -246,11 +304,17 @@ impl Drop for Fleet {
             }
         }
         // Stop every process before deleting the queues, so none declares them again.
-        for process in std::iter::once(&mut self.coordinator).chain(self.workers.iter_mut()) {
+        for process in std::iter::once(&mut self.coordinator)
+            .chain(self.standby.as_mut())
+            .chain(self.workers.iter_mut())
+        {
             let _ = process.child.start_kill();
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for process in std::iter::once(&mut self.coordinator).chain(self.workers.iter_mut()) {
+        for process in std::iter::once(&mut self.coordinator)
+            .chain(self.standby.as_mut())
+            .chain(self.workers.iter_mut())
+        {
             while matches!(process.child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -389,3 +389,110 @@ async fn a_worker_serves_its_health_readiness_and_metrics() {
     drop(fleet);
     pool.close().await;
 }
+
+/// Two coordinators on one state DB: the leader is killed mid-run, the
+/// standby takes the lead, and the run finishes there with every row sent
+/// and counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_a_killed_leaders_run_and_finishes_it() {
+    use ebb_tests::fleet::{counts, Fleet};
+    use ebb_tests::model::model_emails;
+
+    let database = fresh_postgres_database("failover").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 3_000).await;
+    let sink = Sink::start().await;
+    // Slow enough that the run is still delivering when the leader dies.
+    sink.set_behavior(Behavior {
+        latency: Duration::from_millis(60),
+        ..Behavior::default()
+    });
+    let config = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 50, max_concurrency: 2 }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 4 }}\n",
+        database.url,
+        sink.url()
+    );
+    let mut fleet = Fleet::start_replicated(&config, 2).await;
+    let standby_api = fleet.standby_api.clone().unwrap();
+    let run_id = fleet.trigger("people-api").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sink_emails(&sink).len() < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery within 60s:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fleet.coordinator.kill().await;
+
+    fleet.wait_leading(&standby_api).await;
+    fleet.api = standby_api;
+    let run = fleet.wait_run(&run_id, Duration::from_secs(120)).await;
+    assert_eq!(run["status"], "success", "{run}\n{}", fleet.logs());
+    assert_eq!(counts(&run, "plannedRows"), [3_000, 0, 0], "{run}");
+    assert_eq!(counts(&run, "successfulRows"), [3_000, 0, 0], "{run}");
+    assert_eq!(sink_emails(&sink), model_emails(&pool).await, "destination == model");
+    let standby_log = std::fs::read_to_string(&fleet.standby.as_ref().unwrap().log).unwrap();
+    assert!(standby_log.contains("this coordinator leads"), "{standby_log}");
+
+    // The next run, on the new leader alone, sends nothing: no row was lost
+    // from the snapshots, none counted twice.
+    let second = fleet.trigger("people-api").await;
+    let second = fleet.wait_run(&second, Duration::from_secs(60)).await;
+    assert_eq!(second["status"], "success", "{second}");
+    assert_eq!(counts(&second, "plannedRows"), [0, 0, 0], "{second}");
+    drop(fleet);
+    pool.close().await;
+}
+
+/// A deposed leader commits nothing: once another coordinator took the lead,
+/// its leader-only writes fail with `Deposed`, before touching anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_is_fenced_off_the_state() {
+    use ebb_coordinator::store::{StateStore, StoreError};
+
+    let database = fresh_postgres_database("fence").await;
+    let first = StateStore::connect(&database.url).await.unwrap();
+    let second = StateStore::connect(&database.url).await.unwrap();
+    let lock = first
+        .try_lock_leadership()
+        .await
+        .unwrap()
+        .expect("the first takes the lock");
+    assert!(
+        second.try_lock_leadership().await.unwrap().is_none(),
+        "one lock holder at a time"
+    );
+    let led = first.take_leadership("first", "http://first").await.unwrap();
+    assert_eq!(
+        first
+            .begin_processing("no-such-run", 0, 0, &[], &[], &[])
+            .await
+            .unwrap(),
+        false
+    );
+
+    // The first loses its lock (its connection dies); the second takes over.
+    drop(lock);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let _second_lock = loop {
+        if let Some(lock) = second.try_lock_leadership().await.unwrap() {
+            break lock;
+        }
+        assert!(std::time::Instant::now() < deadline, "the lock was never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let leads = second.take_leadership("second", "http://second").await.unwrap();
+    assert!(leads.epoch > led.epoch);
+    assert_eq!(second.leader().await.unwrap().unwrap().url, "http://second");
+    match first.begin_processing("no-such-run", 0, 0, &[], &[], &[]).await {
+        Err(StoreError::Deposed { ours, current }) => assert_eq!((ours, current), (led.epoch, leads.epoch)),
+        other => panic!("the deposed leader wrote: {other:?}"),
+    }
+    first.close().await;
+    second.close().await;
+}

@@ -94,14 +94,32 @@ pub trait LeaseProvider: Send + Sync + 'static {
 
 /// Leases over the coordinator's HTTP API, for workers in their own processes.
 pub struct HttpLeaseProvider {
-    base_url: String,
+    /// The coordinators' APIs, as configured (a Service, or each replica).
+    base_urls: Vec<String>,
+    /// The one that answered last, or the leader a standby named.
+    current: std::sync::Mutex<String>,
     client: reqwest::Client,
 }
 
+/// A standby coordinator's refusal of a lease call.
+#[derive(Deserialize)]
+struct StandbyAnswer {
+    leader: Option<String>,
+}
+
 impl HttpLeaseProvider {
+    /// `coordinator_url` names one coordinator API or several, comma-separated
+    /// (the replicas of a fleet): calls go to the one that answers, and a
+    /// standby's answer sends them to the leader it names.
     pub fn new(coordinator_url: &str) -> Self {
+        let base_urls: Vec<String> = coordinator_url
+            .split(',')
+            .map(|url| url.trim().trim_end_matches('/').to_string())
+            .filter(|url| !url.is_empty())
+            .collect();
         HttpLeaseProvider {
-            base_url: coordinator_url.trim_end_matches('/').to_string(),
+            current: std::sync::Mutex::new(base_urls.first().cloned().unwrap_or_default()),
+            base_urls,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -110,21 +128,44 @@ impl HttpLeaseProvider {
     }
 
     async fn post<B: Serialize, R: for<'de> Deserialize<'de>>(&self, path: &str, body: &B) -> Result<R, String> {
-        let url = format!("{}{path}", self.base_url);
-        let response = self
-            .client
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| format!("coordinator at {} unreachable: {e}", self.base_url))?;
-        if !response.status().is_success() {
-            return Err(format!("coordinator answered {} on {path}", response.status()));
+        let first = self.current.lock().unwrap().clone();
+        // The current one first, then the others; a standby adds its leader.
+        let mut candidates: Vec<String> = std::iter::once(first).chain(self.base_urls.iter().cloned()).collect();
+        candidates.dedup();
+        let mut errors = Vec::new();
+        let mut tried = std::collections::HashSet::new();
+        while let Some(base) = candidates.first().cloned() {
+            candidates.remove(0);
+            if !tried.insert(base.clone()) || tried.len() > self.base_urls.len() + 2 {
+                continue;
+            }
+            let response = match self.client.post(format!("{base}{path}")).json(body).send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    errors.push(format!("coordinator at {base} unreachable: {e}"));
+                    continue;
+                }
+            };
+            if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                if let Ok(StandbyAnswer { leader: Some(leader) }) = response.json::<StandbyAnswer>().await {
+                    candidates.insert(0, leader.trim_end_matches('/').to_string());
+                }
+                errors.push(format!("coordinator at {base} is a standby"));
+                continue;
+            }
+            if !response.status().is_success() {
+                return Err(format!(
+                    "coordinator at {base} answered {} on {path}",
+                    response.status()
+                ));
+            }
+            *self.current.lock().unwrap() = base.clone();
+            return response
+                .json()
+                .await
+                .map_err(|e| format!("coordinator answer on {path}: {e}"));
         }
-        response
-            .json()
-            .await
-            .map_err(|e| format!("coordinator answer on {path}: {e}"))
+        Err(errors.join("; "))
     }
 }
 

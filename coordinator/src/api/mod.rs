@@ -300,7 +300,20 @@ async fn cancel_run(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     Ok(Json(RunView::new(&run, 0)))
 }
 
+/// A standby's answer to a lease call: 503, naming the leader for the worker
+/// to ask instead.
+fn not_leader(not_leader: crate::leases::NotLeader) -> Response {
+    let body = serde_json::json!({
+        "error": "this coordinator is a standby: lease calls go to the leader",
+        "leader": not_leader.leader_url,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
 async fn lease(State(state): State<ApiState>, Json(request): Json<LeaseRequest>) -> Result<Response, ApiError> {
+    if let Err(standby) = state.leases.check_leading() {
+        return Ok(not_leader(standby));
+    }
     let grant = state
         .leases
         .lease(&request)
@@ -309,9 +322,12 @@ async fn lease(State(state): State<ApiState>, Json(request): Json<LeaseRequest>)
     Ok(Json(grant).into_response())
 }
 
-async fn release(State(state): State<ApiState>, Json(release): Json<LeaseRelease>) -> Json<serde_json::Value> {
+async fn release(State(state): State<ApiState>, Json(release): Json<LeaseRelease>) -> Response {
+    if let Err(standby) = state.leases.check_leading() {
+        return not_leader(standby);
+    }
     let _ = state.leases.release(&release).await;
-    Json(serde_json::json!({}))
+    Json(serde_json::json!({})).into_response()
 }
 
 async fn run_active(
@@ -324,8 +340,11 @@ async fn run_active(
     }))
 }
 
-async fn rate_limited(State(state): State<ApiState>, Json(report): Json<RateLimitedReport>) -> Json<serde_json::Value> {
+async fn rate_limited(State(state): State<ApiState>, Json(report): Json<RateLimitedReport>) -> Response {
+    if let Err(standby) = state.leases.check_leading() {
+        return not_leader(standby);
+    }
     tracing::info!(destination = %report.destination, retry_after_ms = report.retry_after_ms, "destination rate limited the fleet");
     let _ = state.leases.rate_limited(&report).await;
-    Json(serde_json::json!({}))
+    Json(serde_json::json!({})).into_response()
 }

@@ -94,6 +94,18 @@ const MIGRATIONS: &[&[&str]] = &[
         sync_name TEXT NOT NULL,
         first_seen_at BIGINT NOT NULL
     )"],
+    // Leadership: one row, whose epoch every new leader raises. A leader's
+    // commits check it, so a deposed leader can commit nothing (fencing).
+    &[
+        "CREATE TABLE ebb_leader (
+        id BIGINT PRIMARY KEY,
+        epoch BIGINT NOT NULL,
+        holder TEXT NOT NULL,
+        url TEXT NOT NULL,
+        since BIGINT NOT NULL
+    )",
+        "INSERT INTO ebb_leader (id, epoch, holder, url, since) VALUES (1, 0, '', '', 0)",
+    ],
 ];
 
 pub(super) async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {

@@ -7,10 +7,12 @@
 //! shard result (invariant 3), and together always cover the space exactly once.
 
 mod gc;
+mod leader;
 mod migrations;
 mod records;
 
 pub use gc::SyncReferences;
+pub use leader::{LeaderRecord, LeadershipLock};
 pub use records::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, RunRow, ShardPlanRow};
 
 use crate::run::state::{RunStatus, ACTIVE};
@@ -28,12 +30,19 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("state store holds a bad value: {0}")]
     Corrupt(String),
+    /// Another coordinator took the leadership (epoch `current`): this one
+    /// may commit nothing more.
+    #[error("this coordinator lost the leadership (epoch {ours}, now {current}): it commits nothing more")]
+    Deposed { ours: i64, current: i64 },
 }
 
 #[derive(Clone)]
 pub struct StateStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// The leadership epoch this process holds; 0 while it leads nothing.
+    /// Leader-only commits check it against the database's (fencing).
+    epoch: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +112,11 @@ impl StateStore {
             url.to_string()
         };
         let pool = options.connect(&url).await.map_err(|e| connect_error(e.to_string()))?;
-        let store = StateStore { pool, dialect };
+        let store = StateStore {
+            pool,
+            dialect,
+            epoch: Default::default(),
+        };
         migrations::migrate(&store.pool).await?;
         Ok(store)
     }
@@ -230,6 +243,7 @@ impl StateStore {
         tasks: &[OutboxTask],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        self.check_fence(&mut *tx).await?;
         let updated = sqlx::query(
             "UPDATE ebb_runs SET status = $1, rows_queried = $2, invalid_null = $3, shards_total = $4 \
              WHERE id = $5 AND status = $6",
@@ -346,6 +360,7 @@ impl StateStore {
         report: &ShardReport,
     ) -> Result<CommitOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
+        self.check_fence(&mut *tx).await?;
         let shard: Option<AnyRow> =
             sqlx::query("SELECT status, base FROM ebb_run_shards WHERE run_id = $1 AND shard_index = $2")
                 .bind(run_id)

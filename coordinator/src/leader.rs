@@ -1,0 +1,110 @@
+//! Which coordinator of a fleet leads. Every replica serves the API (reads,
+//! triggers and cancels are safe from any of them: the state DB's guards
+//! decide); only the leader consumes results, reconciles, schedules, collects
+//! garbage and grants delivery leases. A replica that loses the leadership
+//! exits, and its restart rejoins as a standby: nothing it started can go on.
+
+use crate::leases::{LocalLeases, LEASE_TTL};
+use crate::store::{LeaderRecord, StateStore};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a standby tries to take the lead, and the leader checks it holds it.
+pub const ELECTION_EVERY: Duration = Duration::from_secs(1);
+/// How long the leader's lock connection may take to answer before the
+/// leader counts itself deposed.
+const HOLD_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Waiting for the lead; `leader` is who has it, as last read.
+    Standby {
+        leader: Option<LeaderRecord>,
+    },
+    Leader(LeaderRecord),
+    /// Lost the lead: the process must stop.
+    Deposed(String),
+}
+
+impl Role {
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Role::Leader(_))
+    }
+}
+
+/// This process's name in the leader record: host name and process id.
+pub fn holder_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Waits until this process leads; `false` if it never will (deposed, or the
+/// election stopped).
+pub async fn until_leader(role: &mut watch::Receiver<Role>) -> bool {
+    match role
+        .wait_for(|role| matches!(role, Role::Leader(_) | Role::Deposed(_)))
+        .await
+    {
+        Ok(role) => role.is_leader(),
+        Err(_) => false,
+    }
+}
+
+/// Campaigns for the lead until `shutdown`, then holds it; publishes each
+/// change of role. `url` is where this replica's API answers, for workers
+/// that reach a standby.
+pub async fn campaign(
+    store: StateStore,
+    holder: String,
+    url: String,
+    leases: LocalLeases,
+    role: watch::Sender<Role>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut lock = loop {
+        match store.try_lock_leadership().await {
+            Ok(Some(lock)) => break lock,
+            Ok(None) => {
+                let leader = store.leader().await.ok().flatten();
+                leases.stand_by(leader.as_ref().map(|l| l.url.clone()));
+                role.send_if_modified(|current| {
+                    let next = Role::Standby { leader };
+                    let changed = *current != next;
+                    *current = next;
+                    changed
+                });
+            }
+            Err(error) => tracing::warn!(%error, "cannot reach the state DB to campaign for the lead"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ELECTION_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    };
+    let record = match store.take_leadership(&holder, &url).await {
+        Ok(record) => record,
+        Err(error) => {
+            let _ = role.send(Role::Deposed(format!("could not record the leadership: {error}")));
+            return;
+        }
+    };
+    // A previous leader's leases may still be in use for one TTL: grant
+    // nothing until they have expired, so no destination sees more than its
+    // limit across the takeover. A single-process store has no predecessor.
+    let hold_leases_for = if store.is_postgres() { LEASE_TTL } else { Duration::ZERO };
+    leases.lead(hold_leases_for);
+    tracing::info!(epoch = record.epoch, holder = %record.holder, "this coordinator leads");
+    let _ = role.send(Role::Leader(record));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ELECTION_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        if !lock.still_held(HOLD_CHECK_TIMEOUT).await {
+            let _ = role.send(Role::Deposed(
+                "the connection holding the leadership lock stopped answering; another coordinator may lead now".into(),
+            ));
+            return;
+        }
+    }
+}
