@@ -125,7 +125,7 @@ enum Command {
         /// Object store shared by the fleet: s3://bucket/prefix?endpoint=… (or a directory all workers share).
         #[arg(long, env = "EBB_STORE_URL")]
         store_url: String,
-        /// The coordinator's API, for fleet-wide delivery leases.
+        /// The coordinator's API, for fleet-wide delivery leases: one URL (a Service), or every replica's, comma-separated.
         #[arg(long, env = "EBB_COORDINATOR_URL")]
         coordinator_url: String,
         /// This worker's name in logs and leases (default: host name and process id).

@@ -10,7 +10,7 @@ use crate::run::Coordinator;
 use crate::store::StateStore;
 use anyhow::Context;
 use ebb_shared::config::Config;
-use ebb_shared::queue::{AmqpQueue, AmqpSettings, MemoryQueue, MessageQueue};
+use ebb_shared::queue::{AmqpQueue, AmqpSettings, MemoryQueue, MessageQueue, QueueName};
 use ebb_shared::storage::Storage;
 use ebb_worker::limits::{HttpLeaseProvider, LeaseProvider};
 use ebb_worker::{Worker, WorkerSettings};
@@ -103,12 +103,13 @@ impl Runtime {
         let results = coordinator.clone();
         let signal = self.shutdown_signal();
         self.spawn_leading("results", async move { Ok(results.consume_results(signal).await?) });
-        let dead = coordinator.clone();
-        let signal = self.shutdown_signal();
-        self.spawn_leading(
-            "dead-letters",
-            async move { Ok(dead.consume_dead_tasks(signal).await?) },
-        );
+        for queue in [QueueName::DeadTasks, QueueName::DeadResults] {
+            let dead = coordinator.clone();
+            let signal = self.shutdown_signal();
+            self.spawn_leading("dead-letters", async move {
+                Ok(dead.consume_dead_letters(queue, signal).await?)
+            });
+        }
         let reconciler = coordinator.clone();
         let mut signal = self.shutdown_signal();
         self.spawn_leading("reconciler", async move {

@@ -6,6 +6,7 @@
 
 use ebb_shared::queue::{
     AmqpQueue, AmqpSettings, MemoryQueue, MessageQueue, OutgoingMessage, QueueName, DELIVERY_LIMIT,
+    RESULT_DELIVERY_LIMIT,
 };
 use futures::StreamExt;
 use std::time::Duration;
@@ -136,9 +137,38 @@ async fn contract(queue: &dyn MessageQueue) {
         .unwrap();
     let mut results = queue.consume(QueueName::Results, 1).await.unwrap();
     next(&mut results).await.ack().await.unwrap();
+
+    // Results have their own limit and dead-letter queue: one the coordinator
+    // cannot record goes there after RESULT_DELIVERY_LIMIT hand-outs, one it
+    // cannot read at once.
+    queue
+        .publish(QueueName::Results, OutgoingMessage::new(b"unrecordable".to_vec()))
+        .await
+        .unwrap();
+    for _ in 0..RESULT_DELIVERY_LIMIT {
+        let delivery = next(&mut results).await;
+        assert_eq!(delivery.payload, b"unrecordable");
+        delivery.requeue().await.unwrap();
+    }
+    let mut dead_results = queue.consume(QueueName::DeadResults, 1).await.unwrap();
+    let buried = next(&mut dead_results).await;
+    assert_eq!(buried.payload, b"unrecordable");
+    buried.ack().await.unwrap();
+    let mut unreadable = OutgoingMessage::new(b"unreadable-result".to_vec());
+    unreadable.headers.insert("ebb-task-id".into(), "run-8/shard-1".into());
+    queue.publish(QueueName::Results, unreadable).await.unwrap();
+    next(&mut results).await.reject().await.unwrap();
+    let buried = next(&mut dead_results).await;
+    assert_eq!(buried.payload, b"unreadable-result");
+    assert_eq!(
+        buried.headers.get("ebb-task-id").map(String::as_str),
+        Some("run-8/shard-1")
+    );
+    buried.ack().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(queue.depth(QueueName::Tasks).await.unwrap(), 0);
     assert_eq!(queue.depth(QueueName::Results).await.unwrap(), 0);
+    assert_eq!(queue.depth(QueueName::DeadResults).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -180,5 +210,66 @@ async fn rabbitmq_consumers_and_publishers_survive_lost_connections() {
         delivery.ack().await.unwrap();
     }
     assert!(seen.contains(&b"after".to_vec()), "{seen:?}");
+    queue.delete_topology().await.unwrap();
+}
+
+/// A results queue declared by an earlier version (no delivery limit, no
+/// dead-letter path) cannot be redeclared with new arguments: the queue is
+/// used as it is, with its messages, instead of failing every start.
+#[tokio::test]
+async fn a_results_queue_of_an_earlier_version_is_kept_with_its_messages() {
+    let broker = std::env::var("EBB_TEST_AMQP_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into());
+    let prefix = format!("legacy-{}.", rand::random::<u32>());
+    let url = format!("amqp://guest:guest@{broker}/%2f");
+    {
+        use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+        use lapin::types::{AMQPValue, FieldTable};
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("RabbitMQ is not reachable at {broker} ({e}); start it with: rabbitmq-server -detached")
+            });
+        let channel = connection.create_channel().await.unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        let name = format!("{prefix}ebb.results");
+        channel
+            .queue_declare(
+                &name,
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await
+            .unwrap();
+        channel
+            .basic_publish(
+                "",
+                &name,
+                BasicPublishOptions::default(),
+                b"waiting",
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        connection.close(200, "done").await.unwrap();
+    }
+    let queue = AmqpQueue::connect(AmqpSettings::new(url).with_prefix(prefix))
+        .await
+        .expect("an earlier version's results queue does not stop the start");
+    let mut results = queue.consume(QueueName::Results, 1).await.unwrap();
+    let waiting = next(&mut results).await;
+    assert_eq!(waiting.payload, b"waiting", "its message is still there");
+    waiting.ack().await.unwrap();
+    queue
+        .publish(QueueName::Tasks, OutgoingMessage::new(b"task".to_vec()))
+        .await
+        .unwrap();
+    let mut tasks = queue.consume(QueueName::Tasks, 1).await.unwrap();
+    next(&mut tasks).await.ack().await.unwrap();
     queue.delete_topology().await.unwrap();
 }

@@ -167,6 +167,15 @@ impl Fleet {
         self.workers.push(worker);
     }
 
+    /// The fleet's queues, for a test to publish to directly.
+    pub async fn queue(&self) -> ebb_shared::queue::AmqpQueue {
+        let settings =
+            ebb_shared::queue::AmqpSettings::new(self.queue_url.clone()).with_prefix(self.queue_prefix.clone());
+        ebb_shared::queue::AmqpQueue::connect(settings)
+            .await
+            .expect("the fleet's broker")
+    }
+
     /// Waits (at most a minute) until the coordinator at `api` leads.
     pub async fn wait_leading(&self, api: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -170,7 +170,7 @@ async fn a_task_no_worker_can_read_fails_its_run_by_name() {
     ));
     let worker_task = tokio::spawn(worker.run(stopped.clone()));
     let coordinator = Coordinator::new(store, queue.clone(), Some(storage), config);
-    let dead_task = tokio::spawn(coordinator.clone().consume_dead_tasks(stopped));
+    let dead_task = tokio::spawn(coordinator.clone().consume_dead_letters(QueueName::DeadTasks, stopped));
 
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let run = loop {
@@ -308,9 +308,11 @@ async fn readiness_reflects_the_state_database_and_the_broker() {
 
     let (status, body) = readyz().await;
     assert_eq!(status, 200, "{body}");
+    // No election runs here: a standby, and ready all the same (every
+    // replica serves the API).
     assert_eq!(
         body,
-        serde_json::json!({"ready": true, "database": "ok", "queue": "ok"})
+        serde_json::json!({"ready": true, "database": "ok", "queue": "ok", "role": "standby"})
     );
 
     // The broker goes away: not ready, and the queue is named.
@@ -495,4 +497,58 @@ async fn a_deposed_leader_is_fenced_off_the_state() {
     }
     first.close().await;
     second.close().await;
+}
+
+/// A result the coordinator cannot read (a newer worker's message kind) is
+/// dead-lettered, and its run fails naming the task and the fix, instead of
+/// the result being dropped and the run waiting for it until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_coordinator_cannot_read_fails_its_run_by_name() {
+    use ebb_shared::queue::{MessageQueue, OutgoingMessage, QueueName};
+    use ebb_tests::fleet::Fleet;
+
+    let database = fresh_postgres_database("dead_result").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 2_000).await;
+    let sink = Sink::start().await;
+    sink.set_behavior(Behavior {
+        latency: Duration::from_millis(100),
+        ..Behavior::default()
+    });
+    let config = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 20, max_concurrency: 1 }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 2 }}\n",
+        database.url,
+        sink.url()
+    );
+    let fleet = Fleet::start(&config, 1).await;
+    let run_id = fleet.trigger("people-api").await;
+    // While its shards deliver (a shard's failure matters only while pending).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fleet.run(&run_id).await["status"] != "processing" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never delivered:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut message = OutgoingMessage::new(b"\xc1 a message kind of a newer version".to_vec());
+    message.headers.insert("ebb-run-id".into(), run_id.clone());
+    message
+        .headers
+        .insert("ebb-task-id".into(), format!("{run_id}/shard-0"));
+    let queue = fleet.queue().await;
+    queue.publish(QueueName::Results, message).await.unwrap();
+    let run = fleet.wait_run(&run_id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{run_id}/shard-0")) && error.contains("could not be read by the coordinator"),
+        "{error}"
+    );
+    drop(fleet);
+    pool.close().await;
 }

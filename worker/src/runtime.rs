@@ -11,7 +11,9 @@ use crate::shard::{process_shard, ShardContext};
 use ebb_shared::protocol::{
     self, ResultMessage, ShardProgress, TaskFailure, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
 };
-use ebb_shared::queue::{Delivery, MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT};
+use ebb_shared::queue::{
+    Delivery, MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT, RUN_ID_HEADER, TASK_ID_HEADER,
+};
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -211,7 +213,10 @@ impl Worker {
             "done"
         };
         self.metrics.task(task_kind(&task), outcome);
-        let message = OutgoingMessage::traced(protocol::encode(&result));
+        let mut message = OutgoingMessage::traced(protocol::encode(&result));
+        // So that a coordinator that cannot read the result can still name its run.
+        message.headers.insert(RUN_ID_HEADER.into(), task.run_id.clone());
+        message.headers.insert(TASK_ID_HEADER.into(), task.task_id.clone());
         match self.queue.publish(QueueName::Results, message).await {
             Ok(()) => {
                 if let Err(error) = delivery.ack().await {

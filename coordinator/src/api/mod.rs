@@ -128,6 +128,8 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         "ready": readiness.is_ready(),
         "database": part(&readiness.database),
         "queue": part(&readiness.queue),
+        // Either replica serves the API; only the leader runs the fleet.
+        "role": if state.coordinator.metrics.leader.get() == 1 { "leader" } else { "standby" },
     });
     let status = if readiness.is_ready() {
         StatusCode::OK

@@ -14,7 +14,8 @@ use ebb_shared::protocol::{
     self, ExtractReport, ResultMessage, ShardReport, ShardTask, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
 };
 use ebb_shared::queue::{
-    MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT, RUN_ID_HEADER, TASK_ID_HEADER,
+    MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT, RESULT_DELIVERY_LIMIT, RUN_ID_HEADER,
+    TASK_ID_HEADER,
 };
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
@@ -337,8 +338,9 @@ impl Coordinator {
             let message: ResultMessage = match protocol::decode(&delivery.payload) {
                 Ok(message) => message,
                 Err(error) => {
-                    tracing::error!(%error, "dropping an undecodable result");
-                    let _ = delivery.ack().await;
+                    // To the dead-letter queue, where its run fails by name.
+                    tracing::error!(%error, "a result this coordinator cannot read; dead-lettering it");
+                    let _ = delivery.reject().await;
                     continue;
                 }
             };
@@ -364,9 +366,14 @@ impl Coordinator {
         }
     }
 
-    /// Fails the runs of tasks that went to the dead-letter queue.
-    pub async fn consume_dead_tasks(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<(), QueueError> {
-        let mut dead = self.queue.consume(QueueName::DeadTasks, 4).await?;
+    /// Fails the runs of tasks and results that went to a dead-letter queue
+    /// (`DeadTasks` or `DeadResults`), naming what happened.
+    pub async fn consume_dead_letters(
+        self: Arc<Self>,
+        queue: QueueName,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), QueueError> {
+        let mut dead = self.queue.consume(queue, 4).await?;
         loop {
             let delivery = tokio::select! {
                 delivery = dead.next() => delivery,
@@ -375,21 +382,9 @@ impl Coordinator {
             let Some(delivery) = delivery else {
                 return Ok(());
             };
-            // The task's ids: from the task itself, or, when no one can read
-            // it, from the headers every task carries.
-            let (task, unreadable) = match protocol::decode::<TaskMessage>(&delivery.payload) {
-                Ok(task) => (Some((task.run_id, task.task_id)), None),
-                Err(error) => {
-                    let ids = delivery
-                        .headers
-                        .get(RUN_ID_HEADER)
-                        .zip(delivery.headers.get(TASK_ID_HEADER))
-                        .map(|(run, task)| (run.clone(), task.clone()));
-                    (ids, Some(error))
-                }
-            };
-            let Some((run_id, task_id)) = task else {
-                tracing::error!("a dead-lettered task names no run; dropping it");
+            let Some(DeadLetter { run_id, task_id, error }) = dead_letter(queue, &delivery.payload, &delivery.headers)
+            else {
+                tracing::error!(%queue, "a dead-lettered message names no run; dropping it");
                 let _ = delivery.ack().await;
                 continue;
             };
@@ -400,23 +395,13 @@ impl Coordinator {
                     continue;
                 }
                 Err(e) => {
-                    tracing::error!(%e, "could not look up the run of a dead task");
+                    tracing::error!(%e, "could not look up the run of a dead letter");
                     let _ = delivery.requeue().await;
                     continue;
                 }
             }
-            let error = match unreadable {
-                Some(reason) => format!(
-                    "task {task_id} could not be read by a worker ({reason}): workers older than the coordinator? \
-                     Upgrade the workers first, then the coordinator"
-                ),
-                None => format!(
-                    "task {task_id} was given up after {DELIVERY_LIMIT} deliveries: every worker that took it stopped \
-                     before finishing (crash, out of memory or timeout); see the workers' logs"
-                ),
-            };
             if let Err(e) = self.fail_run(&run_id, &error).await {
-                tracing::error!(%e, "could not fail the run of a dead task");
+                tracing::error!(%e, "could not fail the run of a dead letter");
                 let _ = delivery.requeue().await;
                 continue;
             }
@@ -652,6 +637,69 @@ impl Coordinator {
     }
 }
 
+/// A dead-lettered message's run, task and the error its run fails with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub run_id: String,
+    pub task_id: String,
+    pub error: String,
+}
+
+/// Reads a dead letter of `queue`: the ids from the message itself, or, when
+/// no one can read it, from the headers every task and result carries.
+pub fn dead_letter(
+    queue: QueueName,
+    payload: &[u8],
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Option<DeadLetter> {
+    let from_headers = || {
+        headers
+            .get(RUN_ID_HEADER)
+            .zip(headers.get(TASK_ID_HEADER))
+            .map(|(run, task)| (run.clone(), task.clone()))
+    };
+    let (run_id, task_id, error) = match queue {
+        QueueName::Tasks | QueueName::Results => return None,
+        QueueName::DeadTasks => match protocol::decode::<TaskMessage>(payload) {
+            Ok(task) => {
+                let error = format!(
+                    "task {} was given up after {DELIVERY_LIMIT} deliveries: every worker that took it stopped \
+                     before finishing (crash, out of memory or timeout); see the workers' logs",
+                    task.task_id
+                );
+                (task.run_id, task.task_id, error)
+            }
+            Err(reason) => {
+                let (run_id, task_id) = from_headers()?;
+                let error = format!(
+                    "task {task_id} could not be read by a worker ({reason}): workers older than the coordinator? \
+                     Upgrade the workers first, then the coordinator"
+                );
+                (run_id, task_id, error)
+            }
+        },
+        QueueName::DeadResults => match protocol::decode::<ResultMessage>(payload) {
+            Ok(result) => {
+                let error = format!(
+                    "the result of task {} could not be recorded after {RESULT_DELIVERY_LIMIT} deliveries; \
+                     see the coordinator's log for why",
+                    result.task_id
+                );
+                (result.run_id, result.task_id, error)
+            }
+            Err(reason) => {
+                let (run_id, task_id) = from_headers()?;
+                let error = format!(
+                    "the result of task {task_id} could not be read by the coordinator ({reason}): a worker newer \
+                     than the coordinator? Upgrade the workers first, then the coordinator, and keep them together"
+                );
+                (run_id, task_id, error)
+            }
+        },
+    };
+    Some(DeadLetter { run_id, task_id, error })
+}
+
 fn extract_task(run: &RunRecord, spec: SyncSpec) -> TaskMessage {
     TaskMessage {
         version: PROTOCOL_VERSION,
@@ -814,6 +862,29 @@ fn shard_tasks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_letter_names_its_run_task_and_cause() {
+        let headers: std::collections::BTreeMap<String, String> = [
+            (RUN_ID_HEADER.to_string(), "r1".to_string()),
+            (TASK_ID_HEADER.to_string(), "r1/shard-3".to_string()),
+        ]
+        .into();
+        let unreadable = dead_letter(QueueName::DeadResults, b"\xc1", &headers).unwrap();
+        assert_eq!(
+            (unreadable.run_id.as_str(), unreadable.task_id.as_str()),
+            ("r1", "r1/shard-3")
+        );
+        assert!(
+            unreadable.error.contains("could not be read by the coordinator"),
+            "{}",
+            unreadable.error
+        );
+        let task = dead_letter(QueueName::DeadTasks, b"\xc1", &headers).unwrap();
+        assert!(task.error.contains("Upgrade the workers first"), "{}", task.error);
+        assert_eq!(dead_letter(QueueName::DeadResults, b"\xc1", &Default::default()), None);
+        assert_eq!(dead_letter(QueueName::Results, b"\xc1", &headers), None);
+    }
 
     #[test]
     fn task_ids_name_their_task() {

@@ -85,7 +85,7 @@ impl AmqpQueue {
             url: crate::redact::redact_url(&self.settings.url),
             reason: format!("deleting {what}: {e}"),
         };
-        for queue in [QueueName::Tasks, QueueName::Results, QueueName::DeadTasks] {
+        for queue in ALL_QUEUES {
             let name = self.settings.queue(queue);
             channel
                 .queue_delete(&name, QueueDeleteOptions::default())
@@ -163,13 +163,17 @@ impl AmqpQueue {
 fn queue_arguments(queue: QueueName, settings: &AmqpSettings) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    if queue == QueueName::Tasks {
+    let limit = match queue {
+        QueueName::Tasks => Some(settings.delivery_limit),
+        other => super::delivery_limit(other),
+    };
+    if let (Some(limit), Some(dead)) = (limit, super::dead_letter_queue(queue)) {
         // RabbitMQ dead-letters a message once it has been *returned* more than
         // `x-delivery-limit` times, so it is handed out limit + 1 times; ours
         // counts hand-outs, like the in-process queue.
         arguments.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongInt(settings.delivery_limit.saturating_sub(1) as i32),
+            AMQPValue::LongInt(limit.saturating_sub(1) as i32),
         );
         arguments.insert(
             "x-dead-letter-exchange".into(),
@@ -177,13 +181,40 @@ fn queue_arguments(queue: QueueName, settings: &AmqpSettings) -> FieldTable {
         );
         arguments.insert(
             "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(settings.queue(QueueName::DeadTasks).into()),
+            AMQPValue::LongString(settings.queue(dead).into()),
         );
     }
     arguments
 }
 
-async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> Result<(), lapin::Error> {
+/// Every queue, dead-letter queues first (so that what they receive exists).
+const ALL_QUEUES: [QueueName; 4] = [
+    QueueName::DeadTasks,
+    QueueName::DeadResults,
+    QueueName::Tasks,
+    QueueName::Results,
+];
+
+/// What declaring the topology found.
+enum Declared {
+    AsSpecified,
+    /// A queue exists with other arguments (declared by an earlier version):
+    /// the broker closed the channel; the caller re-opens it and declares the
+    /// rest passively.
+    Differs(QueueName),
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error, lapin::Error::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
+
+async fn declare_topology(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    passive: &[QueueName],
+) -> Result<Declared, lapin::Error> {
     channel
         .exchange_declare(
             &settings.dead_letter_exchange(),
@@ -195,28 +226,33 @@ async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> Result<
             FieldTable::default(),
         )
         .await?;
-    for queue in [QueueName::Tasks, QueueName::Results, QueueName::DeadTasks] {
+    for queue in ALL_QUEUES {
+        let options = QueueDeclareOptions {
+            durable: true,
+            passive: passive.contains(&queue),
+            ..Default::default()
+        };
+        match channel
+            .queue_declare(&settings.queue(queue), options, queue_arguments(queue, settings))
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if is_precondition_failed(&error) => return Ok(Declared::Differs(queue)),
+            Err(error) => return Err(error),
+        }
+    }
+    for dead in [QueueName::DeadTasks, QueueName::DeadResults] {
         channel
-            .queue_declare(
-                &settings.queue(queue),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                queue_arguments(queue, settings),
+            .queue_bind(
+                &settings.queue(dead),
+                &settings.dead_letter_exchange(),
+                &settings.queue(dead),
+                QueueBindOptions::default(),
+                FieldTable::default(),
             )
             .await?;
     }
-    channel
-        .queue_bind(
-            &settings.queue(QueueName::DeadTasks),
-            &settings.dead_letter_exchange(),
-            &settings.queue(QueueName::DeadTasks),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
+    Ok(Declared::AsSpecified)
 }
 
 async fn open_channel(settings: &AmqpSettings, prefetch: Option<u16>) -> Result<(Connection, Channel), QueueError> {
@@ -232,24 +268,44 @@ async fn open_channel(settings: &AmqpSettings, prefetch: Option<u16>) -> Result<
         .await
         .map_err(|_| connect_error("timed out after 10s".into()))?
         .map_err(|e| connect_error(e.to_string()))?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| connect_error(e.to_string()))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| connect_error(e.to_string()))?;
-    if let Some(prefetch) = prefetch {
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
+    let mut passive = Vec::new();
+    loop {
+        let channel = connection
+            .create_channel()
             .await
             .map_err(|e| connect_error(e.to_string()))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        if let Some(prefetch) = prefetch {
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+        }
+        match declare_topology(&channel, settings, &passive)
+            .await
+            .map_err(|e| connect_error(format!("declaring queues: {e}")))?
+        {
+            Declared::AsSpecified => return Ok((connection, channel)),
+            Declared::Differs(queue) if !passive.contains(&queue) => {
+                // Queue arguments cannot change in place. Keep the queue as it
+                // is (its messages matter more) and say how to upgrade it.
+                tracing::warn!(
+                    queue = %settings.queue(queue),
+                    "this queue was declared by an earlier Ebb with other arguments (delivery limit,                      dead-letter path); using it as it is. To apply them: stop the fleet once it is idle,                      delete the queue, and start again"
+                );
+                passive.push(queue);
+            }
+            Declared::Differs(queue) => {
+                return Err(connect_error(format!(
+                    "queue {} exists with other arguments and cannot be used",
+                    settings.queue(queue)
+                )))
+            }
+        }
     }
-    declare_topology(&channel, settings)
-        .await
-        .map_err(|e| connect_error(format!("declaring queues: {e}")))?;
-    Ok((connection, channel))
 }
 
 struct AmqpAck(lapin::acker::Acker);

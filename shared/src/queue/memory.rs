@@ -2,7 +2,7 @@
 //! (acknowledgements, redelivery of what was not acknowledged, a delivery limit
 //! with a dead-letter queue), without a broker.
 
-use super::{Acknowledge, Delivery, MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT};
+use super::{Acknowledge, Delivery, MessageQueue, OutgoingMessage, QueueError, QueueName};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -41,8 +41,11 @@ impl Inner {
 
     /// Returns a delivery to its queue, or dead-letters it past the limit.
     fn give_back(&self, queue: QueueName, message: Stored) {
-        if queue == QueueName::Tasks && message.delivery_count >= DELIVERY_LIMIT {
-            self.push(QueueName::DeadTasks, message);
+        let limit = super::delivery_limit(queue);
+        if let Some(dead) =
+            super::dead_letter_queue(queue).filter(|_| limit.is_some_and(|l| message.delivery_count >= l))
+        {
+            self.push(dead, message);
         } else {
             self.queues
                 .lock()
@@ -85,8 +88,8 @@ impl Acknowledge for MemoryAck {
 
     async fn reject(mut self: Box<Self>) -> Result<(), QueueError> {
         if let Some(message) = self.message.take() {
-            if self.queue == QueueName::Tasks {
-                self.inner.push(QueueName::DeadTasks, message);
+            if let Some(dead) = super::dead_letter_queue(self.queue) {
+                self.inner.push(dead, message);
             }
         }
         Ok(())
@@ -157,6 +160,7 @@ impl MessageQueue for MemoryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::DELIVERY_LIMIT;
     use futures::StreamExt;
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! Workers take tasks from `Tasks` and publish reports to `Results`; tasks that
 //! keep failing (a worker crashing on them again and again) are dead-lettered to
-//! `DeadTasks`, where the coordinator fails their run with a named error. Two
+//! `DeadTasks`, where the coordinator fails their run with a named error;
+//! results the coordinator cannot read or record go to `DeadResults`, likewise. Two
 //! implementations behind one trait: RabbitMQ for a fleet, an in-process queue
 //! for `ebb standalone`. Nothing in the sync path knows which one it talks to.
 
@@ -22,6 +23,7 @@ pub enum QueueName {
     Tasks,
     Results,
     DeadTasks,
+    DeadResults,
 }
 
 impl QueueName {
@@ -30,6 +32,7 @@ impl QueueName {
             QueueName::Tasks => "ebb.tasks",
             QueueName::Results => "ebb.results",
             QueueName::DeadTasks => "ebb.tasks.dead",
+            QueueName::DeadResults => "ebb.results.dead",
         }
     }
 }
@@ -44,6 +47,31 @@ impl fmt::Display for QueueName {
 /// that crashes mid-task returns it once; a task that crashes every worker it
 /// meets must not circle forever.
 pub const DELIVERY_LIMIT: u32 = 5;
+
+/// How many times a result may be handed to the coordinator before it is
+/// dead-lettered: each failed attempt to record it waits a second, so this
+/// rides out a state DB restart, yet a result that can never be recorded
+/// fails its run by name instead of circling (RabbitMQ 4 would otherwise drop
+/// it silently after its default limit).
+pub const RESULT_DELIVERY_LIMIT: u32 = 20;
+
+/// The dead-letter queue of each queue that has one.
+pub fn dead_letter_queue(queue: QueueName) -> Option<QueueName> {
+    match queue {
+        QueueName::Tasks => Some(QueueName::DeadTasks),
+        QueueName::Results => Some(QueueName::DeadResults),
+        QueueName::DeadTasks | QueueName::DeadResults => None,
+    }
+}
+
+/// How many hand-outs a queue allows before dead-lettering.
+pub fn delivery_limit(queue: QueueName) -> Option<u32> {
+    match queue {
+        QueueName::Tasks => Some(DELIVERY_LIMIT),
+        QueueName::Results => Some(RESULT_DELIVERY_LIMIT),
+        QueueName::DeadTasks | QueueName::DeadResults => None,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
