@@ -431,6 +431,9 @@ pub fn main() -> ExitCode {
     }
     // Dropped last, after the runtime: flushes the spans still buffered.
     let _telemetry = ebb_shared::telemetry::init(service, if long_running { "info" } else { "warn" });
+    if long_running {
+        ebb_shared::telemetry::log_panics();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

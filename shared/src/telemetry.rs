@@ -97,6 +97,32 @@ pub fn init(service: &str, default_level: &str) -> TelemetryGuard {
     TelemetryGuard { provider }
 }
 
+/// Logs panics as structured error events (message, location, thread, and a
+/// backtrace when `RUST_BACKTRACE` asks for one) instead of plain text on
+/// stderr, so that a log pipeline sees them like any other error. A process
+/// installs it once, after `init`.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a panic without a message)".to_string());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => backtrace.to_string(),
+            _ => String::new(),
+        };
+        tracing::error!(panic = %message, %location, %thread, %backtrace, "panicked");
+    }));
+}
+
 fn tracer_provider(service: &str) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     let protocol = match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {

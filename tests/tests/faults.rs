@@ -552,3 +552,65 @@ async fn a_result_the_coordinator_cannot_read_fails_its_run_by_name() {
     drop(fleet);
     pool.close().await;
 }
+
+/// A panic is logged as a structured error event (JSON like every other log
+/// line, with its message and location), and what the panicking task left
+/// half done is repaired by the reconciler: the run still ends in success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_logged_as_a_structured_event_and_its_run_is_repaired() {
+    use ebb_tests::fleet::Fleet;
+
+    let database = fresh_postgres_database("panic").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 200).await;
+    let sink = Sink::start().await;
+    let config = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{}\" }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror }}\n",
+        database.url,
+        sink.url()
+    );
+    let env = [
+        ("EBB_FAULT_PANIC_AT", "after-querying".to_string()),
+        ("EBB_LOG_FORMAT", "json".to_string()),
+    ];
+    let fleet = Fleet::start_with_env(&config, 1, &env).await;
+    // The trigger's handler panics after recording the run: no answer.
+    let _ = reqwest::Client::new()
+        .post(format!("{}/api/v1/syncs/people-api/trigger", fleet.api))
+        .json(&serde_json::json!({}))
+        .send()
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let panic_line = loop {
+        let log = std::fs::read_to_string(&fleet.coordinator.log).unwrap();
+        if let Some(line) = log.lines().find(|line| line.contains("panicked")) {
+            break line.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no panic logged:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let event: serde_json::Value =
+        serde_json::from_str(&panic_line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {panic_line}"));
+    assert_eq!(event["level"], "ERROR", "{event}");
+    assert!(
+        event["fields"]["panic"].as_str().unwrap_or_default().contains("EBB_FAULT_PANIC_AT=after-querying"),
+        "{event}"
+    );
+    assert!(event["fields"]["location"].as_str().unwrap_or_default().contains("coordinator.rs"), "{event}");
+
+    let runs: serde_json::Value = reqwest::get(format!("{}/api/v1/syncs/people-api/runs?limit=5", fleet.api))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = runs["data"][0]["id"].as_str().expect("the run was recorded").to_string();
+    let run = fleet.wait_run(&run_id, Duration::from_secs(90)).await;
+    assert_eq!(run["status"], "success", "{run}\n{}", fleet.logs());
+    assert_eq!(sink_emails(&sink).len(), 200);
+    drop(fleet);
+    pool.close().await;
+}

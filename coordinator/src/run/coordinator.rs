@@ -721,10 +721,15 @@ fn outboxed(task: &TaskMessage) -> OutboxTask {
 
 /// Fault-injection hook of the fault suite: `EBB_FAULT_CRASH_AT=NAME` stops the
 /// process dead at the point called NAME, as a crash would.
+/// `EBB_FAULT_PANIC_AT=NAME` panics there instead (the task dies, the process
+/// goes on), to check how panics are logged and what the reconciler repairs.
 fn crash_point(name: &str) {
     if std::env::var("EBB_FAULT_CRASH_AT").is_ok_and(|at| at == name) {
         eprintln!("EBB_FAULT_CRASH_AT={name}: stopping here");
         std::process::abort();
+    }
+    if std::env::var("EBB_FAULT_PANIC_AT").is_ok_and(|at| at == name) {
+        panic!("EBB_FAULT_PANIC_AT={name}: panicking here");
     }
 }
 
