@@ -48,6 +48,8 @@ pub struct Runtime {
     _data_dir_lock: Option<std::fs::File>,
     /// The workers this process runs, for their health and metrics.
     pub workers: Vec<Arc<Worker>>,
+    /// Closed last on shutdown, once every component has answered what it took.
+    queues: Vec<Arc<dyn MessageQueue>>,
 }
 
 impl Runtime {
@@ -60,6 +62,7 @@ impl Runtime {
             tasks: Vec::new(),
             _data_dir_lock: None,
             workers: Vec::new(),
+            queues: Vec::new(),
         }
     }
 
@@ -235,6 +238,9 @@ impl Runtime {
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!("components still busy after {grace:?}; their tasks will be delivered again");
         }
+        for queue in &self.queues {
+            let _ = tokio::time::timeout(Duration::from_secs(5), queue.close()).await;
+        }
         if let Some(coordinator) = self.coordinator {
             coordinator.store().close().await;
         }
@@ -327,8 +333,9 @@ pub async fn start_coordinator(
     let storage = store_url.map(Storage::from_url).transpose()?;
     let leases = LocalLeases::for_config(&config).with_store(store.clone());
     leases.stand_by(None);
-    let coordinator = Coordinator::new(store, queue, storage, config);
+    let coordinator = Coordinator::new(store, queue.clone(), storage, config);
     let mut runtime = Runtime::new();
+    runtime.queues.push(queue);
     runtime.leases = leases;
     runtime.start_coordinator(coordinator, advertise_url);
     Ok(runtime)
@@ -347,6 +354,7 @@ pub async fn start_worker(
     let storage = Storage::from_url(store_url)?;
     let leases: Arc<dyn LeaseProvider> = Arc::new(HttpLeaseProvider::new(coordinator_url));
     let mut runtime = Runtime::new();
+    runtime.queues.push(queue.clone());
     runtime.start_workers(vec![worker_id.to_string()], concurrency, queue, storage, leases);
     Ok(runtime)
 }

@@ -596,10 +596,19 @@ async fn a_panic_is_logged_as_a_structured_event_and_its_run_is_repaired() {
         serde_json::from_str(&panic_line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {panic_line}"));
     assert_eq!(event["level"], "ERROR", "{event}");
     assert!(
-        event["fields"]["panic"].as_str().unwrap_or_default().contains("EBB_FAULT_PANIC_AT=after-querying"),
+        event["fields"]["panic"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("EBB_FAULT_PANIC_AT=after-querying"),
         "{event}"
     );
-    assert!(event["fields"]["location"].as_str().unwrap_or_default().contains("coordinator.rs"), "{event}");
+    assert!(
+        event["fields"]["location"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("coordinator.rs"),
+        "{event}"
+    );
 
     let runs: serde_json::Value = reqwest::get(format!("{}/api/v1/syncs/people-api/runs?limit=5", fleet.api))
         .await
@@ -607,10 +616,97 @@ async fn a_panic_is_logged_as_a_structured_event_and_its_run_is_repaired() {
         .json()
         .await
         .unwrap();
-    let run_id = runs["data"][0]["id"].as_str().expect("the run was recorded").to_string();
+    let run_id = runs["data"][0]["id"]
+        .as_str()
+        .expect("the run was recorded")
+        .to_string();
     let run = fleet.wait_run(&run_id, Duration::from_secs(90)).await;
     assert_eq!(run["status"], "success", "{run}\n{}", fleet.logs());
     assert_eq!(sink_emails(&sink).len(), 200);
+    drop(fleet);
+    pool.close().await;
+}
+
+/// A deploy's SIGTERM: the worker stops taking tasks, finishes (or
+/// checkpoints) the one it delivers, and exits cleanly, logging no error; the
+/// run ends in success on the remaining worker with every row sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_worker_quietly_and_loses_nothing() {
+    use ebb_tests::fleet::Fleet;
+    use ebb_tests::model::model_emails;
+
+    let database = fresh_postgres_database("sigterm").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 2_000).await;
+    let sink = Sink::start().await;
+    sink.set_behavior(Behavior {
+        latency: Duration::from_millis(40),
+        ..Behavior::default()
+    });
+    let config = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 25, max_concurrency: 2 }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 4 }}\n",
+        database.url,
+        sink.url()
+    );
+    let mut fleet = Fleet::start_with_env(
+        &config,
+        2,
+        &[("EBB_LOG", std::env::var("DEBUG_LOG").unwrap_or("info".into()))],
+    )
+    .await;
+    let run_id = fleet.trigger("people-api").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sink_emails(&sink).len() < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery within 60s:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = fleet.workers[0].child.id().expect("the worker runs");
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = tokio::time::timeout(Duration::from_secs(40), fleet.workers[0].child.wait())
+        .await
+        .expect("the worker exits within its grace period")
+        .unwrap();
+    assert!(status.success(), "the worker exits cleanly: {status}");
+    let log = std::fs::read_to_string(&fleet.workers[0].log).unwrap();
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "a graceful stop logs no error:\n{}",
+        errors.join("\n")
+    );
+
+    let run = fleet.wait_run(&run_id, Duration::from_secs(120)).await;
+    assert_eq!(run["status"], "success", "{run}\n{}", fleet.logs());
+    assert_eq!(run["successfulRows"]["addedCount"], 2_000, "{run}");
+    assert_eq!(sink_emails(&sink), model_emails(&pool).await, "destination == model");
+
+    // The coordinator stops as quietly.
+    let pid = fleet.coordinator.child.id().expect("the coordinator runs");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = fleet.coordinator_exited(Duration::from_secs(40)).await;
+    assert!(status.success(), "the coordinator exits cleanly: {status}");
+    let log = std::fs::read_to_string(&fleet.coordinator.log).unwrap();
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "a graceful stop logs no error:\n{}",
+        errors.join("\n")
+    );
     drop(fleet);
     pool.close().await;
 }

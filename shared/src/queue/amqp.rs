@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -62,6 +63,9 @@ impl AmqpSettings {
 pub struct AmqpQueue {
     settings: Arc<AmqpSettings>,
     publisher: Mutex<Option<(Connection, Channel)>>,
+    /// The consumers' connections still open, for `close`.
+    links: Arc<std::sync::Mutex<Vec<std::sync::Weak<Link>>>>,
+    closing: Closing,
 }
 
 impl AmqpQueue {
@@ -72,6 +76,8 @@ impl AmqpQueue {
         Ok(AmqpQueue {
             settings,
             publisher: Mutex::new(Some(opened)),
+            links: Arc::default(),
+            closing: Arc::default(),
         })
     }
 
@@ -107,6 +113,10 @@ impl AmqpQueue {
             .as_ref()
             .is_none_or(|(connection, channel)| !connection.status().connected() || !channel.status().connected())
         {
+            if let Some((old, _)) = guard.take() {
+                // Close what is left of it, or its IO loop logs errors at exit.
+                let _ = old.close(200, "reconnecting").await;
+            }
             *guard = Some(open_channel(&self.settings, None).await?);
         }
         let (_, channel) = guard.as_ref().expect("opened above");
@@ -294,7 +304,9 @@ async fn open_channel(settings: &AmqpSettings, prefetch: Option<u16>) -> Result<
                 // is (its messages matter more) and say how to upgrade it.
                 tracing::warn!(
                     queue = %settings.queue(queue),
-                    "this queue was declared by an earlier Ebb with other arguments (delivery limit,                      dead-letter path); using it as it is. To apply them: stop the fleet once it is idle,                      delete the queue, and start again"
+                    "this queue was declared by an earlier Ebb with other arguments (delivery limit, \
+                     dead-letter path); using it as it is. To apply them: stop the fleet once it is idle, \
+                     delete the queue, and start again"
                 );
                 passive.push(queue);
             }
@@ -308,39 +320,96 @@ async fn open_channel(settings: &AmqpSettings, prefetch: Option<u16>) -> Result<
     }
 }
 
-struct AmqpAck(lapin::acker::Acker);
+/// A consumer's connection, kept open while its supervisor or any delivery it
+/// handed out lives: a worker that stops consuming (SIGTERM) can still answer
+/// the tasks it is finishing. Closed cleanly when the last one goes.
+struct Link {
+    connection: Option<Connection>,
+    /// Held so that the channel stays open: lapin closes it with its last
+    /// handle, so it is dropped only after its connection closed.
+    channel: Option<Channel>,
+    /// Closes started by drops, for `close` to wait for: a process must not
+    /// exit in the middle of one (its IO loop would log errors).
+    closing: Closing,
+}
+
+type Closing = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let (Some(connection), Ok(runtime)) = (self.connection.take(), tokio::runtime::Handle::try_current()) {
+            let channel = self.channel.take();
+            let handle = runtime.spawn(async move {
+                if connection.status().connected() {
+                    let _ = connection.close(200, "consumer done").await;
+                }
+                drop(channel);
+            });
+            let mut closing = self.closing.lock().unwrap();
+            closing.retain(|handle| !handle.is_finished());
+            closing.push(handle);
+        }
+    }
+}
+
+impl Link {
+    async fn close(&self) {
+        if let Some(connection) = &self.connection {
+            if connection.status().connected() {
+                let _ = connection.close(200, "closing").await;
+            }
+        }
+    }
+}
+
+/// How long an answer to a delivery may take before it counts as lost (the
+/// broker then hands the message out again).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct AmqpAck {
+    acker: lapin::acker::Acker,
+    _link: Arc<Link>,
+}
+
+async fn answer(
+    what: &str,
+    sent: impl std::future::Future<Output = Result<(), lapin::Error>>,
+) -> Result<(), QueueError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, sent).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(QueueError::Broker(format!(
+            "{what} failed (the message will be delivered again): {e}"
+        ))),
+        Err(_) => Err(QueueError::Broker(format!(
+            "{what} got no answer within {ANSWER_TIMEOUT:?} (the message will be delivered again)"
+        ))),
+    }
+}
 
 #[async_trait]
 impl Acknowledge for AmqpAck {
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(|e| QueueError::Broker(format!("ack failed (the message will be delivered again): {e}")))
+        answer("ack", self.acker.ack(BasicAckOptions::default())).await
     }
 
     async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
-        self.0
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| QueueError::Broker(format!("requeue failed (the message will be delivered again): {e}")))
+        let options = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        answer("requeue", self.acker.nack(options)).await
     }
 
     async fn reject(self: Box<Self>) -> Result<(), QueueError> {
-        self.0
-            .nack(BasicNackOptions {
-                requeue: false,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| QueueError::Broker(format!("reject failed (the message will be delivered again): {e}")))
+        let options = BasicNackOptions {
+            requeue: false,
+            ..Default::default()
+        };
+        answer("reject", self.acker.nack(options)).await
     }
 }
 
-fn delivery_from(delivery: lapin::message::Delivery) -> Delivery {
+fn delivery_from(delivery: lapin::message::Delivery, link: &Arc<Link>) -> Delivery {
     let mut headers = BTreeMap::new();
     let mut previous_deliveries = None;
     if let Some(table) = delivery.properties.headers() {
@@ -367,7 +436,10 @@ fn delivery_from(delivery: lapin::message::Delivery) -> Delivery {
         delivery.data,
         headers,
         delivery_count,
-        Box::new(AmqpAck(delivery.acker)),
+        Box::new(AmqpAck {
+            acker: delivery.acker,
+            _link: link.clone(),
+        }),
     )
 }
 
@@ -391,10 +463,13 @@ impl MessageQueue for AmqpQueue {
 
     async fn consume(&self, queue: QueueName, prefetch: u16) -> Result<BoxStream<'static, Delivery>, QueueError> {
         let settings = self.settings.clone();
+        let links = self.links.clone();
+        let closing = self.closing.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel::<Delivery>(1);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         // Fail fast on the first connection; reconnect quietly afterwards.
         let first = open_channel(&settings, Some(prefetch)).await?;
-        let supervisor = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut opened = Some(first);
             let mut backoff = Duration::from_millis(200);
             loop {
@@ -404,12 +479,25 @@ impl MessageQueue for AmqpQueue {
                         Ok(pair) => pair,
                         Err(error) => {
                             tracing::warn!(%error, queue = queue.as_str(), "reconnect failed; retrying");
-                            tokio::time::sleep(backoff).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = &mut stopped => return,
+                            }
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                             continue;
                         }
                     },
                 };
+                let link = Arc::new(Link {
+                    connection: Some(connection),
+                    channel: Some(channel.clone()),
+                    closing: closing.clone(),
+                });
+                {
+                    let mut links = links.lock().unwrap();
+                    links.retain(|link| link.strong_count() > 0);
+                    links.push(Arc::downgrade(&link));
+                }
                 let consumer = channel
                     .basic_consume(
                         &settings.queue(queue),
@@ -427,26 +515,45 @@ impl MessageQueue for AmqpQueue {
                     }
                 };
                 backoff = Duration::from_millis(200);
-                while let Some(item) = consumer.next().await {
+                loop {
+                    let item = tokio::select! {
+                        item = consumer.next() => item,
+                        _ = &mut stopped => {
+                            // The reader is gone (a worker draining): take no
+                            // more, and leave the connection to the deliveries
+                            // still being answered; it closes after the last.
+                            let _ = channel
+                                .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+                                .await;
+                            return;
+                        }
+                    };
                     match item {
-                        Ok(delivery) => {
-                            if sender.send(delivery_from(delivery)).await.is_err() {
-                                let _ = connection.close(200, "consumer dropped").await;
-                                return;
+                        Some(Ok(delivery)) => {
+                            let delivery = delivery_from(delivery, &link);
+                            tokio::select! {
+                                sent = sender.send(delivery) => if sent.is_err() { return },
+                                _ = &mut stopped => {
+                                    let _ = channel
+                                        .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+                                        .await;
+                                    return;
+                                }
                             }
                         }
-                        Err(error) => {
+                        Some(Err(error)) => {
                             tracing::warn!(%error, queue = queue.as_str(), "consumer failed; reconnecting");
                             break;
                         }
+                        None => break,
                     }
                 }
                 drop(channel);
-                drop(connection);
+                drop(link);
                 tokio::time::sleep(backoff).await;
             }
         });
-        let guard = AbortOnDrop(supervisor);
+        let guard = StopOnDrop(Some(stop));
         let stream = futures::stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
             receiver.recv().await.map(|delivery| (delivery, (receiver, guard)))
         });
@@ -469,12 +576,37 @@ impl MessageQueue for AmqpQueue {
         let _ = connection.close(200, "depth").await;
         Ok(declared?.message_count() as u64)
     }
+
+    async fn close(&self) {
+        if let Some((connection, _)) = self.publisher.lock().await.take() {
+            if connection.status().connected() {
+                let _ = connection.close(200, "closing").await;
+            }
+        }
+        let links: Vec<Arc<Link>> = self
+            .links
+            .lock()
+            .unwrap()
+            .drain(..)
+            .filter_map(|link| link.upgrade())
+            .collect();
+        for link in links {
+            link.close().await;
+        }
+        let pending: Vec<_> = self.closing.lock().unwrap().drain(..).collect();
+        for handle in pending {
+            let _ = handle.await;
+        }
+    }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Tells a consumer's supervisor that its reader is gone.
+struct StopOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
 
-impl Drop for AbortOnDrop {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
     }
 }

@@ -126,6 +126,10 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// Messages waiting in a queue (not counting unacknowledged ones), for metrics
     /// and autoscaling.
     async fn depth(&self, queue: QueueName) -> Result<u64, QueueError>;
+
+    /// Closes every connection cleanly (a process stopping, after its
+    /// consumers have answered what they took). Publishing after it reconnects.
+    async fn close(&self) {}
 }
 
 #[async_trait]
