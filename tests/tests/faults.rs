@@ -351,6 +351,12 @@ async fn a_worker_serves_its_health_readiness_and_metrics() {
         database.url,
         sink.url()
     );
+    // The first two requests are throttled: the metrics must show it.
+    sink.set_behavior(Behavior {
+        throttle_times: 2,
+        throttle_retry_after_secs: 1,
+        ..Behavior::default()
+    });
     let mut fleet = Fleet::start(&config, 0).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -385,9 +391,37 @@ async fn a_worker_serves_its_health_readiness_and_metrics() {
     for line in [
         "ebb_worker_tasks_total{kind=\"extract\",outcome=\"done\"} 1",
         "ebb_worker_tasks_total{kind=\"shard\",outcome=\"done\"} 2",
+        "ebb_worker_destination_requests_total{destination=\"api\",answer=\"rate_limited\"} 2",
+        "ebb_worker_destination_retries_total{destination=\"api\",reason=\"rate_limited\"} 2",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
+    // 300 rows in batches of 100 over two shards: at least three answered.
+    let answered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ebb_worker_destination_requests_total{destination=\"api\",answer=\"answered\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no answered requests in:\n{metrics}"));
+    assert!(answered >= 3, "{answered}");
+    let timed = format!(
+        "ebb_worker_destination_request_seconds_count{{destination=\"api\"}} {}",
+        answered + 2
+    );
+    assert!(metrics.contains(&timed), "{timed} not in:\n{metrics}");
+    let paused_until: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ebb_worker_destination_paused_until_timestamp_seconds{destination=\"api\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pause in:\n{metrics}"));
+    assert!(paused_until > 1_700_000_000, "{paused_until}");
+
+    // Without the coordinator (its leases), the worker is not ready, and says why.
+    fleet.coordinator.kill().await;
+    let ready = http.get(format!("http://{address}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["queue"], "ok", "{body}");
+    assert!(body["leases"]["error"].is_string(), "{body}");
     drop(fleet);
     pool.close().await;
 }

@@ -12,6 +12,7 @@ use crate::behaviour::Action;
 use crate::destinations::{DeliveryError, Destination, Record, RowResults};
 use crate::diff::{PlannedOp, ShardDiff};
 use crate::limits::FleetLimiter;
+use crate::metrics::{Answer, WorkerMetrics};
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
 use rand::Rng;
@@ -104,6 +105,7 @@ pub struct Delivery<'a> {
     /// Set when the run ended (cancelled, failed): nothing more is sent, and
     /// the rows not sent fail with the reason (the next run sends them).
     pub run_ended: Arc<AtomicBool>,
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 /// The reason rows not sent after their run ended carry.
@@ -259,8 +261,17 @@ impl Delivery<'_> {
             if self.run_ended.load(Ordering::Relaxed) {
                 return Err(PartRefused::Whole(RUN_ENDED.to_string()));
             }
+            let sent_at = std::time::Instant::now();
             let result = self.destination.send(action, records).await;
             drop(permit);
+            let answer = match &result {
+                Ok(_) => Answer::Answered,
+                Err(DeliveryError::Rejected(_)) => Answer::Refused,
+                Err(DeliveryError::RateLimited { .. }) => Answer::RateLimited,
+                Err(DeliveryError::Transient(_)) => Answer::Transient,
+                Err(DeliveryError::Permanent(_)) => Answer::Permanent,
+            };
+            self.metrics.request(self.destination_name, answer, sent_at.elapsed());
             match result {
                 Ok(rows) if rows.len() == records.len() => return Ok(rows),
                 Ok(rows) => {
@@ -288,6 +299,8 @@ impl Delivery<'_> {
                         )));
                     }
                     let wait = retry_after.unwrap_or(backoff);
+                    self.metrics.paused(self.destination_name, wait);
+                    self.metrics.retry(self.destination_name, "rate_limited");
                     self.limiter.rate_limited(wait).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
                 }
@@ -301,6 +314,7 @@ impl Delivery<'_> {
                         let _ = down.set(error.clone());
                         return Err(PartRefused::Whole(error));
                     }
+                    self.metrics.retry(self.destination_name, "transient");
                     let jitter = rand::rng().random_range(0.5..1.0);
                     tokio::time::sleep(backoff.mul_f64(jitter)).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);

@@ -80,6 +80,23 @@ impl FailedTask {
     }
 }
 
+/// Each part a worker needs, with its error when it does not answer.
+#[derive(Debug, Clone)]
+pub struct WorkerReadiness {
+    pub queue: Result<(), String>,
+    pub leases: Result<(), String>,
+}
+
+impl WorkerReadiness {
+    pub fn into_result(self) -> Result<(), String> {
+        match (self.queue, self.leases) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(queue), _) => Err(format!("queue: {queue}")),
+            (_, Err(leases)) => Err(format!("leases: {leases}")),
+        }
+    }
+}
+
 pub struct Worker {
     settings: WorkerSettings,
     queue: Arc<dyn MessageQueue>,
@@ -112,11 +129,26 @@ impl Worker {
 
     /// Whether this worker can take tasks now: its queue answers.
     pub async fn ready(&self) -> Result<(), String> {
-        match tokio::time::timeout(Duration::from_secs(5), self.queue.depth(QueueName::Tasks)).await {
+        self.readiness().await.into_result()
+    }
+
+    /// Whether this worker can do its work: its queue answers, and so does
+    /// the coordinator that grants its delivery leases (each within 5 s).
+    pub async fn readiness(&self) -> WorkerReadiness {
+        let within = Duration::from_secs(5);
+        let queue = match tokio::time::timeout(within, self.queue.depth(QueueName::Tasks)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err("the queue gave no answer within 5s".into()),
-        }
+            Err(_) => Err(format!("the queue gave no answer within {within:?}")),
+        };
+        // Any run id does: the answer (for a run that does not exist) proves
+        // the lease service is up and reaches its state DB.
+        let leases = match tokio::time::timeout(within, self.leases.run_active("readiness-probe")).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(format!("the coordinator gave no answer within {within:?}")),
+        };
+        WorkerReadiness { queue, leases }
     }
 
     /// Runs tasks until `shutdown` turns true; tasks in flight then finish.
@@ -253,6 +285,7 @@ impl Worker {
                     limiters: &self.limiters,
                     worker_id: &self.settings.worker_id,
                     retry: self.settings.retry.clone(),
+                    metrics: &self.metrics,
                 };
                 let report = process_shard(&ctx, &task.sync, &task.run_id, attempt, shard, progress).await;
                 reporter.abort();

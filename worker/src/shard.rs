@@ -26,6 +26,7 @@ pub struct ShardContext<'a> {
     pub limiters: &'a Limiters,
     pub worker_id: &'a str,
     pub retry: RetryPolicy,
+    pub metrics: &'a Arc<crate::metrics::WorkerMetrics>,
 }
 
 /// How often a delivering shard asks whether its run still runs.
@@ -213,6 +214,7 @@ pub async fn process_shard(
             },
             checkpoints,
             progress,
+            metrics: ctx.metrics.clone(),
         };
         let delivered = delivery.run(&diff, &sendable, resume).await;
         watcher.abort();

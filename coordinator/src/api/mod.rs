@@ -60,13 +60,19 @@ pub fn worker_router(worker: Arc<ebb_worker::Worker>) -> Router {
             get(move || {
                 let worker = ready.clone();
                 async move {
-                    match worker.ready().await {
-                        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"ready": true, "queue": "ok"}))),
-                        Err(error) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            Json(serde_json::json!({"ready": false, "queue": {"error": error}})),
-                        ),
-                    }
+                    let readiness = worker.readiness().await;
+                    let ready = readiness.queue.is_ok() && readiness.leases.is_ok();
+                    let body = serde_json::json!({
+                        "ready": ready,
+                        "queue": readiness_part(&readiness.queue),
+                        "leases": readiness_part(&readiness.leases),
+                    });
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, Json(body))
                 }
             }),
         )
@@ -82,6 +88,14 @@ pub fn worker_router(worker: Arc<ebb_worker::Worker>) -> Router {
                 }
             }),
         )
+}
+
+/// One part of a readiness answer: "ok", or the error that part answered.
+fn readiness_part(result: &Result<(), String>) -> serde_json::Value {
+    match result {
+        Ok(()) => serde_json::json!("ok"),
+        Err(error) => serde_json::json!({ "error": error }),
+    }
 }
 
 struct ApiError(StatusCode, String);
@@ -120,14 +134,10 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
 /// 200 when the state database and the queue answer, else 503 naming what does not.
 async fn readyz(State(state): State<ApiState>) -> Response {
     let readiness = state.coordinator.readiness().await;
-    let part = |result: &Result<(), String>| match result {
-        Ok(()) => serde_json::json!("ok"),
-        Err(error) => serde_json::json!({ "error": error }),
-    };
     let body = serde_json::json!({
         "ready": readiness.is_ready(),
-        "database": part(&readiness.database),
-        "queue": part(&readiness.queue),
+        "database": readiness_part(&readiness.database),
+        "queue": readiness_part(&readiness.queue),
         // Either replica serves the API; only the leader runs the fleet.
         "role": if state.coordinator.metrics.leader.get() == 1 { "leader" } else { "standby" },
     });
