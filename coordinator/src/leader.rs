@@ -5,15 +5,19 @@
 //! exits, and its restart rejoins as a standby: nothing it started can go on.
 
 use crate::leases::{LocalLeases, LEASE_TTL};
-use crate::store::{LeaderRecord, StateStore};
+use crate::store::{LeaderRecord, LockCheck, StateStore};
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// How often a standby tries to take the lead, and the leader checks it holds it.
 pub const ELECTION_EVERY: Duration = Duration::from_secs(1);
-/// How long the leader's lock connection may take to answer before the
-/// leader counts itself deposed.
+/// How long one check of the lock's connection waits for an answer.
 const HOLD_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the lock's connection may stay silent (a paused database) before
+/// the leader gives up the lead. A failed connection gives it up at once. In
+/// between, fencing keeps a leader that lost the lock unknowingly from
+/// committing anything.
+pub const LOCK_SILENCE_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -95,15 +99,26 @@ pub async fn campaign(
     leases.lead(hold_leases_for);
     tracing::info!(epoch = record.epoch, holder = %record.holder, "this coordinator leads");
     let _ = role.send(Role::Leader(record));
+    let mut last_answer = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(ELECTION_EVERY) => {}
             _ = shutdown.changed() => return,
         }
-        if !lock.still_held(HOLD_CHECK_TIMEOUT).await {
-            let _ = role.send(Role::Deposed(
-                "the connection holding the leadership lock stopped answering; another coordinator may lead now".into(),
-            ));
+        let lost = match lock.check(HOLD_CHECK_TIMEOUT).await {
+            LockCheck::Held => {
+                last_answer = tokio::time::Instant::now();
+                None
+            }
+            LockCheck::Silent if last_answer.elapsed() < LOCK_SILENCE_LIMIT => None,
+            LockCheck::Silent => Some(format!(
+                "the state DB has not answered the leadership lock's connection for {}s",
+                last_answer.elapsed().as_secs()
+            )),
+            LockCheck::Lost => Some("the connection holding the leadership lock failed".to_string()),
+        };
+        if let Some(reason) = lost {
+            let _ = role.send(Role::Deposed(format!("{reason}; another coordinator may lead now")));
             return;
         }
     }

@@ -59,7 +59,9 @@ impl Storage {
                 .host_str()
                 .filter(|b| !b.is_empty())
                 .ok_or_else(|| config_error("name the bucket: s3://BUCKET/prefix".into()))?;
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(store_retries());
             for (key, value) in parsed.query_pairs() {
                 builder = match key.as_ref() {
                     "endpoint" => builder
@@ -150,6 +152,23 @@ impl Storage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(classify(e, key)),
         }
+    }
+}
+
+/// How one object-store call rides out an outage: refused connections, 5xx
+/// and timeouts are retried with backoff (100 ms doubling to 10 s) for up to
+/// three minutes. The defaults give up after ten quick retries, about two
+/// seconds of refused connections, which made a one-minute outage fail runs.
+/// A task whose store calls still fail goes back to the queue on top of this.
+fn store_retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(10),
+            base: 2.0,
+        },
+        max_retries: 25,
+        retry_timeout: std::time::Duration::from_secs(180),
     }
 }
 

@@ -2,11 +2,19 @@
 //! local PostgreSQL (state), RabbitMQ (queues) and an S3 server on loopback.
 
 use crate::process::EbbProcess;
+use crate::proxy::FaultProxy;
 use crate::s3::S3Server;
 use crate::services::{delete_rabbitmq_queues, fresh_postgres_database, require_rabbitmq, TestDatabase};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Fault proxies in front of a fleet's services.
+pub struct FleetFaults {
+    pub state: FaultProxy,
+    pub store: FaultProxy,
+    pub broker: FaultProxy,
+}
 
 pub struct Fleet {
     pub coordinator: EbbProcess,
@@ -20,6 +28,13 @@ pub struct Fleet {
     pub s3: S3Server,
     http: reqwest::Client,
     queue_url: String,
+    /// The broker and store URLs the processes use: through the fault
+    /// proxies when the fleet has them.
+    process_queue_url: String,
+    process_store_url: String,
+    /// Proxies between the processes and the state DB, the object store and
+    /// the broker (`start_with_faults`).
+    pub faults: Option<FleetFaults>,
     queue_prefix: String,
     /// Given to every process of the fleet, on top of its own settings.
     extra_env: Vec<(String, String)>,
@@ -45,16 +60,28 @@ impl Fleet {
 
     /// A fleet whose processes all get `extra_env` too.
     pub async fn start_with_env(config_yaml: &str, workers: usize, extra_env: &[(&str, String)]) -> Fleet {
-        Fleet::start_inner(config_yaml, workers, extra_env, false).await
+        Fleet::start_inner(config_yaml, workers, extra_env, false, false).await
     }
 
     /// A fleet of two coordinators on one state DB: the first leads once it
     /// is up, the second stands by; workers know both.
     pub async fn start_replicated(config_yaml: &str, workers: usize) -> Fleet {
-        Fleet::start_inner(config_yaml, workers, &[], true).await
+        Fleet::start_inner(config_yaml, workers, &[], true, false).await
     }
 
-    async fn start_inner(config_yaml: &str, workers: usize, extra_env: &[(&str, String)], standby: bool) -> Fleet {
+    /// A fleet whose state DB, object store and broker are reached through
+    /// fault proxies (`fleet.faults`), to stall or cut them mid-run.
+    pub async fn start_with_faults(config_yaml: &str, workers: usize) -> Fleet {
+        Fleet::start_inner(config_yaml, workers, &[], false, true).await
+    }
+
+    async fn start_inner(
+        config_yaml: &str,
+        workers: usize,
+        extra_env: &[(&str, String)],
+        standby: bool,
+        with_faults: bool,
+    ) -> Fleet {
         let extra_env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         let queue_url = require_rabbitmq().await;
         let state = fresh_postgres_database("state").await;
@@ -65,12 +92,32 @@ impl Fleet {
         let port = free_port();
         let api = format!("http://127.0.0.1:{port}");
         let queue_prefix = format!("t{}.", rand::random::<u32>());
+        let (mut state_url, mut process_queue_url, mut process_store_url) =
+            (state.url.clone(), queue_url.clone(), s3.store_url("fleet"));
+        let faults = if with_faults {
+            let faults = FleetFaults {
+                state: FaultProxy::start("127.0.0.1:5432").await,
+                store: FaultProxy::start(s3.endpoint().trim_start_matches("http://")).await,
+                broker: FaultProxy::start("127.0.0.1:5672").await,
+            };
+            state_url = state_url.replace("127.0.0.1:5432", &faults.state.address.to_string());
+            process_queue_url = process_queue_url.replace("127.0.0.1:5672", &faults.broker.address.to_string());
+            process_store_url =
+                process_store_url.replace(s3.endpoint().as_str(), &format!("http://{}", faults.store.address));
+            assert!(
+                state_url != state.url && process_queue_url != queue_url,
+                "the test services are on 127.0.0.1:5432 and :5672"
+            );
+            Some(faults)
+        } else {
+            None
+        };
         // The coordinator reads the workers' row files to serve row-level results.
         let coordinator_env: Vec<(String, String)> = [
-            ("EBB_STATE_URL", state.url.clone()),
-            ("EBB_QUEUE_URL", queue_url.clone()),
+            ("EBB_STATE_URL", state_url),
+            ("EBB_QUEUE_URL", process_queue_url.clone()),
             ("EBB_QUEUE_PREFIX", queue_prefix.clone()),
-            ("EBB_STORE_URL", s3.store_url("fleet")),
+            ("EBB_STORE_URL", process_store_url.clone()),
             ("AWS_ACCESS_KEY_ID", s3.access_key().to_string()),
             ("AWS_SECRET_ACCESS_KEY", s3.secret_key().to_string()),
             ("EBB_CONFIG", config_path.to_str().unwrap().to_string()),
@@ -90,6 +137,9 @@ impl Fleet {
             s3,
             http: reqwest::Client::new(),
             queue_url,
+            process_queue_url,
+            process_store_url,
+            faults,
             queue_prefix,
             extra_env,
             coordinator_env,
@@ -144,9 +194,9 @@ impl Fleet {
     pub fn add_worker_with_args(&mut self, extra_args: &[&str]) {
         let name = format!("worker-{}", self.workers.len());
         let mut env = vec![
-            ("EBB_QUEUE_URL", self.queue_url.clone()),
+            ("EBB_QUEUE_URL", self.process_queue_url.clone()),
             ("EBB_QUEUE_PREFIX", self.queue_prefix.clone()),
-            ("EBB_STORE_URL", self.s3.store_url("fleet")),
+            ("EBB_STORE_URL", self.process_store_url.clone()),
             (
                 "EBB_COORDINATOR_URL",
                 match &self.standby_api {

@@ -1,9 +1,12 @@
 //! A TCP proxy on loopback that injects network faults between Ebb and a real
-//! service: refused connections, and cutting every connection open.
+//! service: refused connections, cutting every connection open, and stalls
+//! (connections stay open, nothing gets through, as with a paused server).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub struct FaultProxy {
@@ -12,6 +15,7 @@ pub struct FaultProxy {
     accepted: Arc<AtomicU32>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     acceptor: JoinHandle<()>,
+    stalled: watch::Sender<bool>,
 }
 
 impl FaultProxy {
@@ -24,6 +28,7 @@ impl FaultProxy {
         let refuse_next = Arc::new(AtomicU32::new(0));
         let accepted = Arc::new(AtomicU32::new(0));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (stalled, stall) = watch::channel(false);
         let (upstream, refuse, count, open) = (
             upstream.to_string(),
             refuse_next.clone(),
@@ -42,9 +47,15 @@ impl FaultProxy {
                     continue;
                 }
                 let upstream = upstream.clone();
+                let stall = stall.clone();
                 open.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        tokio::join!(
+                            pump(client_read, server_write, stall.clone()),
+                            pump(server_read, client_write, stall)
+                        );
                     }
                 }));
             }
@@ -55,7 +66,18 @@ impl FaultProxy {
             accepted,
             connections,
             acceptor,
+            stalled,
         }
+    }
+
+    /// Holds every byte in both directions until `resume`: connections stay
+    /// open and new ones are accepted, but nothing gets through.
+    pub fn stall(&self) {
+        let _ = self.stalled.send(true);
+    }
+
+    pub fn resume(&self) {
+        let _ = self.stalled.send(false);
     }
 
     /// The next `n` connections are closed at once.
@@ -81,4 +103,28 @@ impl Drop for FaultProxy {
         self.acceptor.abort();
         self.cut();
     }
+}
+
+/// Copies one direction of a connection, holding what it read while stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while *stalled.borrow_and_update() {
+            if stalled.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

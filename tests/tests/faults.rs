@@ -744,3 +744,111 @@ async fn sigterm_drains_a_worker_quietly_and_loses_nothing() {
     drop(fleet);
     pool.close().await;
 }
+
+/// Runs a 3,000-row mirror sync on a fleet whose services sit behind fault
+/// proxies, applies `fault` once rows are flowing, holds it for `hold`, heals
+/// it, and checks that the run still ends in success with the destination
+/// equal to the model.
+async fn converges_through(
+    label: &str,
+    hold: Duration,
+    fault: fn(&ebb_tests::fleet::FleetFaults),
+    heal: fn(&ebb_tests::fleet::FleetFaults),
+) {
+    use ebb_tests::fleet::{counts, Fleet};
+    use ebb_tests::model::model_emails;
+
+    let database = fresh_postgres_database(label).await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 3_000).await;
+    let sink = Sink::start().await;
+    sink.set_behavior(Behavior {
+        latency: Duration::from_millis(20),
+        ..Behavior::default()
+    });
+    let config = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 50, max_concurrency: 2 }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 4 }}\n",
+        database.url,
+        sink.url()
+    );
+    let fleet = Fleet::start_with_faults(&config, 2).await;
+    let faults = fleet.faults.as_ref().expect("a fleet with fault proxies");
+    let run_id = fleet.trigger("people-api").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sink_emails(&sink).len() < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{label}: no delivery within 60s:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fault(faults);
+    // The fault's duration, not a wait for a result.
+    tokio::time::sleep(hold).await;
+    heal(faults);
+    let run = fleet.wait_run(&run_id, Duration::from_secs(240)).await;
+    assert_eq!(run["status"], "success", "{label}: {run}\n{}", fleet.logs());
+    assert_eq!(counts(&run, "successfulRows"), [3_000, 0, 0], "{label}: {run}");
+    assert_eq!(
+        sink_emails(&sink),
+        model_emails(&pool).await,
+        "{label}: destination == model"
+    );
+    eprintln!("{label}: {} rows sent twice", sink.duplicate_upserts());
+    drop(fleet);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_db_paused_for_30s_mid_run_loses_nothing() {
+    converges_through(
+        "state_paused",
+        Duration::from_secs(30),
+        |f| f.state.stall(),
+        |f| f.state.resume(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_stalled_for_60s_mid_run_loses_nothing() {
+    converges_through(
+        "store_stalled",
+        Duration::from_secs(60),
+        |f| f.store.stall(),
+        |f| f.store.resume(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_refusing_connections_for_60s_mid_run_loses_nothing() {
+    converges_through(
+        "store_refusing",
+        Duration::from_secs(60),
+        |f| {
+            f.store.refuse_next(u32::MAX);
+            f.store.cut();
+        },
+        |f| f.store.refuse_next(0),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_drops_every_connection_for_10s_mid_run_loses_nothing() {
+    converges_through(
+        "broker_down",
+        Duration::from_secs(10),
+        |f| {
+            f.broker.refuse_next(u32::MAX);
+            f.broker.cut();
+        },
+        |f| f.broker.refuse_next(0),
+    )
+    .await;
+}

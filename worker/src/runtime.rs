@@ -39,8 +39,11 @@ impl WorkerSettings {
             worker_id: worker_id.into(),
             concurrency: 2,
             retry: RetryPolicy::default(),
-            task_backoff: Duration::from_secs(1),
-            task_backoff_max: Duration::from_secs(30),
+            // 4, 8, 16 and 32 s between the five deliveries: with the object
+            // store's own retries inside each, a fault must last well over a
+            // minute to fail a run.
+            task_backoff: Duration::from_secs(4),
+            task_backoff_max: Duration::from_secs(60),
         }
     }
 

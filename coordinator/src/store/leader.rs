@@ -30,17 +30,30 @@ pub struct LeadershipLock {
     connection: Option<sqlx::AnyConnection>,
 }
 
+/// What a check of the leadership lock's connection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockCheck {
+    /// It answered: PostgreSQL still holds the lock for this process.
+    Held,
+    /// No answer in time (a paused or overloaded database): the lock is most
+    /// likely still ours, and no one else can take it while the database
+    /// cannot answer them either.
+    Silent,
+    /// The connection failed: PostgreSQL has released the lock, or will.
+    Lost,
+}
+
 impl LeadershipLock {
-    /// Whether the lock's connection still answers (within `within`). A lost
-    /// connection means PostgreSQL has released, or will release, the lock.
-    pub async fn still_held(&mut self, within: std::time::Duration) -> bool {
+    /// Checks the lock's connection, waiting at most `within` for an answer.
+    pub async fn check(&mut self, within: std::time::Duration) -> LockCheck {
         let Some(connection) = self.connection.as_mut() else {
-            return true; // SQLite: one process, nothing to lose
+            return LockCheck::Held; // SQLite: one process, nothing to lose
         };
-        matches!(
-            tokio::time::timeout(within, sqlx::query("SELECT 1").execute(&mut *connection)).await,
-            Ok(Ok(_))
-        )
+        match tokio::time::timeout(within, sqlx::query("SELECT 1").execute(&mut *connection)).await {
+            Ok(Ok(_)) => LockCheck::Held,
+            Ok(Err(_)) => LockCheck::Lost,
+            Err(_) => LockCheck::Silent,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ mod migrations;
 mod records;
 
 pub use gc::SyncReferences;
-pub use leader::{LeaderRecord, LeadershipLock};
+pub use leader::{LeaderRecord, LeadershipLock, LockCheck};
 pub use records::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, RunRow, ShardPlanRow};
 
 use crate::run::state::{RunStatus, ACTIVE};
