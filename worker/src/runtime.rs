@@ -356,7 +356,7 @@ mod tests {
     fn the_wait_before_a_retry_doubles_up_to_its_cap() {
         let settings = WorkerSettings::new("w");
         let waits: Vec<u64> = (1..=7).map(|d| settings.backoff(d).as_secs()).collect();
-        assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30]);
-        assert_eq!(settings.backoff(u32::MAX), Duration::from_secs(30));
+        assert_eq!(waits, vec![4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(settings.backoff(u32::MAX), Duration::from_secs(60));
     }
 }
