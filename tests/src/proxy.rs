@@ -36,7 +36,7 @@ impl FaultProxy {
             connections.clone(),
         );
         let acceptor = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 // A refused connection: closed before a byte is exchanged.
                 if refuse

@@ -243,7 +243,7 @@ impl StateStore {
         tasks: &[OutboxTask],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        self.check_fence(&mut *tx).await?;
+        self.check_fence(&mut tx).await?;
         let updated = sqlx::query(
             "UPDATE ebb_runs SET status = $1, rows_queried = $2, invalid_null = $3, shards_total = $4 \
              WHERE id = $5 AND status = $6",
@@ -360,7 +360,7 @@ impl StateStore {
         report: &ShardReport,
     ) -> Result<CommitOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        self.check_fence(&mut *tx).await?;
+        self.check_fence(&mut tx).await?;
         let shard: Option<AnyRow> =
             sqlx::query("SELECT status, base FROM ebb_run_shards WHERE run_id = $1 AND shard_index = $2")
                 .bind(run_id)
