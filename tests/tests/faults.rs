@@ -15,6 +15,35 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A fresh database with `rows` people, its pool, and an empty HTTP sink.
+async fn people_and_sink(label: &str, rows: i64) -> (ebb_tests::services::TestDatabase, PgPool, Sink) {
+    let database = fresh_postgres_database(label).await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, rows).await;
+    (database, pool, Sink::start().await)
+}
+
+/// A fleet config: the `people` model (id, email) of `database_url`, synced
+/// in mirror mode to the HTTP destination `api` at `sink_url`, with more
+/// settings for the destination and the sync (`batch_size: 50`, `shards: 4`).
+fn people_to_api(database_url: &str, sink_url: &str, destination: &str, sync: &str) -> String {
+    let more = |settings: &str| {
+        if settings.is_empty() {
+            String::new()
+        } else {
+            format!(", {settings}")
+        }
+    };
+    format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{database_url}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{sink_url}\"{} }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror{} }}\n",
+        more(destination),
+        more(sync)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_refuses_connections_for_a_while_is_retried_not_failed() {
     let database = fresh_postgres_database("faults").await;
@@ -63,10 +92,7 @@ async fn a_source_that_refuses_connections_for_a_while_is_retried_not_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_beyond_the_cap_fails_the_rows_instead_of_parking_the_run() {
-    let database = fresh_postgres_database("cap").await;
-    let pool = PgPool::connect(&database.url).await.unwrap();
-    create_people(&pool, 300).await;
-    let sink = Sink::start().await;
+    let (database, _pool, sink) = people_and_sink("cap", 300).await;
     // Every request is answered 429 with a Retry-After of an hour.
     sink.set_behavior(Behavior {
         throttle_times: u32::MAX,
@@ -208,18 +234,8 @@ async fn a_coordinator_crash_in_any_window_leaves_no_run_behind() {
         "before-finish",
         "inside-finish",
     ] {
-        let database = fresh_postgres_database("crash").await;
-        let pool = PgPool::connect(&database.url).await.unwrap();
-        create_people(&pool, 2_000).await;
-        let sink = Sink::start().await;
-        let config = format!(
-            "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
-             models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
-             destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 100 }}\n\
-             syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 4 }}\n",
-            database.url,
-            sink.url()
-        );
+        let (database, pool, sink) = people_and_sink("crash", 2_000).await;
+        let config = people_to_api(&database.url, &sink.url(), "batch_size: 100", "shards: 4");
         let mut fleet = Fleet::start_with_env(&config, 2, &[("EBB_FAULT_CRASH_AT", point.to_string())]).await;
         // The trigger itself may die with the coordinator (after-querying).
         let _ = reqwest::Client::new()
@@ -339,18 +355,8 @@ async fn readiness_reflects_the_state_database_and_the_broker() {
 async fn a_worker_serves_its_health_readiness_and_metrics() {
     use ebb_tests::fleet::Fleet;
 
-    let database = fresh_postgres_database("health").await;
-    let pool = PgPool::connect(&database.url).await.unwrap();
-    create_people(&pool, 300).await;
-    let sink = Sink::start().await;
-    let config = format!(
-        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
-         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
-         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 100 }}\n\
-         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 2 }}\n",
-        database.url,
-        sink.url()
-    );
+    let (database, pool, sink) = people_and_sink("health", 300).await;
+    let config = people_to_api(&database.url, &sink.url(), "batch_size: 100", "shards: 2");
     // The first two requests are throttled: the metrics must show it.
     sink.set_behavior(Behavior {
         throttle_times: 2,
@@ -434,22 +440,17 @@ async fn the_standby_takes_over_a_killed_leaders_run_and_finishes_it() {
     use ebb_tests::fleet::{counts, Fleet};
     use ebb_tests::model::model_emails;
 
-    let database = fresh_postgres_database("failover").await;
-    let pool = PgPool::connect(&database.url).await.unwrap();
-    create_people(&pool, 3_000).await;
-    let sink = Sink::start().await;
+    let (database, pool, sink) = people_and_sink("failover", 3_000).await;
     // Slow enough that the run is still delivering when the leader dies.
     sink.set_behavior(Behavior {
         latency: Duration::from_millis(60),
         ..Behavior::default()
     });
-    let config = format!(
-        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
-         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
-         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 50, max_concurrency: 2 }}\n\
-         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 4 }}\n",
-        database.url,
-        sink.url()
+    let config = people_to_api(
+        &database.url,
+        &sink.url(),
+        "batch_size: 50, max_concurrency: 2",
+        "shards: 4",
     );
     let mut fleet = Fleet::start_replicated(&config, 2).await;
     let standby_api = fleet.standby_api.clone().unwrap();
@@ -541,21 +542,16 @@ async fn a_result_the_coordinator_cannot_read_fails_its_run_by_name() {
     use ebb_shared::queue::{MessageQueue, OutgoingMessage, QueueName};
     use ebb_tests::fleet::Fleet;
 
-    let database = fresh_postgres_database("dead_result").await;
-    let pool = PgPool::connect(&database.url).await.unwrap();
-    create_people(&pool, 2_000).await;
-    let sink = Sink::start().await;
+    let (database, pool, sink) = people_and_sink("dead_result", 2_000).await;
     sink.set_behavior(Behavior {
         latency: Duration::from_millis(100),
         ..Behavior::default()
     });
-    let config = format!(
-        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
-         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
-         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 20, max_concurrency: 1 }}\n\
-         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 2 }}\n",
-        database.url,
-        sink.url()
+    let config = people_to_api(
+        &database.url,
+        &sink.url(),
+        "batch_size: 20, max_concurrency: 1",
+        "shards: 2",
     );
     let fleet = Fleet::start(&config, 1).await;
     let run_id = fleet.trigger("people-api").await;
@@ -594,18 +590,8 @@ async fn a_result_the_coordinator_cannot_read_fails_its_run_by_name() {
 async fn a_panic_is_logged_as_a_structured_event_and_its_run_is_repaired() {
     use ebb_tests::fleet::Fleet;
 
-    let database = fresh_postgres_database("panic").await;
-    let pool = PgPool::connect(&database.url).await.unwrap();
-    create_people(&pool, 200).await;
-    let sink = Sink::start().await;
-    let config = format!(
-        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
-         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
-         destinations:\n  api: {{ type: http, url: \"{}\" }}\n\
-         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror }}\n",
-        database.url,
-        sink.url()
-    );
+    let (database, pool, sink) = people_and_sink("panic", 200).await;
+    let config = people_to_api(&database.url, &sink.url(), "", "");
     let env = [
         ("EBB_FAULT_PANIC_AT", "after-querying".to_string()),
         ("EBB_LOG_FORMAT", "json".to_string()),
@@ -669,28 +655,18 @@ async fn sigterm_drains_a_worker_quietly_and_loses_nothing() {
     use ebb_tests::fleet::Fleet;
     use ebb_tests::model::model_emails;
 
-    let database = fresh_postgres_database("sigterm").await;
-    let pool = PgPool::connect(&database.url).await.unwrap();
-    create_people(&pool, 2_000).await;
-    let sink = Sink::start().await;
+    let (database, pool, sink) = people_and_sink("sigterm", 2_000).await;
     sink.set_behavior(Behavior {
         latency: Duration::from_millis(40),
         ..Behavior::default()
     });
-    let config = format!(
-        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
-         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
-         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 25, max_concurrency: 2 }}\n\
-         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 4 }}\n",
-        database.url,
-        sink.url()
+    let config = people_to_api(
+        &database.url,
+        &sink.url(),
+        "batch_size: 25, max_concurrency: 2",
+        "shards: 4",
     );
-    let mut fleet = Fleet::start_with_env(
-        &config,
-        2,
-        &[("EBB_LOG", std::env::var("DEBUG_LOG").unwrap_or("info".into()))],
-    )
-    .await;
+    let mut fleet = Fleet::start(&config, 2).await;
     let run_id = fleet.trigger("people-api").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while sink_emails(&sink).len() < 200 {
@@ -701,24 +677,7 @@ async fn sigterm_drains_a_worker_quietly_and_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid = fleet.workers[0].child.id().expect("the worker runs");
-    let terminated = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(terminated.success());
-    let status = tokio::time::timeout(Duration::from_secs(40), fleet.workers[0].child.wait())
-        .await
-        .expect("the worker exits within its grace period")
-        .unwrap();
-    assert!(status.success(), "the worker exits cleanly: {status}");
-    let log = std::fs::read_to_string(&fleet.workers[0].log).unwrap();
-    let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
-    assert!(
-        errors.is_empty(),
-        "a graceful stop logs no error:\n{}",
-        errors.join("\n")
-    );
+    stops_quietly(&mut fleet.workers[0]).await;
 
     let run = fleet.wait_run(&run_id, Duration::from_secs(120)).await;
     assert_eq!(run["status"], "success", "{run}\n{}", fleet.logs());
@@ -726,23 +685,38 @@ async fn sigterm_drains_a_worker_quietly_and_loses_nothing() {
     assert_eq!(sink_emails(&sink), model_emails(&pool).await, "destination == model");
 
     // The coordinator stops as quietly.
-    let pid = fleet.coordinator.child.id().expect("the coordinator runs");
-    assert!(std::process::Command::new("kill")
+    stops_quietly(&mut fleet.coordinator).await;
+    drop(fleet);
+    pool.close().await;
+}
+
+/// Sends SIGTERM and checks the process exits 0 within 40 s, logging no error.
+async fn stops_quietly(process: &mut ebb_tests::process::EbbProcess) {
+    let pid = process.child.id().expect("the process runs");
+    let terminated = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
-        .unwrap()
-        .success());
-    let status = fleet.coordinator_exited(Duration::from_secs(40)).await;
-    assert!(status.success(), "the coordinator exits cleanly: {status}");
-    let log = std::fs::read_to_string(&fleet.coordinator.log).unwrap();
+        .unwrap();
+    assert!(terminated.success());
+    let status = tokio::time::timeout(Duration::from_secs(40), process.child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} still runs 40s after SIGTERM:\n{}",
+                process.name,
+                process.log_tail(30)
+            )
+        })
+        .unwrap();
+    assert!(status.success(), "{} exits cleanly: {status}", process.name);
+    let log = std::fs::read_to_string(&process.log).unwrap();
     let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
     assert!(
         errors.is_empty(),
-        "a graceful stop logs no error:\n{}",
+        "{}: a graceful stop logs no error:\n{}",
+        process.name,
         errors.join("\n")
     );
-    drop(fleet);
-    pool.close().await;
 }
 
 /// Runs a 3,000-row mirror sync on a fleet whose services sit behind fault
@@ -758,21 +732,16 @@ async fn converges_through(
     use ebb_tests::fleet::{counts, Fleet};
     use ebb_tests::model::model_emails;
 
-    let database = fresh_postgres_database(label).await;
-    let pool = PgPool::connect(&database.url).await.unwrap();
-    create_people(&pool, 3_000).await;
-    let sink = Sink::start().await;
+    let (database, pool, sink) = people_and_sink(label, 3_000).await;
     sink.set_behavior(Behavior {
         latency: Duration::from_millis(20),
         ..Behavior::default()
     });
-    let config = format!(
-        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
-         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
-         destinations:\n  api: {{ type: http, url: \"{}\", batch_size: 50, max_concurrency: 2 }}\n\
-         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, shards: 4 }}\n",
-        database.url,
-        sink.url()
+    let config = people_to_api(
+        &database.url,
+        &sink.url(),
+        "batch_size: 50, max_concurrency: 2",
+        "shards: 4",
     );
     let fleet = Fleet::start_with_faults(&config, 2).await;
     let faults = fleet.faults.as_ref().expect("a fleet with fault proxies");
