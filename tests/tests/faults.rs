@@ -455,15 +455,7 @@ async fn the_standby_takes_over_a_killed_leaders_run_and_finishes_it() {
     let mut fleet = Fleet::start_replicated(&config, 2).await;
     let standby_api = fleet.standby_api.clone().unwrap();
     let run_id = fleet.trigger("people-api").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while sink_emails(&sink).len() < 300 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no delivery within 60s:\n{}",
-            fleet.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_delivered(&sink, 300, &fleet).await;
     fleet.coordinator.kill().await;
 
     fleet.wait_leading(&standby_api).await;
@@ -668,15 +660,7 @@ async fn sigterm_drains_a_worker_quietly_and_loses_nothing() {
     );
     let mut fleet = Fleet::start(&config, 2).await;
     let run_id = fleet.trigger("people-api").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while sink_emails(&sink).len() < 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no delivery within 60s:\n{}",
-            fleet.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_delivered(&sink, 200, &fleet).await;
     stops_quietly(&mut fleet.workers[0]).await;
 
     let run = fleet.wait_run(&run_id, Duration::from_secs(120)).await;
@@ -688,6 +672,20 @@ async fn sigterm_drains_a_worker_quietly_and_loses_nothing() {
     stops_quietly(&mut fleet.coordinator).await;
     drop(fleet);
     pool.close().await;
+}
+
+/// Waits (at most a minute) until the sink holds `rows` records: the run
+/// is delivering.
+async fn until_delivered(sink: &Sink, rows: usize, fleet: &ebb_tests::fleet::Fleet) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sink_emails(sink).len() < rows {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery within 60s:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Sends SIGTERM and checks the process exits 0 within 40 s, logging no error.
@@ -746,15 +744,7 @@ async fn converges_through(
     let fleet = Fleet::start_with_faults(&config, 2).await;
     let faults = fleet.faults.as_ref().expect("a fleet with fault proxies");
     let run_id = fleet.trigger("people-api").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while sink_emails(&sink).len() < 300 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{label}: no delivery within 60s:\n{}",
-            fleet.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_delivered(&sink, 300, &fleet).await;
     fault(faults);
     // The fault's duration, not a wait for a result.
     tokio::time::sleep(hold).await;

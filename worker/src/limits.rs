@@ -129,14 +129,14 @@ impl HttpLeaseProvider {
 
     async fn post<B: Serialize, R: for<'de> Deserialize<'de>>(&self, path: &str, body: &B) -> Result<R, String> {
         let first = self.current.lock().unwrap().clone();
-        // The current one first, then the others; a standby adds its leader.
-        let mut candidates: Vec<String> = std::iter::once(first).chain(self.base_urls.iter().cloned()).collect();
-        candidates.dedup();
-        let mut errors = Vec::new();
+        // The current one first, then the others; a standby puts its leader
+        // next. Each URL is tried once per call.
+        let mut candidates: std::collections::VecDeque<String> =
+            std::iter::once(first).chain(self.base_urls.iter().cloned()).collect();
         let mut tried = std::collections::HashSet::new();
-        while let Some(base) = candidates.first().cloned() {
-            candidates.remove(0);
-            if !tried.insert(base.clone()) || tried.len() > self.base_urls.len() + 2 {
+        let mut errors = Vec::new();
+        while let Some(base) = candidates.pop_front() {
+            if !tried.insert(base.clone()) {
                 continue;
             }
             let response = match self.client.post(format!("{base}{path}")).json(body).send().await {
@@ -148,7 +148,7 @@ impl HttpLeaseProvider {
             };
             if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                 if let Ok(StandbyAnswer { leader: Some(leader) }) = response.json::<StandbyAnswer>().await {
-                    candidates.insert(0, leader.trim_end_matches('/').to_string());
+                    candidates.push_front(leader.trim_end_matches('/').to_string());
                 }
                 errors.push(format!("coordinator at {base} is a standby"));
                 continue;
