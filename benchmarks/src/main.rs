@@ -22,6 +22,7 @@ use anyhow::Context;
 use clap::Parser;
 
 mod fleet;
+mod hubspot;
 mod plot;
 mod sink;
 use ebb_coordinator::output::thousands;
@@ -64,6 +65,12 @@ struct Args {
     /// Skip the scenarios that start `ebb` processes (they need RabbitMQ).
     #[arg(long)]
     no_fleet: bool,
+    /// Rows of the HubSpot scenario (a first sync at HubSpot's Starter limit with 4 workers); 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    hubspot_rows: u64,
+    /// Run the HubSpot scenario only.
+    #[arg(long)]
+    hubspot_only: bool,
     /// Also write a chart of time against rows (SVG) here.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -132,6 +139,27 @@ async fn run() -> anyhow::Result<()> {
         admin.execute("CREATE DATABASE ebb_bench").await?;
     }
     let url = format!("{base}/ebb_bench");
+    let hubspot = if args.hubspot_rows > 0 && (args.hubspot_only || !args.no_fleet) {
+        let table = "bench_hubspot_model";
+        let mut db = PgConnection::connect(&url).await?;
+        build_dataset(&mut db, table, args.hubspot_rows).await?;
+        eprintln!(
+            "[{}] HubSpot: first sync at the Starter limit, {} workers",
+            args.hubspot_rows,
+            hubspot::WORKERS
+        );
+        let run = hubspot::first_sync(&url, table, args.hubspot_rows).await?;
+        db.execute(format!("DROP TABLE {table}").as_str()).await?;
+        Some(run)
+    } else {
+        None
+    };
+    if args.hubspot_only {
+        if let Some(run) = &hubspot {
+            hubspot::print(run);
+        }
+        return Ok(());
+    }
     let mut all = Vec::new();
     for rows in &args.rows {
         all.push(run_size(&url, *rows, args.batch_size, !args.no_fleet).await?);
@@ -144,6 +172,9 @@ async fn run() -> anyhow::Result<()> {
     print_table(&all);
     if let Some((scaling, rate_limit)) = &latency_bound {
         print_latency_bound(args.fleet_rows, scaling, rate_limit);
+    }
+    if let Some(run) = &hubspot {
+        hubspot::print(run);
     }
     if let Some(path) = &args.plot {
         std::fs::write(path, plot(&all)).with_context(|| format!("writing the chart to {}", path.display()))?;
@@ -191,7 +222,11 @@ async fn run_size(url: &str, rows: u64, batch_size: usize, with_fleet: bool) -> 
         &format!("batch_size: {batch_size}, max_concurrency: 8"),
         "",
     );
-    let config = Arc::new(Config::from_yaml_str(Path::new("bench.yaml"), &config, dir.path())?);
+    let config = Arc::new(ebb_worker::config::from_yaml_str(
+        Path::new("bench.yaml"),
+        &config,
+        dir.path(),
+    )?);
     let runtime = start_embedded(config.clone(), dir.path(), 2, 2).await?;
 
     eprintln!("[{rows}] first sync");

@@ -22,7 +22,7 @@ pub struct Checked {
 }
 
 pub async fn check(path: &Path, connect: bool) -> Result<Checked, ConfigErrors> {
-    let (config, locations) = Config::load_located(path)?;
+    let (config, locations) = ebb_worker::config::load_located(path)?;
     let mut problems = local_problems(&config, &locations);
     if connect {
         problems.extend(connected_problems(&config, &locations).await);
@@ -59,7 +59,16 @@ fn local_problems(config: &Config, locations: &Locations) -> Vec<ConfigError> {
         unset("sources", name, "source", source.expanded_settings());
     }
     for (name, destination) in &config.destinations {
-        unset("destinations", name, "destination", destination.expanded_settings());
+        let settings = destination_settings(destination);
+        unset(
+            "destinations",
+            name,
+            "destination",
+            settings
+                .iter()
+                .map(|(path, text)| (path.clone(), text.as_str()))
+                .collect(),
+        );
     }
     for (name, source) in &config.sources {
         match source {
@@ -152,7 +161,13 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
             }
         }
         let destination_path = path_of(&["destinations", &spec.destination_name]);
-        if has_unset_variables(spec.destination.expanded_settings()) {
+        let settings = destination_settings(&spec.destination);
+        if has_unset_variables(
+            settings
+                .iter()
+                .map(|(path, text)| (path.clone(), text.as_str()))
+                .collect(),
+        ) {
             continue;
         }
         let destination = match ebb_worker::destinations::build(&spec).await {
@@ -214,6 +229,13 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
         }
     }
     problems
+}
+
+/// The destination's settings that `${VAR}`s are resolved in.
+fn destination_settings(destination: &ebb_shared::config::DestinationConfig) -> Vec<(Vec<String>, String)> {
+    ebb_worker::destinations::profile(destination)
+        .map(|profile| profile.expanded_settings)
+        .unwrap_or_default()
 }
 
 fn has_unset_variables(settings: Vec<(Vec<String>, &str)>) -> bool {

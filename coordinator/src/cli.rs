@@ -35,7 +35,7 @@ Environment:
 
 Exit status:
   0  done (a run that ended in success or warning)
-  1  the run ended failed, cancelled or interrupted
+  1  the run ended failed, cancelled or interrupted; `ebb destination test` could not reach it
   2  usage error: an unknown command or option, a missing argument
   3  the config is invalid, or `ebb check` found problems
   4  any other error: a coordinator or service out of reach, a file that cannot be written";
@@ -144,6 +144,9 @@ enum Command {
     /// Runs of a sync: list them, show one, or look at its rows.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Destinations: reach one without changing anything, or list the fields its records may have.
+    #[command(subcommand)]
+    Destination(DestinationCommand),
     /// Check a config for mistakes without running anything; with --connect, against the real sources and destinations.
     ///
     /// Reports every problem at once, each with its file and line. Without --connect it checks the
@@ -166,6 +169,35 @@ enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum DestinationCommand {
+    /// Reach a destination without changing anything in it: its credentials, and the object, list
+    /// or table its settings name. Exit status 1 when it cannot be reached.
+    ///
+    /// Runs where you run it, with this environment's variables (the ones the workers need).
+    Test {
+        /// The destination's name in the config.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// The fields a destination's records may have: name, type, whether it is unique (can match
+    /// records: `record_matching.to`) and writable. Destinations that take any field say so.
+    ///
+    /// Example: `ebb destination fields hubspot companies` lists HubSpot's company properties.
+    Fields {
+        /// The destination's name in the config.
+        name: String,
+        /// The object to describe (HubSpot: contacts, companies, deals, 2-1234567); default: the configured one.
+        object: Option<String>,
+        /// Print JSON: {"data": [{"name", "type", "unique", "writable"}]}, or {"data": null} for any field.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -357,7 +389,7 @@ impl ConfigArgs {
 
     fn load(&self) -> anyhow::Result<Arc<Config>> {
         self.require_exists()?;
-        let config = Config::load(&self.config)?;
+        let config = ebb_worker::config::load(&self.config)?;
         ebb_worker::mapping::check_templates(&config).map_err(|reason| ConfigError {
             file: Some(self.config.clone()),
             line: None,
@@ -521,6 +553,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Quickstart { dir } => crate::quickstart::run(&dir).await,
         Command::Check { config, connect, json } => check(&config, connect, json).await,
+        Command::Destination(command) => destination(command).await,
         Command::Completions { shell } => {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "ebb", &mut text);
@@ -735,6 +768,63 @@ fn run_exit_code(run: &RunView) -> ExitCode {
     match run.status.as_str() {
         "success" | "warning" => ExitCode::SUCCESS,
         _ => ExitCode::from(exit::RUN_NOT_SUCCESSFUL),
+    }
+}
+
+/// `ebb destination …`: runs the connector here, on the config's settings.
+async fn destination(command: DestinationCommand) -> anyhow::Result<ExitCode> {
+    let (DestinationCommand::Test { name, config } | DestinationCommand::Fields { name, config, .. }) = &command;
+    let loaded = config.load()?;
+    let Some(destination) = loaded.destinations.get(name) else {
+        anyhow::bail!(
+            "no destination named {name:?} in {} (defined: {})",
+            config.config.display(),
+            loaded.destinations.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let registry = &ebb_worker::destinations::REGISTRY;
+    match &command {
+        DestinationCommand::Test { .. } => match registry.test_connection(name, destination).await {
+            Ok(()) => {
+                output::print(&format!("destination {name:?} ({}): reachable\n", destination.kind));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(reason) => {
+                eprintln!("destination {name:?} ({}): {reason}", destination.kind);
+                Ok(ExitCode::from(exit::RUN_NOT_SUCCESSFUL))
+            }
+        },
+        DestinationCommand::Fields { object, json, .. } => {
+            let fields = registry
+                .fields(name, destination, object.as_deref())
+                .await
+                .map_err(|reason| anyhow::anyhow!("destination {name:?} ({}): {reason}", destination.kind))?;
+            if *json {
+                output::print_json(&serde_json::json!({ "data": fields }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let Some(fields) = fields else {
+                output::print(&format!(
+                    "destination {name:?} ({}) takes any field: records are sent as mapped\n",
+                    destination.kind
+                ));
+                return Ok(ExitCode::SUCCESS);
+            };
+            let width = fields.iter().map(|f| f.name.len()).max().unwrap_or(4).max(4);
+            let mut text = format!("{:width$}  {:12}  unique  writable\n", "name", "type");
+            for field in &fields {
+                let yes = |flag: bool| if flag { "yes" } else { "no" };
+                text.push_str(&format!(
+                    "{:width$}  {:12}  {:6}  {}\n",
+                    field.name,
+                    field.kind,
+                    yes(field.unique),
+                    yes(field.writable)
+                ));
+            }
+            output::print(&text);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

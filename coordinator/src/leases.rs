@@ -56,12 +56,14 @@ impl LeaseTable {
         let configured = config
             .destinations
             .iter()
-            .map(|(name, destination)| {
+            // A loaded config has a profile for every destination.
+            .filter_map(|(name, destination)| {
+                let profile = ebb_worker::destinations::profile(destination).ok()?;
                 let limits = ConfiguredLimits {
-                    limits: destination.limits(),
-                    max_pause: destination.max_retry_after(),
+                    limits: profile.limits,
+                    max_pause: profile.max_retry_after,
                 };
-                (name.clone(), limits)
+                Some((name.clone(), limits))
             })
             .collect();
         LeaseTable {
@@ -247,7 +249,7 @@ mod tests {
     /// A table whose config has destination `crm`: 20 requests/s, 4 at once,
     /// pauses of at most a minute.
     fn table() -> LeaseTable {
-        let config = ebb_shared::config::Config::from_yaml_str(
+        let config = ebb_worker::config::from_yaml_str(
             std::path::Path::new("t.yaml"),
             "destinations:\n  crm: { type: http, url: \"http://127.0.0.1:1/\", rate_limit: 20, max_concurrency: 4, max_retry_after: 1m }\n",
             std::path::Path::new("."),

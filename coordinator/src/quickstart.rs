@@ -9,7 +9,6 @@ use crate::api::views::TriggerBody;
 use crate::client::Backend;
 use crate::output;
 use anyhow::Context;
-use ebb_shared::config::Config;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
@@ -89,7 +88,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     std::fs::write(&config_path, CONFIG)?;
     let data = dir.join("data/customers.csv");
     std::fs::write(&data, customers_csv(false))?;
-    let config = Arc::new(Config::load(&config_path)?);
+    let config = Arc::new(ebb_worker::config::load(&config_path)?);
     let outbox = dir.join("out/customers.jsonl");
 
     say!("Ebb quickstart in {}/", dir.display());

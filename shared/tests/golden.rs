@@ -6,7 +6,10 @@
 //! reader for the old one), write the files again with
 //! `EBB_BLESS=1 cargo test -p ebb-shared --test golden` and commit them.
 
-use ebb_shared::config::{Config, SyncSpec};
+use ebb_shared::config::{
+    BatchLimits, Capabilities, Config, DeleteBehavior, DeliveryLimits, DestinationConfig, DestinationProfile,
+    DestinationTypes, FieldError, SyncMode, SyncSpec, SyncType,
+};
 use ebb_shared::hashing::{fingerprint, key_hash, HashRange};
 use ebb_shared::protocol::{
     self, ChunkRef, OpCounts, ResultMessage, ShardReport, ShardTask, SnapshotPointer, TaskKind, TaskMessage,
@@ -112,6 +115,50 @@ fn snapshot_and_chunk_files_keep_their_bytes_and_stay_readable() {
     }
 }
 
+/// The HTTP destination's settings as version 1 wrote them: every field, its
+/// defaults filled in. (The connector itself lives in the worker crate.)
+struct VersionOneHttp;
+
+impl DestinationTypes for VersionOneHttp {
+    fn names(&self) -> Vec<&'static str> {
+        vec!["http"]
+    }
+
+    fn read(
+        &self,
+        _: &str,
+        settings: serde_yaml::Value,
+        _: &Path,
+    ) -> Option<Result<serde_json::Map<String, serde_json::Value>, FieldError>> {
+        let written: serde_json::Value = serde_json::to_value(settings).unwrap();
+        let mut settings = serde_json::json!({
+            "url": written["url"],
+            "method": "POST",
+            "headers": {},
+            "batch_size": written["batch_size"],
+            "timeout": "30s",
+            "rate_limit": null,
+            "max_concurrency": null,
+            "max_retry_after": "5m",
+        });
+        Some(Ok(settings.as_object_mut().unwrap().clone()))
+    }
+
+    fn profile(&self, _: &DestinationConfig) -> Result<DestinationProfile, String> {
+        Ok(DestinationProfile {
+            capabilities: Capabilities {
+                sync_types: SyncType::ALL,
+                modes: SyncMode::ALL,
+                delete_behaviors: DeleteBehavior::ALL,
+            },
+            limits: DeliveryLimits::default(),
+            batch: BatchLimits::records(50),
+            max_retry_after: std::time::Duration::from_secs(300),
+            expanded_settings: Vec::new(),
+        })
+    }
+}
+
 fn task() -> TaskMessage {
     let config = Config::from_yaml_str(
         Path::new("golden.yaml"),
@@ -120,6 +167,7 @@ fn task() -> TaskMessage {
          destinations:\n  d: { type: http, url: \"https://crm.example.com/ebb\", batch_size: 50 }\n\
          syncs:\n  s:\n    model: m\n    destination: d\n    mode: mirror\n    mappings:\n      - { from: id, to: id }\n",
         Path::new("/etc/ebb"),
+        &VersionOneHttp,
     )
     .unwrap();
     let sync: SyncSpec = config.sync_spec("s").unwrap();

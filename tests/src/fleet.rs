@@ -210,7 +210,17 @@ impl Fleet {
         env.extend(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let worker = EbbProcess::spawn(
             &name,
-            &[&["worker", "--worker-id", &name, "--concurrency", "2"][..], extra_args].concat(),
+            &[
+                &["worker", "--worker-id", &name][..],
+                // Two tasks at once unless the test says how many.
+                if extra_args.contains(&"--concurrency") {
+                    &[][..]
+                } else {
+                    &["--concurrency", "2"][..]
+                },
+                extra_args,
+            ]
+            .concat(),
             &env,
             self.dir.path(),
         );

@@ -82,6 +82,36 @@ impl EbbProcess {
         }
     }
 
+    /// `ebb standalone --config CONFIG` on a free loopback port, once its API
+    /// answers `/healthz` (within a minute); returns it and the API's URL.
+    pub async fn standalone(config: &Path, envs: &[(&str, String)], log_dir: &Path) -> (EbbProcess, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("its address")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let config = config.to_str().expect("a UTF-8 path");
+        let standalone = EbbProcess::spawn(
+            "standalone",
+            &["standalone", "--config", config, "--listen", &listen],
+            envs,
+            log_dir,
+        );
+        let api = format!("http://{listen}");
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while http.get(format!("{api}/healthz")).send().await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "standalone did not start within 60s: {}",
+                standalone.log_tail(20)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        (standalone, api)
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

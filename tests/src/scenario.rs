@@ -9,7 +9,6 @@ use crate::sink::Sink;
 use ebb_coordinator::run::TriggerOptions;
 use ebb_coordinator::runtime::{start_embedded, Runtime};
 use ebb_coordinator::store::RunRecord;
-use ebb_shared::config::Config;
 use sqlx::{PgPool, Row};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -97,7 +96,7 @@ syncs:
             query = self.query,
             sink = self.sink.url(),
         );
-        let config = Config::from_yaml_str(Path::new("scenario.yaml"), &text, self.dir.path())
+        let config = ebb_worker::config::from_yaml_str(Path::new("scenario.yaml"), &text, self.dir.path())
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         self.runtime = Some(start_embedded(Arc::new(config), self.dir.path(), 2, 2).await.unwrap());
     }

@@ -55,7 +55,7 @@ syncs:
     shards: 3
 "#
     );
-    Arc::new(Config::from_yaml_str(Path::new("e2e.yaml"), &text, dir).unwrap())
+    Arc::new(ebb_worker::config::from_yaml_str(Path::new("e2e.yaml"), &text, dir).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +229,7 @@ syncs:
 "#,
         sink.url()
     );
-    let config = Arc::new(Config::from_yaml_str(Path::new("e.yaml"), &text, dir.path()).unwrap());
+    let config = Arc::new(ebb_worker::config::from_yaml_str(Path::new("e.yaml"), &text, dir.path()).unwrap());
     let runtime = start_embedded(config, &dir.path().join("data"), 2, 2).await.unwrap();
     let first = run_to_end(&runtime, "users-api", TriggerOptions::default()).await;
     assert_eq!(

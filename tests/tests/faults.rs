@@ -4,7 +4,6 @@
 
 use ebb_coordinator::run::{RunStatus, TriggerOptions};
 use ebb_coordinator::runtime::start_embedded;
-use ebb_shared::config::Config;
 use ebb_tests::embedded::run_to_end;
 use ebb_tests::model::{create_people, sink_emails};
 use ebb_tests::proxy::FaultProxy;
@@ -64,7 +63,7 @@ async fn a_source_that_refuses_connections_for_a_while_is_retried_not_failed() {
          syncs:\n  people-api: {{ model: people, destination: api, mode: mirror }}\n",
         sink.url()
     );
-    let config = Arc::new(Config::from_yaml_str(Path::new("faults.yaml"), &text, dir.path()).unwrap());
+    let config = Arc::new(ebb_worker::config::from_yaml_str(Path::new("faults.yaml"), &text, dir.path()).unwrap());
     let runtime = start_embedded(config, dir.path(), 2, 2).await.unwrap();
 
     // The first two attempts at the source find it refusing connections.
@@ -108,7 +107,7 @@ async fn a_retry_after_beyond_the_cap_fails_the_rows_instead_of_parking_the_run(
         database.url,
         sink.url()
     );
-    let config = Arc::new(Config::from_yaml_str(Path::new("cap.yaml"), &text, dir.path()).unwrap());
+    let config = Arc::new(ebb_worker::config::from_yaml_str(Path::new("cap.yaml"), &text, dir.path()).unwrap());
     let runtime = start_embedded(config, dir.path(), 2, 2).await.unwrap();
     let started = std::time::Instant::now();
     let run = run_to_end(&runtime, "people-api", TriggerOptions::default()).await;
@@ -150,7 +149,7 @@ async fn a_task_no_worker_can_read_fails_its_run_by_name() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = Arc::new(
-        Config::from_yaml_str(
+        ebb_worker::config::from_yaml_str(
             Path::new("t.yaml"),
             "sources:\n  files: { type: csv, path: data }\nmodels:\n  m: { source: files, file: m.csv, primary_key: id }\n\
              destinations:\n  d: { type: jsonl, path: out.jsonl }\nsyncs:\n  s: { model: m, destination: d, mode: upsert }\n",
@@ -300,7 +299,7 @@ async fn readiness_reflects_the_state_database_and_the_broker() {
         .await
         .unwrap();
     let config = Arc::new(
-        Config::from_yaml_str(
+        ebb_worker::config::from_yaml_str(
             Path::new("r.yaml"),
             "destinations:\n  d: { type: jsonl, path: out.jsonl }\n",
             dir.path(),

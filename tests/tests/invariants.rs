@@ -5,7 +5,6 @@
 use ebb_coordinator::run::{RunStatus, TriggerError, TriggerOptions};
 use ebb_coordinator::runtime::{start_embedded, Runtime};
 use ebb_coordinator::store::RunRecord;
-use ebb_shared::config::Config;
 use ebb_shared::protocol::{OpCounts, SnapshotPointer};
 use ebb_tests::embedded::run_to_end;
 use ebb_tests::model::create_people;
@@ -65,7 +64,7 @@ syncs:
 "#,
             sink = self.sink.url()
         );
-        let config = Arc::new(Config::from_yaml_str(Path::new("t.yaml"), &text, self.dir.path()).unwrap());
+        let config = Arc::new(ebb_worker::config::from_yaml_str(Path::new("t.yaml"), &text, self.dir.path()).unwrap());
         start_embedded(config, &self.dir.path().join("data"), 2, 2)
             .await
             .unwrap()

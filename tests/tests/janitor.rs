@@ -111,12 +111,6 @@ syncs:
 "#,
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let api = format!("http://127.0.0.1:{port}");
     let config = dir.path().join("ebb.yaml");
     // Short settings, kept consistent: the grace outlives the run deadline.
     let env = [
@@ -126,28 +120,8 @@ syncs:
         ("EBB_GC_RUN_FILES_AFTER", "1s".to_string()),
         ("EBB_RETENTION", "2s".to_string()),
     ];
-    let standalone = EbbProcess::spawn(
-        "standalone",
-        &[
-            "standalone",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &env,
-        dir.path(),
-    );
+    let (standalone, api) = EbbProcess::standalone(&config, &env, dir.path()).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http.get(format!("{api}/healthz")).send().await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "standalone did not start: {}",
-            standalone.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let object_root = dir.path().join(".ebb/objects");
     let state = SqlitePool::connect(&format!(
         "sqlite://{}?mode=ro",

@@ -1,7 +1,6 @@
 //! The README's config example is a config Ebb accepts: a user who copies it
 //! starts from something that loads.
 
-use ebb_shared::config::Config;
 use std::path::Path;
 
 /// The first ```yaml block under the README's heading `## {heading}`.
@@ -22,7 +21,7 @@ fn yaml_block(readme: &str, heading: &str) -> String {
 fn the_readmes_config_example_loads() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
     let example = yaml_block(&readme, "Configure");
-    let config = Config::from_yaml_str(Path::new("README.md"), &example, Path::new("."))
+    let config = ebb_worker::config::from_yaml_str(Path::new("README.md"), &example, Path::new("."))
         .unwrap_or_else(|errors| panic!("the README's config example does not load:\n{errors}"));
     assert!(config.syncs.contains_key("customers-to-crm"), "{config:?}");
     assert_eq!(config.destinations.len(), 2);

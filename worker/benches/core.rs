@@ -5,8 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ebb_shared::config::{
-    CsvSourceConfig, DeleteBehavior, DestinationConfig, JsonlDestinationConfig, ModelConfig, SourceConfig, SyncMode,
-    SyncSpec, SyncType,
+    CsvSourceConfig, DeleteBehavior, DestinationConfig, ModelConfig, SourceConfig, SyncMode, SyncSpec, SyncType,
 };
 use ebb_shared::hashing::{fingerprint, key_hash, HashRange};
 use ebb_shared::snapshot::{read_entries, Entry, EntryWriter, FileKind};
@@ -31,10 +30,13 @@ fn spec() -> SyncSpec {
         },
         source: SourceConfig::Csv(CsvSourceConfig { path: ".".into() }),
         destination_name: "out".into(),
-        destination: DestinationConfig::Jsonl(JsonlDestinationConfig {
-            path: "out.jsonl".into(),
-            batch_size: 1000,
-        }),
+        destination: DestinationConfig {
+            kind: "jsonl".into(),
+            settings: serde_json::json!({"path": "out.jsonl", "batch_size": 1000})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        },
         sync_type: SyncType::Object,
         mode: SyncMode::Mirror,
         delete_behavior: DeleteBehavior::Delete,

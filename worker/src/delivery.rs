@@ -13,6 +13,7 @@ use crate::destinations::{DeliveryError, Destination, Record, RowResults};
 use crate::diff::{PlannedOp, ShardDiff};
 use crate::limits::FleetLimiter;
 use crate::metrics::{Answer, WorkerMetrics};
+use ebb_shared::config::BatchLimits;
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
 use rand::Rng;
@@ -97,7 +98,7 @@ pub struct Delivery<'a> {
     pub destination: &'a dyn Destination,
     pub destination_name: &'a str,
     pub limiter: Arc<FleetLimiter>,
-    pub batch_size: usize,
+    pub batch: BatchLimits,
     pub retry: RetryPolicy,
     pub checkpoints: Checkpoints,
     /// Ops answered so far, for progress reports.
@@ -119,15 +120,28 @@ pub struct Delivered {
     pub destination_error: Option<String>,
 }
 
-/// Splits `start..len` into batches of at most `batch_size` ops of one action.
-fn batches(plan: &[PlannedOp], start: usize, batch_size: usize) -> Vec<Range<usize>> {
+/// Splits `start..len` into batches of one action, each within the
+/// destination's record and byte limits (a record larger than the byte limit
+/// travels alone, and the destination answers for it).
+fn batches(
+    plan: &[PlannedOp],
+    start: usize,
+    limits: BatchLimits,
+    size_of: impl Fn(&PlannedOp) -> usize,
+) -> Vec<Range<usize>> {
+    let records = limits.records.max(1);
     let mut out = Vec::new();
     let mut begin = start;
+    let mut bytes = 0usize;
     for i in start..plan.len() {
-        if i > begin && (i - begin == batch_size || plan[i].action != plan[begin].action) {
+        let size = size_of(&plan[i]);
+        let full = i - begin == records || bytes.saturating_add(size) > limits.bytes;
+        if i > begin && (full || plan[i].action != plan[begin].action) {
             out.push(begin..i);
             begin = i;
+            bytes = 0;
         }
+        bytes = bytes.saturating_add(size);
     }
     if begin < plan.len() {
         out.push(begin..plan.len());
@@ -146,7 +160,7 @@ impl Delivery<'_> {
             });
         }
         let destination_down: OnceLock<String> = OnceLock::new();
-        let ranges = batches(plan, start, self.batch_size.max(1));
+        let ranges = batches(plan, start, self.batch, |op| diff.entry(op).record.len());
         let mut answered = start as u64;
         let _ = self.progress.send(answered);
         let mut watermark = Checkpoint {
@@ -354,8 +368,16 @@ mod tests {
             op(Action::Delete),
             op(Action::Delete),
         ];
-        assert_eq!(batches(&plan, 0, 2), vec![0..2, 2..3, 3..5]);
-        assert_eq!(batches(&plan, 2, 10), vec![2..3, 3..5]);
-        assert_eq!(batches(&plan, 5, 10), Vec::<Range<usize>>::new());
+        let size = |_: &PlannedOp| 10;
+        assert_eq!(batches(&plan, 0, BatchLimits::records(2), size), vec![0..2, 2..3, 3..5]);
+        assert_eq!(batches(&plan, 2, BatchLimits::records(10), size), vec![2..3, 3..5]);
+        assert_eq!(
+            batches(&plan, 5, BatchLimits::records(10), size),
+            Vec::<Range<usize>>::new()
+        );
+        let bytes = BatchLimits { records: 10, bytes: 25 };
+        assert_eq!(batches(&plan, 0, bytes, size), vec![0..2, 2..3, 3..5]);
+        let tiny = BatchLimits { records: 10, bytes: 5 };
+        assert_eq!(batches(&plan, 0, tiny, size), vec![0..1, 1..2, 2..3, 3..4, 4..5]);
     }
 }

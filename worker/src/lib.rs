@@ -7,6 +7,7 @@
 //! snapshot. The coordinator decides what becomes current.
 
 pub mod behaviour;
+pub mod config;
 pub mod delivery;
 pub mod destinations;
 pub mod diff;

@@ -173,15 +173,14 @@ pub async fn process_shard(
     } else if sendable.is_empty() {
         (Vec::new(), None)
     } else {
+        let profile = destinations::profile(&spec.destination).map_err(|reason| TaskError::DestinationSetup {
+            destination: spec.destination_name.clone(),
+            reason,
+        })?;
         let destination = destinations::build(spec).await?;
         let limiter = ctx
             .limiters
-            .get(
-                ctx.leases,
-                ctx.worker_id,
-                &spec.destination_name,
-                spec.destination.limits(),
-            )
+            .get(ctx.leases, ctx.worker_id, &spec.destination_name, profile.limits)
             .await
             .map_err(|reason| TaskError::NoLease {
                 destination: spec.destination_name.clone(),
@@ -207,9 +206,9 @@ pub async fn process_shard(
             destination: destination.as_ref(),
             destination_name: &spec.destination_name,
             limiter,
-            batch_size: spec.destination.batch_size(),
+            batch: profile.batch,
             retry: RetryPolicy {
-                max_retry_after: spec.destination.max_retry_after(),
+                max_retry_after: profile.max_retry_after,
                 ..ctx.retry.clone()
             },
             checkpoints,

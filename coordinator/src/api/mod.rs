@@ -35,6 +35,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/rows", get(run_rows))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/destinations", get(list_destinations))
+        .route("/api/v1/destinations/{id}/test", post(test_destination))
+        .route("/api/v1/destinations/{id}/fields", get(destination_fields))
         .route("/internal/v1/leases", post(lease))
         .route("/internal/v1/leases/release", post(release))
         .route("/internal/v1/leases/rate-limited", post(rate_limited))
@@ -167,6 +170,68 @@ async fn list_syncs(State(state): State<ApiState>) -> Json<List<SyncView>> {
         .map(|(name, sync)| SyncView::new(name, sync))
         .collect();
     Json(List { data })
+}
+
+async fn list_destinations(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let config = state.coordinator.config();
+    let data: Vec<serde_json::Value> = config
+        .destinations
+        .iter()
+        .map(|(name, destination)| serde_json::json!({"id": name, "type": destination.kind}))
+        .collect();
+    Json(serde_json::json!({ "data": data, "hasMore": false }))
+}
+
+fn configured_destination(state: &ApiState, id: &str) -> Result<ebb_shared::config::DestinationConfig, ApiError> {
+    let config = state.coordinator.config();
+    config.destinations.get(id).cloned().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no destination named {id:?} (defined: {})",
+                config.destinations.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })
+}
+
+/// Reaches the destination from the coordinator, with its environment:
+/// `{"ok": true}`, or `{"ok": false, "error": …}` naming what failed.
+async fn test_destination(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let destination = configured_destination(&state, &id)?;
+    let answer = match ebb_worker::destinations::REGISTRY
+        .test_connection(&id, &destination)
+        .await
+    {
+        Ok(()) => serde_json::json!({"ok": true}),
+        Err(error) => serde_json::json!({"ok": false, "error": error}),
+    };
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+struct FieldsQuery {
+    object: Option<String>,
+}
+
+/// `{"data": [{name, type, unique, writable}]}`, or `{"data": null}` for a
+/// destination that takes any field; 502 when the destination cannot say.
+async fn destination_fields(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<FieldsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let destination = configured_destination(&state, &id)?;
+    match ebb_worker::destinations::REGISTRY
+        .fields(&id, &destination, query.object.as_deref())
+        .await
+    {
+        Ok(fields) => Ok(Json(serde_json::json!({ "data": fields }))),
+        Err(error) => Err(ApiError(StatusCode::BAD_GATEWAY, error)),
+    }
 }
 
 async fn trigger(

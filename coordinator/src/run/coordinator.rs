@@ -837,12 +837,13 @@ fn shard_tasks(
             bucket_chunks[index] = &bucket.chunks;
         }
     }
-    let limits = spec.destination.limits();
-    let max_rows = rows_per_shard(
-        spec.max_rows_per_shard,
-        limits.rate_limit,
-        spec.destination.batch_size(),
-    );
+    // A spec the worker cannot profile fails its shards by name; size them as
+    // if the destination had no limits.
+    let (rate_limit, batch_records) = match ebb_worker::destinations::profile(&spec.destination) {
+        Ok(profile) => (profile.limits.rate_limit, profile.batch.records),
+        Err(_) => (None, 1),
+    };
+    let max_rows = rows_per_shard(spec.max_rows_per_shard, rate_limit, batch_records);
     plan_shards(&bucket_rows, spec.shards, max_rows)
         .into_iter()
         .enumerate()

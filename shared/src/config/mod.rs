@@ -6,10 +6,15 @@
 //! state DB: each process resolves them from its own environment at the moment it
 //! opens a connection (`expand_env`), so tasks on the queue never carry them.
 
+mod destination;
 mod parse;
 mod sync;
 pub mod yaml;
 
+pub use destination::{
+    read_settings, settings_map, BatchLimits, DeliveryLimits, DestinationConfig, DestinationProfile, DestinationTypes,
+    FieldError,
+};
 pub use parse::env_references;
 use yaml::Segment;
 
@@ -77,86 +82,10 @@ pub struct ModelConfig {
     pub primary_key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum DestinationConfig {
-    Http(HttpDestinationConfig),
-    Postgres(PostgresDestinationConfig),
-    Jsonl(JsonlDestinationConfig),
-}
-
-/// Fleet-wide delivery limits, the same fields on every destination.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct DeliveryLimits {
-    /// Requests per second across every worker of the fleet.
-    pub rate_limit: Option<f64>,
-    /// Requests in flight across every worker of the fleet.
-    pub max_concurrency: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpDestinationConfig {
-    pub url: String,
-    #[serde(default = "default_http_method")]
-    pub method: String,
-    /// Header values may reference `${ENV_VAR}`s; they are redacted in logs.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default = "default_http_batch_size")]
-    pub batch_size: usize,
-    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
-    pub timeout: Duration,
-    #[serde(default)]
-    pub rate_limit: Option<f64>,
-    #[serde(default)]
-    pub max_concurrency: Option<u32>,
-    /// The longest `Retry-After` Ebb waits out (and pauses the fleet for); a
-    /// batch asked to wait longer fails its rows, which the next run retries.
-    #[serde(default = "default_max_retry_after", with = "humantime_serde_compat")]
-    pub max_retry_after: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresDestinationConfig {
-    pub url: String,
-    /// `schema.table` or `table`; it must exist, with a unique constraint on `key_column`.
-    pub table: String,
-    /// The destination column that identifies a record (the record-matching field).
-    pub key_column: String,
-    #[serde(default = "default_db_batch_size")]
-    pub batch_size: usize,
-    #[serde(default)]
-    pub rate_limit: Option<f64>,
-    #[serde(default)]
-    pub max_concurrency: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonlDestinationConfig {
-    /// File that every operation is appended to, relative to the config file.
-    pub path: PathBuf,
-    #[serde(default = "default_db_batch_size")]
-    pub batch_size: usize,
-}
-
-fn default_http_method() -> String {
-    "POST".to_string()
-}
-fn default_http_batch_size() -> usize {
-    100
-}
-fn default_db_batch_size() -> usize {
-    1000
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
-}
 /// Default cap on a destination's `Retry-After` and on the fleet pause it causes.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-fn default_max_retry_after() -> Duration {
+/// `DEFAULT_MAX_RETRY_AFTER`, for `#[serde(default = …)]`.
+pub fn default_max_retry_after() -> Duration {
     DEFAULT_MAX_RETRY_AFTER
 }
 
@@ -175,91 +104,6 @@ impl SourceConfig {
         match self {
             SourceConfig::Postgres(c) => vec![(vec!["url".into()], c.url.as_str())],
             SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => Vec::new(),
-        }
-    }
-}
-
-impl DestinationConfig {
-    /// The settings whose `${VAR}` references are resolved when Ebb connects,
-    /// as (key path below the destination, text).
-    pub fn expanded_settings(&self) -> Vec<(Vec<String>, &str)> {
-        match self {
-            DestinationConfig::Http(c) => std::iter::once((vec!["url".to_string()], c.url.as_str()))
-                .chain(
-                    c.headers
-                        .iter()
-                        .map(|(name, value)| (vec!["headers".to_string(), name.clone()], value.as_str())),
-                )
-                .collect(),
-            DestinationConfig::Postgres(c) => vec![(vec!["url".into()], c.url.as_str())],
-            DestinationConfig::Jsonl(_) => Vec::new(),
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DestinationConfig::Http(_) => "http",
-            DestinationConfig::Postgres(_) => "postgres",
-            DestinationConfig::Jsonl(_) => "jsonl",
-        }
-    }
-
-    pub fn limits(&self) -> DeliveryLimits {
-        match self {
-            DestinationConfig::Http(c) => DeliveryLimits {
-                rate_limit: c.rate_limit,
-                max_concurrency: c.max_concurrency,
-            },
-            DestinationConfig::Postgres(c) => DeliveryLimits {
-                rate_limit: c.rate_limit,
-                max_concurrency: c.max_concurrency,
-            },
-            DestinationConfig::Jsonl(_) => DeliveryLimits {
-                rate_limit: None,
-                max_concurrency: Some(1),
-            },
-        }
-    }
-
-    /// The longest wait a destination may ask for before its rows fail instead.
-    pub fn max_retry_after(&self) -> Duration {
-        match self {
-            DestinationConfig::Http(c) => c.max_retry_after,
-            DestinationConfig::Postgres(_) | DestinationConfig::Jsonl(_) => DEFAULT_MAX_RETRY_AFTER,
-        }
-    }
-
-    pub fn batch_size(&self) -> usize {
-        match self {
-            DestinationConfig::Http(c) => c.batch_size,
-            DestinationConfig::Postgres(c) => c.batch_size,
-            DestinationConfig::Jsonl(c) => c.batch_size,
-        }
-    }
-
-    /// What this kind of destination can do; syncs asking for more are refused
-    /// when the config is loaded.
-    pub fn capabilities(&self) -> Capabilities {
-        match self {
-            // The generic contract names every operation; the endpoint decides.
-            DestinationConfig::Http(_) | DestinationConfig::Jsonl(_) => Capabilities {
-                sync_types: SyncType::ALL,
-                modes: SyncMode::ALL,
-                delete_behaviors: DeleteBehavior::ALL,
-            },
-            // A table has no notion of an archived row.
-            DestinationConfig::Postgres(_) => Capabilities {
-                sync_types: SyncType::ALL,
-                modes: &[
-                    SyncMode::Insert,
-                    SyncMode::Update,
-                    SyncMode::Upsert,
-                    SyncMode::Mirror,
-                    SyncMode::AddRemove,
-                    SyncMode::All,
-                ],
-                delete_behaviors: DeleteBehavior::ALL,
-            },
         }
     }
 }
@@ -306,7 +150,8 @@ pub struct Schedule {
     pub every: Duration,
 }
 
-mod humantime_serde_compat {
+/// `30s`, `15m`, `1h` in config files and on the wire, for `#[serde(with = …)]`.
+pub mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -473,13 +318,14 @@ impl Locations {
 }
 
 impl Config {
-    /// Loads one YAML file, or every `*.yaml` / `*.yml` file of a directory.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        Config::load_located(path).map(|(config, _)| config)
+    /// Loads one YAML file, or every `*.yaml` / `*.yml` file of a directory,
+    /// reading destinations as `types` say.
+    pub fn load(path: &Path, types: &dyn DestinationTypes) -> Result<Config, ConfigErrors> {
+        Config::load_located(path, types).map(|(config, _)| config)
     }
 
     /// `load`, and where each item and key was written.
-    pub fn load_located(path: &Path) -> Result<(Config, Locations), ConfigErrors> {
+    pub fn load_located(path: &Path, types: &dyn DestinationTypes) -> Result<(Config, Locations), ConfigErrors> {
         let files = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| ConfigError::in_file(path, format!("cannot read config directory: {e}")))?
@@ -501,26 +347,36 @@ impl Config {
             let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
             texts.push((file, text, base));
         }
-        Config::from_texts(path, texts)
+        Config::from_texts(path, texts, types)
     }
 
     /// Parses one YAML document, as if it were a file named `name` in `base_dir`.
-    pub fn from_yaml_str(name: &Path, text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    pub fn from_yaml_str(
+        name: &Path,
+        text: &str,
+        base_dir: &Path,
+        types: &dyn DestinationTypes,
+    ) -> Result<Config, ConfigErrors> {
         Config::from_texts(
             name,
             vec![(name.to_path_buf(), text.to_string(), base_dir.to_path_buf())],
+            types,
         )
         .map(|(config, _)| config)
     }
 
     /// Parses, merges and validates files given as (name, text, directory that
     /// relative paths start from).
-    fn from_texts(given: &Path, texts: Vec<(PathBuf, String, PathBuf)>) -> Result<(Config, Locations), ConfigErrors> {
+    fn from_texts(
+        given: &Path,
+        texts: Vec<(PathBuf, String, PathBuf)>,
+        types: &dyn DestinationTypes,
+    ) -> Result<(Config, Locations), ConfigErrors> {
         let mut config = Config::default();
         let mut locations = Locations::default();
         let mut errors = Vec::new();
         for (file, text, base) in texts {
-            match parse::parse_file(&file, &text) {
+            match parse::parse_file(&file, &text, &base, types) {
                 Ok(parsed) => {
                     let index = locations.files.len();
                     errors.extend(config.merge(parsed.sections, &file, &parsed.index, &base, index, &mut locations));
@@ -543,7 +399,7 @@ impl Config {
             )
             .into());
         }
-        let problems = config.validate();
+        let problems = config.validate(types);
         if !problems.is_empty() {
             return Err(ConfigErrors(
                 problems
@@ -618,13 +474,6 @@ impl Config {
             }
         }
         for (name, destination) in file.destinations {
-            let destination = match destination {
-                DestinationConfig::Jsonl(c) => DestinationConfig::Jsonl(JsonlDestinationConfig {
-                    path: absolute(&c.path),
-                    ..c
-                }),
-                other => other,
-            };
             if insert("destinations", &name) {
                 self.destinations.insert(name, destination);
             }
@@ -638,7 +487,7 @@ impl Config {
     }
 
     /// Every reference resolves and every setting fits the others.
-    fn validate(&self) -> Vec<Problem> {
+    fn validate(&self, types: &dyn DestinationTypes) -> Vec<Problem> {
         let mut problems = Vec::new();
         for (name, model) in &self.models {
             let at = |field: &str| problem_path(&["models", name.as_str(), field]);
@@ -678,28 +527,16 @@ impl Config {
                 )),
             }
         }
+        let mut profiles = BTreeMap::new();
         for (name, destination) in &self.destinations {
-            let at = |field: &str| problem_path(&["destinations", name.as_str(), field]);
-            if destination.batch_size() == 0 {
-                problems.push(problem(
-                    at("batch_size"),
-                    format!("destination {name:?}: batch_size must be at least 1"),
-                ));
-            }
-            let limits = destination.limits();
-            if let Some(rate) = limits.rate_limit {
-                if !(rate > 0.0 && rate.is_finite()) {
-                    problems.push(problem(
-                        at("rate_limit"),
-                        format!("destination {name:?}: rate_limit must be a positive number of requests per second, not {rate}"),
-                    ));
+            match types.profile(destination) {
+                Ok(profile) => {
+                    profiles.insert(name.as_str(), profile);
                 }
-            }
-            if limits.max_concurrency == Some(0) {
-                problems.push(problem(
-                    at("max_concurrency"),
-                    format!("destination {name:?}: max_concurrency must be at least 1"),
-                ));
+                Err(message) => problems.push(problem(
+                    problem_path(&["destinations", name.as_str()]),
+                    format!("destination {name:?}: {message}"),
+                )),
             }
         }
         for (name, sync) in &self.syncs {
@@ -716,7 +553,9 @@ impl Config {
             }
             match self.destinations.get(&sync.destination) {
                 Some(destination) => {
-                    if let Err(problem) = check_sync_behaviour(name, sync, &sync.destination, destination) {
+                    let capabilities = profiles.get(sync.destination.as_str()).map(|p| &p.capabilities);
+                    if let Err(problem) = check_sync_behaviour(name, sync, &sync.destination, destination, capabilities)
+                    {
                         problems.push(problem);
                     }
                 }
@@ -786,8 +625,9 @@ fn check_sync_behaviour(
     sync: &SyncConfig,
     destination_name: &str,
     destination: &DestinationConfig,
+    capabilities: Option<&Capabilities>,
 ) -> Result<(), Problem> {
-    let (kind, mode, sync_type) = (destination.kind(), sync.mode, sync.sync_type);
+    let (kind, mode, sync_type) = (destination.kind.as_str(), sync.mode, sync.sync_type);
     let at = |field: &str| problem_path(&["syncs", name, field]);
     let fail = |field: &str, message: String| {
         Err(Problem {
@@ -804,7 +644,10 @@ fn check_sync_behaviour(
             ),
         );
     }
-    let capabilities = destination.capabilities();
+    // A destination without a profile is reported on its own.
+    let Some(capabilities) = capabilities else {
+        return Ok(());
+    };
     if !capabilities.sync_types.contains(&sync_type) {
         return fail(
             "type",
@@ -978,176 +821,4 @@ pub fn expand_env(text: &str, what: &str) -> Result<String, ConfigError> {
     }
     out.push_str(rest);
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-sources:
-  files:
-    type: csv
-    path: data
-models:
-  customers:
-    source: files
-    file: customers.csv
-    primary_key: id
-destinations:
-  out:
-    type: jsonl
-    path: out/customers.jsonl
-syncs:
-  customers-out:
-    model: customers
-    destination: out
-    mode: mirror
-    schedule:
-      every: 15m
-"#;
-
-    #[test]
-    fn loads_and_resolves_relative_paths() {
-        let config = Config::from_yaml_str(Path::new("ebb.yaml"), GOOD, Path::new("/etc/ebb")).unwrap();
-        let spec = config.sync_spec("customers-out").unwrap();
-        assert_eq!(spec.mode, SyncMode::Mirror);
-        match spec.source {
-            SourceConfig::Csv(c) => assert_eq!(c.path, Path::new("/etc/ebb/data")),
-            other => panic!("unexpected {other:?}"),
-        }
-        assert_eq!(
-            config.syncs["customers-out"].schedule.as_ref().unwrap().every,
-            Duration::from_secs(900)
-        );
-    }
-
-    #[test]
-    fn unknown_field_names_file_line_and_field() {
-        let text = GOOD.replace(
-            "    path: out/customers.jsonl",
-            "    path: out/customers.jsonl\n    bach_size: 10",
-        );
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new("."))
-            .unwrap_err()
-            .0
-            .remove(0);
-        assert_eq!(err.file.as_deref(), Some(Path::new("ebb.yaml")));
-        assert_eq!(
-            err.line,
-            Some(text.lines().position(|l| l.contains("bach_size")).unwrap() + 1)
-        );
-        assert!(err.message.contains("unknown field `bach_size`"), "{err}");
-        let top = format!("{GOOD}\nsyncz: {{}}\n");
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &top, Path::new("."))
-            .unwrap_err()
-            .0
-            .remove(0);
-        assert!(err.to_string().contains("syncz"), "{err}");
-        assert!(err.line.is_some(), "{err}");
-    }
-
-    #[test]
-    fn dangling_references_are_named() {
-        let text = GOOD.replace("destination: out", "destination: nowhere");
-        let err = Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new("."))
-            .unwrap_err()
-            .0
-            .remove(0);
-        assert!(
-            err.message.contains("\"nowhere\"") && err.message.contains("out"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn unsupported_combinations_are_refused_naming_both_sides() {
-        let load = |text: &str| {
-            Config::from_yaml_str(Path::new("ebb.yaml"), text, Path::new("."))
-                .unwrap_err()
-                .0
-                .remove(0)
-        };
-        let table = GOOD
-            .replace(
-                "    type: jsonl\n    path: out/customers.jsonl",
-                "    type: postgres\n    url: postgres://h/db\n    table: t\n    key_column: id",
-            )
-            .replace("mode: mirror", "mode: archive");
-        let err = load(&table);
-        assert!(
-            err.message.contains("archive") && err.message.contains("postgres destination \"out\""),
-            "{err}"
-        );
-        let err = load(&GOOD.replace("mode: mirror", "type: event\n    mode: upsert"));
-        assert!(err.message.contains("event") && err.message.contains("upsert"), "{err}");
-        let err = load(&GOOD.replace("mode: mirror", "mode: add_remove"));
-        assert!(
-            err.message.contains("object") && err.message.contains("add_remove"),
-            "{err}"
-        );
-        let err = load(&GOOD.replace("mode: mirror", "mode: mirror\n    delete_behavior: do_nothing"));
-        assert!(
-            err.message.contains("mirror") && err.message.contains("do_nothing"),
-            "{err}"
-        );
-        let audience = GOOD.replace("mode: mirror", "type: audience\n    mode: add_remove");
-        Config::from_yaml_str(Path::new("ebb.yaml"), &audience, Path::new(".")).unwrap();
-    }
-
-    #[test]
-    fn mappings_need_one_source_and_a_valid_path() {
-        let load = |mappings: &str| {
-            let text = GOOD.replace(
-                "    mode: mirror",
-                &format!("    mode: mirror\n    mappings:\n{mappings}"),
-            );
-            Config::from_yaml_str(Path::new("ebb.yaml"), &text, Path::new(".")).map_err(|mut e| e.0.remove(0))
-        };
-        load("      - { from: id, to: id }\n      - { to: \"tags[]\", value: vip }\n      - { to: \"tags[]\", template: x }")
-            .unwrap();
-        let err = load("      - { from: id, value: 1, to: id }").unwrap_err();
-        assert!(err.message.contains("exactly one"), "{err}");
-        let err = load("      - { to: id }").unwrap_err();
-        assert!(err.message.contains("exactly one"), "{err}");
-        let err = load("      - { from: a, to: x }\n      - { from: b, to: x }").unwrap_err();
-        assert!(err.message.contains("\"x\""), "{err}");
-        let err = load("      - { from: a, to: \"a..b\" }").unwrap_err();
-        assert!(err.message.contains("empty"), "{err}");
-        let err = load("      - { from: a, to: \"a[].b\" }").unwrap_err();
-        assert!(err.message.contains("[]"), "{err}");
-        let err = load("      - { from: a, to: x, cast: decimal }").unwrap_err();
-        assert!(err.message.contains("decimal"), "{err}");
-    }
-
-    #[test]
-    fn env_references_resolve_late_and_name_the_variable() {
-        std::env::set_var("EBB_TEST_SECRET_A", "s3cr3t");
-        assert_eq!(
-            expand_env("postgres://u:${EBB_TEST_SECRET_A}@h/db", "source x").unwrap(),
-            "postgres://u:s3cr3t@h/db"
-        );
-        let err = expand_env("${EBB_TEST_MISSING_B}", "destination crm header Authorization").unwrap_err();
-        assert!(err.message.contains("EBB_TEST_MISSING_B") && err.message.contains("crm"));
-    }
-
-    #[test]
-    fn directory_of_files_merges_and_rejects_duplicates() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = GOOD.split_at(GOOD.find("destinations:").unwrap());
-        std::fs::write(dir.path().join("a.yaml"), a).unwrap();
-        std::fs::write(dir.path().join("b.yml"), b).unwrap();
-        let config = Config::load(dir.path()).unwrap();
-        assert!(config.syncs.contains_key("customers-out"));
-        std::fs::write(
-            dir.path().join("c.yaml"),
-            "models:\n  customers:\n    source: files\n    file: x.csv\n    primary_key: id\n",
-        )
-        .unwrap();
-        let err = Config::load(dir.path()).unwrap_err();
-        assert!(
-            err.to_string().contains("c.yaml") && err.to_string().contains("a.yaml"),
-            "{err}"
-        );
-    }
 }

@@ -6,12 +6,12 @@
 //! `type` is taken off here and the block is read as that type's own struct,
 //! through `serde_path_to_error`, which says which field was wrong.
 
+use super::destination::{read_settings as typed, FieldError};
 use super::yaml::{display_path, Segment, YamlIndex};
 use super::{
-    ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, HttpDestinationConfig, JsonlDestinationConfig,
-    PostgresDestinationConfig, PostgresSourceConfig, SourceConfig, SqliteSourceConfig,
+    ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, DestinationTypes, PostgresSourceConfig, SourceConfig,
+    SqliteSourceConfig,
 };
-use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,50 +30,18 @@ const SOURCE_TYPES: &[Reader<SourceConfig>] = &[
     ("csv", |v| typed::<CsvSourceConfig>(v).map(SourceConfig::Csv)),
 ];
 
-/// Each destination type and how its block is read.
-const DESTINATION_TYPES: &[Reader<DestinationConfig>] = &[
-    ("http", |v| {
-        typed::<HttpDestinationConfig>(v).map(DestinationConfig::Http)
-    }),
-    ("postgres", |v| {
-        typed::<PostgresDestinationConfig>(v).map(DestinationConfig::Postgres)
-    }),
-    ("jsonl", |v| {
-        typed::<JsonlDestinationConfig>(v).map(DestinationConfig::Jsonl)
-    }),
-];
-
 /// A file's sections and the line of every key in it.
 pub(super) struct ParsedFile {
     pub sections: ConfigFile,
     pub index: YamlIndex,
 }
 
-/// A problem inside one block: the path of the field below the block, and what serde said.
-pub(super) struct FieldError {
-    path: Vec<Segment>,
-    message: String,
-    /// The message is Ebb's own, in the user's words already (not serde's).
-    worded: bool,
-}
-
-fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
-    serde_path_to_error::deserialize(value).map_err(|error| FieldError {
-        path: error
-            .path()
-            .iter()
-            .filter_map(|segment| match segment {
-                serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
-                serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
-                _ => None,
-            })
-            .collect(),
-        message: error.into_inner().to_string(),
-        worded: false,
-    })
-}
-
-pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<ConfigError>> {
+pub(super) fn parse_file(
+    file: &Path,
+    text: &str,
+    base_dir: &Path,
+    destination_types: &dyn DestinationTypes,
+) -> Result<ParsedFile, Vec<ConfigError>> {
     let at = |line: Option<usize>, message: String| ConfigError {
         file: Some(file.to_path_buf()),
         line,
@@ -190,7 +158,7 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<Conf
                         sections.sources.insert(name.clone(), source);
                     })
                     .map_err(located),
-                "destinations" => tagged(body, DESTINATION_TYPES, "destination")
+                "destinations" => destination(body, destination_types, base_dir)
                     .map(|destination| {
                         sections.destinations.insert(name.clone(), destination);
                     })
@@ -220,7 +188,28 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<Conf
 
 /// Reads a block whose `type` picks the struct it is.
 fn tagged<T>(body: Value, types: &[Reader<T>], what: &str) -> Result<T, FieldError> {
-    let known = || types.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
+    let names: Vec<&str> = types.iter().map(|(name, _)| *name).collect();
+    let (kind, fields) = take_type(body, &names, what)?;
+    let (_, read) = types
+        .iter()
+        .find(|(name, _)| *name == kind)
+        .expect("take_type knows the names");
+    read(fields)
+}
+
+/// Reads a destination block with the connector its `type` names.
+fn destination(body: Value, types: &dyn DestinationTypes, base_dir: &Path) -> Result<DestinationConfig, FieldError> {
+    let (kind, fields) = take_type(body, &types.names(), "destination")?;
+    let settings = types
+        .read(&kind, fields, base_dir)
+        .expect("take_type knows the names")?;
+    Ok(DestinationConfig { kind, settings })
+}
+
+/// Takes a block's `type` off, checking it is one of `names`; the rest of the
+/// block is that type's settings.
+fn take_type(body: Value, names: &[&str], what: &str) -> Result<(String, Value), FieldError> {
+    let known = || names.join(", ");
     let Value::Mapping(mut fields) = body else {
         return Err(FieldError {
             path: Vec::new(),
@@ -245,9 +234,8 @@ fn tagged<T>(body: Value, types: &[Reader<T>], what: &str) -> Result<T, FieldErr
             })
         }
     };
-    let Some((_, read)) = types.iter().find(|(name, _)| *name == kind) else {
-        let names: Vec<&str> = types.iter().map(|(name, _)| *name).collect();
-        let hint = closest(&kind, &names)
+    if !names.contains(&kind.as_str()) {
+        let hint = closest(&kind, names)
             .map(|s| format!(" (did you mean `{s}`?)"))
             .unwrap_or_default();
         return Err(FieldError {
@@ -255,8 +243,8 @@ fn tagged<T>(body: Value, types: &[Reader<T>], what: &str) -> Result<T, FieldErr
             message: format!("unknown {what} type `{kind}`{hint}; Ebb has: {}", known()),
             worded: true,
         });
-    };
-    read(Value::Mapping(fields))
+    }
+    Ok((kind, Value::Mapping(fields)))
 }
 
 pub(super) fn singular(section: &str) -> &str {
@@ -381,8 +369,29 @@ impl Default for ConfigFile {
 mod tests {
     use super::*;
 
+    /// This crate knows no destination type: those are the worker's, and
+    /// tested there.
+    struct NoDestinations;
+
+    impl DestinationTypes for NoDestinations {
+        fn names(&self) -> Vec<&'static str> {
+            Vec::new()
+        }
+        fn read(
+            &self,
+            _: &str,
+            _: Value,
+            _: &Path,
+        ) -> Option<Result<serde_json::Map<String, serde_json::Value>, FieldError>> {
+            None
+        }
+        fn profile(&self, _: &DestinationConfig) -> Result<super::super::DestinationProfile, String> {
+            Err("no destination types".into())
+        }
+    }
+
     fn errors(text: &str) -> Vec<String> {
-        match parse_file(Path::new("e.yaml"), text) {
+        match parse_file(Path::new("e.yaml"), text, Path::new("."), &NoDestinations) {
             Ok(_) => Vec::new(),
             Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
         }
@@ -390,13 +399,13 @@ mod tests {
 
     #[test]
     fn wrong_types_are_named_in_user_words_at_their_line() {
-        let found = errors("destinations:\n  crm:\n    type: http\n    url: http://x\n    batch_size: ten\n");
+        let found = errors("syncs:\n  a:\n    model: m\n    destination: d\n    mode: upsert\n    shards: ten\n");
         assert_eq!(
             found,
-            vec!["e.yaml:5: destination \"crm\": `batch_size` must be a whole number (0 or more), not string \"ten\""]
+            vec!["e.yaml:6: sync \"a\": `shards` must be a whole number (0 or more), not string \"ten\""]
         );
-        let found = errors("destinations:\n  crm:\n    type: http\n    url: http://x\n    rate_limit: [1]\n");
-        assert!(found[0].contains("`rate_limit` must be a number"), "{found:?}");
+        let found = errors("syncs:\n  a:\n    model: m\n    destination: d\n    mode: upsert\n    skip_nulls: [1]\n");
+        assert!(found[0].contains("`skip_nulls` must be true or false"), "{found:?}");
     }
 
     #[test]

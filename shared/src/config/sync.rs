@@ -127,11 +127,21 @@ impl SyncMode {
 
 /// The sync types, modes and delete behaviours one kind of destination
 /// supports. A sync asking for anything else is refused when it is defined.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
     pub sync_types: &'static [SyncType],
     pub modes: &'static [SyncMode],
     pub delete_behaviors: &'static [DeleteBehavior],
+}
+
+impl Capabilities {
+    /// Every sync type, mode and delete behaviour: for destinations that take
+    /// whatever operation they are sent (a generic endpoint, a log).
+    pub const ANY: Capabilities = Capabilities {
+        sync_types: SyncType::ALL,
+        modes: SyncMode::ALL,
+        delete_behaviors: DeleteBehavior::ALL,
+    };
 }
 
 /// One mapped field of a sync: where its value comes from, and the destination

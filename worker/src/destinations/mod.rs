@@ -1,11 +1,19 @@
 //! Destination connectors. Each lives in its own directory with the same files:
-//! `mod.rs` (configuration and the `Destination` impl), `request.rs` (how a batch
-//! becomes a request) and `response.rs` (how an answer becomes per-row results
-//! and a retriable or permanent error).
+//! `config.rs` (its settings, as users write them), `mod.rs` (the connector:
+//! what it declares and how it opens), `request.rs` (how a batch becomes a
+//! request), `response.rs` (how an answer becomes per-row results and a
+//! retriable or permanent error) and its tests. Adding a destination adds its
+//! directory and one line to [`REGISTRY`]; `docs/destinations/README.md` walks
+//! through it.
 
 mod http;
+pub mod hubspot;
 mod jsonl;
 mod postgres;
+mod registry;
+pub mod settings;
+
+pub use registry::{profile, Connector, Registry, REGISTRY};
 
 use crate::behaviour::Action;
 use crate::error::TaskError;
@@ -13,6 +21,20 @@ use async_trait::async_trait;
 use ebb_shared::config::SyncSpec;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A field a destination's records may have, as `ebb destination fields`
+/// lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Field {
+    pub name: String,
+    /// The destination's own type name.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its values are unique: it can identify a record (`record_matching.to`).
+    pub unique: bool,
+    /// Ebb can write it (not read-only or calculated).
+    pub writable: bool,
+}
 
 /// One record of a batch: the model key and the mapped record as JSON text.
 #[derive(Debug, Clone, Copy)]
@@ -62,16 +84,7 @@ pub trait Destination: Send + Sync {
 
 /// Opens a sync's destination, checking what can be checked before any row is sent.
 pub async fn build(spec: &SyncSpec) -> Result<Arc<dyn Destination>, TaskError> {
-    use ebb_shared::config::DestinationConfig;
-    let name = spec.destination_name.as_str();
-    let matching = spec.record_matching.as_ref().map(|m| m.to.as_str());
-    match &spec.destination {
-        DestinationConfig::Http(c) => Ok(Arc::new(http::HttpDestination::new(name, c, matching)?)),
-        DestinationConfig::Postgres(c) => Ok(Arc::new(
-            postgres::PostgresDestination::connect(name, c, matching).await?,
-        )),
-        DestinationConfig::Jsonl(c) => Ok(Arc::new(jsonl::JsonlDestination::new(c))),
-    }
+    REGISTRY.open(spec).await
 }
 
 /// A record with every field set to null but `keep` (the field that identifies

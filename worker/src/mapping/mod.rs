@@ -430,8 +430,8 @@ fn insert_at(object: &mut Map<String, Json>, path: &[PathStep], value: Json) -> 
 mod tests {
     use super::*;
     use ebb_shared::config::{
-        CsvSourceConfig, DeleteBehavior, DestinationConfig, JsonlDestinationConfig, ModelConfig, RecordMatching,
-        SourceConfig, SyncMode, SyncType,
+        CsvSourceConfig, DeleteBehavior, DestinationConfig, ModelConfig, RecordMatching, SourceConfig, SyncMode,
+        SyncType,
     };
 
     fn spec(mappings: Vec<FieldMapping>) -> SyncSpec {
@@ -446,10 +446,13 @@ mod tests {
             },
             source: SourceConfig::Csv(CsvSourceConfig { path: ".".into() }),
             destination_name: "d".into(),
-            destination: DestinationConfig::Jsonl(JsonlDestinationConfig {
-                path: "out.jsonl".into(),
-                batch_size: 10,
-            }),
+            destination: DestinationConfig {
+                kind: "jsonl".into(),
+                settings: serde_json::json!({"path": "out.jsonl", "batch_size": 10})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            },
             sync_type: SyncType::Object,
             mode: SyncMode::Upsert,
             delete_behavior: DeleteBehavior::DoNothing,

@@ -1,6 +1,6 @@
 //! A generic HTTP endpoint: batches of records as one JSON request each.
 //!
-//! The contract (documented in docs/http-destination.md): Ebb sends
+//! The contract (documented in docs/destinations/http.md): Ebb sends
 //! `{"operation": OP, "match": FIELD?, "records": [{"key": …, "fields": {…}}]}`
 //! with OP one of insert, update, upsert, delete, clear, archive, add, remove,
 //! track. A `2xx` accepts the batch, except the records a JSON body lists under
@@ -9,15 +9,93 @@
 //! `400`, `413` and `422` refuse the batch's content (Ebb splits it to find the
 //! records at fault); any other status refuses the whole batch.
 
+mod config;
 mod request;
-mod response;
+pub(super) mod response;
 
-use super::{DeliveryError, Destination, Record, RowResults};
+use super::settings::{self, Documented, Requested};
+use super::{Connector, DeliveryError, Destination, Record, RowResults};
 use crate::behaviour::Action;
 use crate::error::TaskError;
 use async_trait::async_trait;
-use ebb_shared::config::{expand_env, HttpDestinationConfig};
+pub use config::HttpDestinationConfig;
+use ebb_shared::config::{expand_env, BatchLimits, Capabilities, DestinationProfile, FieldError, SyncSpec};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+
+/// The connector.
+pub struct Http;
+
+/// The generic contract has no vendor limits: the user's hold.
+const DOCUMENTED: Documented = Documented {
+    rate_limit: None,
+    max_concurrency: None,
+    batch: BatchLimits::records(usize::MAX),
+    default_batch_size: 100,
+};
+
+fn requested(config: &HttpDestinationConfig) -> Requested {
+    Requested {
+        batch_size: config.batch_size,
+        rate_limit: config.rate_limit,
+        max_concurrency: config.max_concurrency,
+    }
+}
+
+impl Connector for Http {
+    const TYPE: &'static str = "http";
+    type Config = HttpDestinationConfig;
+
+    fn profile(config: &Self::Config) -> Result<DestinationProfile, FieldError> {
+        let (limits, batch) = settings::apply(&DOCUMENTED, requested(config))?;
+        // A url built from variables is checked when it is resolved.
+        if !config.url.contains("${") {
+            let url = reqwest::Url::parse(&config.url)
+                .map_err(|e| FieldError::at(&["url"], format!("`url` is not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(FieldError::at(
+                    &["url"],
+                    format!("`url` must be http:// or https://, not {}://", url.scheme()),
+                ));
+            }
+        }
+        if reqwest::Method::from_bytes(config.method.to_uppercase().as_bytes()).is_err() {
+            return Err(FieldError::at(
+                &["method"],
+                format!("`method` {:?} is not an HTTP method", config.method),
+            ));
+        }
+        Ok(DestinationProfile {
+            // The generic contract names every operation; the endpoint decides.
+            capabilities: Capabilities::ANY,
+            limits,
+            batch,
+            max_retry_after: config.max_retry_after,
+            expanded_settings: std::iter::once((vec!["url".to_string()], config.url.clone()))
+                .chain(
+                    config
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (vec!["headers".to_string(), name.clone()], value.clone())),
+                )
+                .collect(),
+        })
+    }
+
+    async fn test_connection(config: Self::Config, name: &str) -> Result<(), String> {
+        let destination = HttpDestination::new(name, &config, None).map_err(|e| e.to_string())?;
+        destination.check_connection().await
+    }
+
+    async fn open(config: Self::Config, spec: &SyncSpec) -> Result<Arc<dyn Destination>, TaskError> {
+        let matching = spec.record_matching.as_ref().map(|m| m.to.as_str());
+        Ok(Arc::new(HttpDestination::new(
+            &spec.destination_name,
+            &config,
+            matching,
+        )?))
+    }
+}
 
 pub struct HttpDestination {
     client: reqwest::Client,

@@ -3,7 +3,7 @@ use ebb_shared::redact::redact_secrets;
 use std::time::{Duration, SystemTime};
 
 /// `Retry-After` is either seconds or an HTTP date.
-pub(super) fn parse_retry_after(value: &str) -> Option<Duration> {
+pub(in crate::destinations) fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<f64>() {
         return (seconds >= 0.0 && seconds.is_finite()).then(|| Duration::from_secs_f64(seconds));

@@ -7,18 +7,106 @@
 //! a whole batch. A statement that fails on bad data refuses the batch, and the
 //! delivery engine sends it in halves until the offending rows are isolated.
 
+mod config;
 mod request;
 mod response;
 
-use super::{DeliveryError, Destination, Record, RowResults};
+use super::settings::{self, Documented, Requested};
+use super::{Connector, DeliveryError, Destination, Field, Record, RowResults};
 use crate::behaviour::Action;
 use crate::error::TaskError;
 use async_trait::async_trait;
-use ebb_shared::config::{expand_env, PostgresDestinationConfig};
+pub use config::PostgresDestinationConfig;
+use ebb_shared::config::{
+    expand_env, BatchLimits, Capabilities, DeleteBehavior, DestinationProfile, FieldError, SyncMode, SyncSpec,
+    SyncType, DEFAULT_MAX_RETRY_AFTER,
+};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The connector.
+pub struct Postgres;
+
+/// A table has no request limit of its own; one statement carries a batch as
+/// one JSON parameter, which PostgreSQL caps at 1 GB.
+const DOCUMENTED: Documented = Documented {
+    rate_limit: None,
+    max_concurrency: None,
+    batch: BatchLimits {
+        records: 100_000,
+        bytes: 256 * 1024 * 1024,
+    },
+    default_batch_size: 1000,
+};
+
+impl Connector for Postgres {
+    const TYPE: &'static str = "postgres";
+    type Config = PostgresDestinationConfig;
+
+    fn profile(config: &Self::Config) -> Result<DestinationProfile, FieldError> {
+        let requested = Requested {
+            batch_size: config.batch_size,
+            rate_limit: config.rate_limit,
+            max_concurrency: config.max_concurrency,
+        };
+        let (limits, batch) = settings::apply(&DOCUMENTED, requested)?;
+        Ok(DestinationProfile {
+            // A table has no notion of an archived row.
+            capabilities: Capabilities {
+                sync_types: SyncType::ALL,
+                modes: &[
+                    SyncMode::Insert,
+                    SyncMode::Update,
+                    SyncMode::Upsert,
+                    SyncMode::Mirror,
+                    SyncMode::AddRemove,
+                    SyncMode::All,
+                ],
+                delete_behaviors: DeleteBehavior::ALL,
+            },
+            limits,
+            batch,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            expanded_settings: vec![(vec!["url".into()], config.url.clone())],
+        })
+    }
+
+    /// Connecting checks the table, its key column and its unique index.
+    async fn test_connection(config: Self::Config, name: &str) -> Result<(), String> {
+        PostgresDestination::connect(name, &config, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn fields(config: Self::Config, name: &str, _: Option<&str>) -> Result<Option<Vec<Field>>, String> {
+        let table = PostgresDestination::connect(name, &config, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let key = config.key_column.clone();
+        Ok(table.fields().map(|columns| {
+            columns
+                .into_iter()
+                .map(|name| Field {
+                    unique: name == key,
+                    kind: "column".into(),
+                    writable: true,
+                    name,
+                })
+                .collect()
+        }))
+    }
+
+    async fn open(config: Self::Config, spec: &SyncSpec) -> Result<Arc<dyn Destination>, TaskError> {
+        let matching = spec.record_matching.as_ref().map(|m| m.to.as_str());
+        Ok(Arc::new(
+            PostgresDestination::connect(&spec.destination_name, &config, matching).await?,
+        ))
+    }
+}
 
 pub struct PostgresDestination {
     pool: PgPool,

@@ -1,0 +1,330 @@
+//! The HubSpot connector against the loopback HubSpot of `fake.rs`: every
+//! mode it declares, per-record results from multi-status answers, the
+//! vendor's rate-limit and error signals, and secrets kept out of errors.
+
+use super::fake::{FakeHubSpot, Fault};
+use crate::behaviour::Action;
+use crate::destinations::{build, DeliveryError, Destination, Record};
+use ebb_shared::config::{DeleteBehavior, SyncMode, SyncType};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
+
+fn spec(
+    fake: &FakeHubSpot,
+    sync_type: SyncType,
+    mode: SyncMode,
+    matching: Option<&str>,
+    timeout: &str,
+) -> ebb_shared::config::SyncSpec {
+    // One variable per fake: tests run side by side in one process.
+    let variable = format!("EBB_TEST_HUBSPOT_TOKEN_{}", fake.url.rsplit(':').next().unwrap());
+    std::env::set_var(&variable, &fake.token);
+    let text = format!(
+        "sources:\n  files: {{ type: csv, path: . }}\n\
+         models:\n  people: {{ source: files, file: p.csv, primary_key: id }}\n\
+         destinations:\n  crm:\n    type: hubspot\n    access_token: \"${{{variable}}}\"\n    api_base_url: {}\n    list_id: \"77\"\n    timeout: {timeout}\n\
+         syncs:\n  s:\n    model: people\n    destination: crm\n    type: {sync_type}\n    mode: {mode}\n{}",
+        fake.url,
+        matching
+            .map(|m| format!("    record_matching: {{ from: {m}, to: {m} }}\n"))
+            .unwrap_or_default()
+    );
+    let config = crate::config::from_yaml_str(std::path::Path::new("t.yaml"), &text, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    config.sync_spec("s").unwrap()
+}
+
+async fn open(fake: &FakeHubSpot, sync_type: SyncType, mode: SyncMode, matching: Option<&str>) -> Arc<dyn Destination> {
+    build(&spec(fake, sync_type, mode, matching, "5s"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn records(values: &[Value]) -> Vec<(String, String)> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn send(
+    destination: &dyn Destination,
+    action: Action,
+    values: &[Value],
+) -> Result<Vec<Result<(), String>>, DeliveryError> {
+    let owned = records(values);
+    let batch: Vec<Record<'_>> = owned.iter().map(|(key, json)| Record { key, json }).collect();
+    destination.send(action, &batch).await
+}
+
+fn by_email(fake: &FakeHubSpot) -> std::collections::BTreeMap<String, serde_json::Map<String, Value>> {
+    fake.records("contacts")
+        .into_values()
+        .map(|p| (p["email"].as_str().unwrap().to_string(), p))
+        .collect()
+}
+
+#[tokio::test]
+async fn upsert_update_clear_and_delete_by_a_unique_property() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    let crm = open(&fake, SyncType::Object, SyncMode::Mirror, Some("email")).await;
+    let rows = [
+        json!({"email": "Ada@X.com", "plan": "pro", "seats": 3}),
+        json!({"email": "bo@x.com", "plan": "free", "seats": null}),
+    ];
+    assert_eq!(
+        send(crm.as_ref(), Action::Upsert, &rows).await.unwrap(),
+        vec![Ok(()), Ok(())]
+    );
+    let held = by_email(&fake);
+    assert_eq!(held["ada@x.com"]["plan"], "pro");
+    assert_eq!(held["ada@x.com"]["seats"], "3");
+    assert_eq!(held["bo@x.com"]["seats"], "");
+    // Upserting again changes the record, never adds one.
+    let changed = [json!({"email": "ada@x.com", "plan": "team", "seats": 4})];
+    send(crm.as_ref(), Action::Upsert, &changed).await.unwrap();
+    assert_eq!(fake.records("contacts").len(), 2);
+    assert_eq!(by_email(&fake)["ada@x.com"]["plan"], "team");
+    // Clearing empties every field but the one records are matched on.
+    send(crm.as_ref(), Action::ClearFields, &changed).await.unwrap();
+    assert_eq!(by_email(&fake)["ada@x.com"]["plan"], "");
+    assert_eq!(by_email(&fake)["ada@x.com"]["email"], "ada@x.com");
+    // Deleting looks the record up by email and archives it; one already
+    // gone is fine.
+    let gone = [json!({"email": "bo@x.com"}), json!({"email": "never@x.com"})];
+    assert_eq!(
+        send(crm.as_ref(), Action::Delete, &gone).await.unwrap(),
+        vec![Ok(()), Ok(())]
+    );
+    assert_eq!(by_email(&fake).keys().collect::<Vec<_>>(), vec!["ada@x.com"]);
+}
+
+#[tokio::test]
+async fn update_fails_only_the_records_hubspot_does_not_have() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    fake.insert("contacts", json!({"email": "ada@x.com", "plan": "pro"}));
+    let crm = open(&fake, SyncType::Object, SyncMode::Update, Some("email")).await;
+    let rows = [
+        json!({"email": "ada@x.com", "plan": "team"}),
+        json!({"email": "nobody@x.com", "plan": "x"}),
+        json!({"plan": "no email"}),
+    ];
+    let results = send(crm.as_ref(), Action::Update, &rows).await.unwrap();
+    assert_eq!(results[0], Ok(()));
+    assert!(
+        results[1].as_ref().unwrap_err().contains("OBJECT_NOT_FOUND"),
+        "{results:?}"
+    );
+    assert!(results[2].as_ref().unwrap_err().contains("\"email\""), "{results:?}");
+    assert_eq!(fake.records("contacts").len(), 1);
+    assert_eq!(by_email(&fake)["ada@x.com"]["plan"], "team");
+}
+
+#[tokio::test]
+async fn create_reports_refused_inputs_by_trace_id() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    fake.refuse_email("bad@x.com");
+    let crm = open(&fake, SyncType::Object, SyncMode::Insert, None).await;
+    let rows = [
+        json!({"email": "a@x.com"}),
+        json!({"email": "bad@x.com"}),
+        json!({"email": "c@x.com"}),
+    ];
+    let results = send(crm.as_ref(), Action::Insert, &rows).await.unwrap();
+    assert_eq!(results[0], Ok(()));
+    assert!(
+        results[1].as_ref().unwrap_err().contains("INVALID_EMAIL"),
+        "{results:?}"
+    );
+    assert_eq!(results[2], Ok(()));
+    assert_eq!(by_email(&fake).len(), 2);
+}
+
+#[tokio::test]
+async fn a_batch_refused_whole_is_content_the_engine_splits() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    fake.refuse_email("bad@x.com");
+    let crm = open(&fake, SyncType::Object, SyncMode::Upsert, Some("email")).await;
+    let rows = [json!({"email": "a@x.com"}), json!({"email": "bad@x.com"})];
+    let refused = send(crm.as_ref(), Action::Upsert, &rows).await.unwrap_err();
+    assert!(
+        matches!(&refused, DeliveryError::Rejected(m) if m.contains("VALIDATION_ERROR")),
+        "{refused:?}"
+    );
+    // Halves pass or fail on their own.
+    assert_eq!(
+        send(crm.as_ref(), Action::Upsert, &rows[..1]).await.unwrap(),
+        vec![Ok(())]
+    );
+}
+
+#[tokio::test]
+async fn audiences_add_and_remove_list_members_looked_up_by_email() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    fake.create_list("77", "MANUAL");
+    let ada = fake.insert("contacts", json!({"email": "ada@x.com"}));
+    let bo = fake.insert("contacts", json!({"email": "bo@x.com"}));
+    let crm = open(&fake, SyncType::Audience, SyncMode::AddRemove, Some("email")).await;
+    let rows = [
+        json!({"email": "ADA@x.com"}),
+        json!({"email": "bo@x.com"}),
+        json!({"email": "ghost@x.com"}),
+    ];
+    let results = send(crm.as_ref(), Action::Add, &rows).await.unwrap();
+    assert_eq!(&results[..2], &[Ok(()), Ok(())]);
+    assert!(results[2].as_ref().unwrap_err().contains("ghost@x.com"), "{results:?}");
+    assert_eq!(fake.members("77"), [ada, bo].into_iter().collect());
+    let leaving = [json!({"email": "bo@x.com"}), json!({"email": "ghost@x.com"})];
+    assert_eq!(
+        send(crm.as_ref(), Action::Remove, &leaving).await.unwrap(),
+        vec![Ok(()), Ok(())]
+    );
+    assert_eq!(fake.members("77"), [ada].into_iter().collect());
+}
+
+#[tokio::test]
+async fn a_dynamic_list_is_refused_by_name() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    fake.create_list("77", "DYNAMIC");
+    fake.insert("contacts", json!({"email": "ada@x.com"}));
+    let crm = open(&fake, SyncType::Audience, SyncMode::AddRemove, Some("email")).await;
+    let refused = send(crm.as_ref(), Action::Add, &[json!({"email": "ada@x.com"})])
+        .await
+        .unwrap_err();
+    assert!(format!("{refused}").contains("DYNAMIC"), "{refused}");
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_are_retriable() {
+    let fake = FakeHubSpot::start(TOKEN, Some(3)).await;
+    let crm = open(&fake, SyncType::Object, SyncMode::Upsert, Some("email")).await;
+    let row = [json!({"email": "a@x.com"})];
+    for _ in 0..3 {
+        send(crm.as_ref(), Action::Upsert, &row).await.unwrap();
+    }
+    // The fourth request in ten seconds passes the tier's limit: HubSpot sends
+    // no Retry-After, so the engine's backoff decides the pause.
+    assert_eq!(
+        send(crm.as_ref(), Action::Upsert, &row).await.unwrap_err(),
+        DeliveryError::RateLimited { retry_after: None }
+    );
+    assert_eq!(fake.counts(), (4, 1));
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    let crm = open(&fake, SyncType::Object, SyncMode::Upsert, Some("email")).await;
+    fake.fault(Fault::BadGateway, 1);
+    assert!(matches!(
+        send(crm.as_ref(), Action::Upsert, &row).await,
+        Err(DeliveryError::Transient(_))
+    ));
+    fake.fault(Fault::RateLimited, 1);
+    assert!(matches!(
+        send(crm.as_ref(), Action::Upsert, &row).await,
+        Err(DeliveryError::RateLimited { .. })
+    ));
+    assert_eq!(send(crm.as_ref(), Action::Upsert, &row).await.unwrap(), vec![Ok(())]);
+}
+
+#[tokio::test]
+async fn a_timeout_after_hubspot_applied_the_batch_loses_nothing_when_resent() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    let crm = build(&spec(&fake, SyncType::Object, SyncMode::Upsert, Some("email"), "300ms"))
+        .await
+        .unwrap();
+    fake.fault(Fault::AppliedThenSlow(Duration::from_secs(2)), 1);
+    let rows = [json!({"email": "a@x.com", "plan": "pro"})];
+    let timed_out = send(crm.as_ref(), Action::Upsert, &rows).await.unwrap_err();
+    assert!(
+        matches!(&timed_out, DeliveryError::Transient(m) if m.contains("timed out")),
+        "{timed_out:?}"
+    );
+    assert_eq!(send(crm.as_ref(), Action::Upsert, &rows).await.unwrap(), vec![Ok(())]);
+    assert_eq!(
+        fake.records("contacts").len(),
+        1,
+        "the resend updated the record it had created"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_is_permanent_and_never_repeated() {
+    let fake = FakeHubSpot::start("pat-na1-the-right-one", None).await;
+    let mut wrong = fake.clone();
+    wrong.token = TOKEN.to_string();
+    let crm = open(&wrong, SyncType::Object, SyncMode::Upsert, Some("email")).await;
+    let refused = send(crm.as_ref(), Action::Upsert, &[json!({"email": "a@x.com"})])
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(matches!(refused, DeliveryError::Permanent(_)), "{text}");
+    assert!(
+        text.contains("INVALID_AUTHENTICATION") && !text.contains(TOKEN),
+        "{text}"
+    );
+    let check = crm.check_connection().await.unwrap_err();
+    assert!(!check.contains(TOKEN) && check.contains("401"), "{check}");
+}
+
+#[tokio::test]
+async fn configs_that_cannot_work_are_refused_before_a_run() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    let error = match build(&spec(&fake, SyncType::Object, SyncMode::Upsert, None, "5s")).await {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("an upsert without record matching opened"),
+    };
+    assert!(error.contains("record_matching"), "{error}");
+    let text = "destinations:\n  crm:\n    type: hubspot\n    access_token: x\n    batch_size: 101\n";
+    let error =
+        crate::config::from_yaml_str(std::path::Path::new("t.yaml"), text, std::path::Path::new(".")).unwrap_err();
+    assert!(
+        error.to_string().contains("t.yaml:5") && error.to_string().contains("100"),
+        "{error}"
+    );
+    let text = "destinations:\n  crm:\n    type: hubspot\n    access_token: x\n    rate_limit: 50\n";
+    let error =
+        crate::config::from_yaml_str(std::path::Path::new("t.yaml"), text, std::path::Path::new(".")).unwrap_err();
+    assert!(error.to_string().contains("documented limit"), "{error}");
+    let _ = DeleteBehavior::Delete;
+}
+
+#[tokio::test]
+async fn the_connection_test_checks_the_token_the_object_and_the_list() {
+    use crate::destinations::REGISTRY;
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    fake.create_list("77", "MANUAL");
+    let audience = spec(&fake, SyncType::Audience, SyncMode::AddRemove, Some("email"), "5s");
+    REGISTRY.test_connection("crm", &audience.destination).await.unwrap();
+    fake.create_list("77", "DYNAMIC");
+    let error = REGISTRY
+        .test_connection("crm", &audience.destination)
+        .await
+        .unwrap_err();
+    assert!(error.contains("DYNAMIC"), "{error}");
+    let mut wrong = fake.clone();
+    wrong.token = "pat-na1-not-the-token".into();
+    let refused = spec(&wrong, SyncType::Object, SyncMode::Upsert, Some("email"), "5s");
+    let error = REGISTRY.test_connection("crm", &refused.destination).await.unwrap_err();
+    assert!(
+        error.contains("401") && !error.contains("pat-na1-not-the-token"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn fields_come_from_the_properties_api() {
+    use crate::destinations::REGISTRY;
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    let upsert = spec(&fake, SyncType::Object, SyncMode::Upsert, Some("email"), "5s");
+    let fields = REGISTRY
+        .fields("crm", &upsert.destination, Some("contacts"))
+        .await
+        .unwrap()
+        .expect("HubSpot lists its properties");
+    let email = fields.iter().find(|f| f.name == "email").expect("email");
+    assert!(email.writable, "{email:?}");
+    let id = fields.iter().find(|f| f.name == "hs_object_id").expect("hs_object_id");
+    assert!(id.unique && !id.writable, "{id:?}");
+}
