@@ -58,8 +58,8 @@ pub async fn first_sync(postgres_url: &str, table: &str, rows: u64) -> anyhow::R
         rate_limited,
         run: elapsed,
         delivery: fake.admitted_span().unwrap_or_default(),
-        // The first request is free; each later one waits its share of the window.
-        minimum: Duration::from_secs_f64((batches - 1) as f64 * 10.0 / f64::from(PER_TEN_SECONDS)),
+        // Rows ÷ inputs per request ÷ requests per second.
+        minimum: Duration::from_secs_f64(batches as f64 * 10.0 / f64::from(PER_TEN_SECONDS)),
     })
 }
 

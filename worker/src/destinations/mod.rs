@@ -9,6 +9,7 @@
 mod http;
 pub mod hubspot;
 mod jsonl;
+pub mod oauth;
 mod postgres;
 mod registry;
 pub mod settings;

@@ -1,3 +1,4 @@
+use crate::destinations::oauth::OAuth2Config;
 use ebb_shared::config::{default_max_retry_after, humantime_serde_compat};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,6 +25,10 @@ pub struct HttpDestinationConfig {
     /// Requests in flight across the fleet; unlimited by default.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Bearer tokens from an OAuth 2.0 token endpoint (client credentials, or
+    /// a refresh token), renewed before they expire and after a `401`.
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
     /// The longest `Retry-After` Ebb waits out (and pauses the fleet for); a
     /// batch asked to wait longer fails its rows, which the next run retries.
     #[serde(default = "default_max_retry_after", with = "humantime_serde_compat")]

@@ -12,7 +12,10 @@
 mod config;
 mod request;
 pub(super) mod response;
+#[cfg(test)]
+mod tests;
 
+use super::oauth::{OAuth2, Token};
 use super::settings::{self, Documented, Requested};
 use super::{Connector, DeliveryError, Destination, Record, RowResults};
 use crate::behaviour::Action;
@@ -72,6 +75,16 @@ impl Connector for Http {
             batch,
             max_retry_after: config.max_retry_after,
             expanded_settings: std::iter::once((vec!["url".to_string()], config.url.clone()))
+                .chain(config.oauth2.iter().flat_map(|oauth| {
+                    let at = |field: &str| vec!["oauth2".to_string(), field.to_string()];
+                    [
+                        Some((at("token_url"), oauth.token_url.clone())),
+                        Some((at("client_secret"), oauth.client_secret.clone())),
+                        oauth.refresh_token.clone().map(|token| (at("refresh_token"), token)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                }))
                 .chain(
                     config
                         .headers
@@ -105,6 +118,8 @@ pub struct HttpDestination {
     matching: Option<String>,
     /// Resolved header values, removed from any error text.
     secrets: Vec<String>,
+    /// Bearer tokens from an OAuth 2.0 grant, when configured.
+    oauth: Option<OAuth2>,
 }
 
 impl HttpDestination {
@@ -134,12 +149,18 @@ impl HttpDestination {
             .timeout(config.timeout)
             .build()
             .map_err(|e| setup(e.to_string()))?;
+        let oauth = config
+            .oauth2
+            .as_ref()
+            .map(|oauth| OAuth2::new(oauth, name, config.timeout))
+            .transpose()?;
         Ok(HttpDestination {
             client,
             method,
             url,
             matching: matching.map(str::to_string),
             secrets,
+            oauth,
         })
     }
 }
@@ -162,22 +183,19 @@ impl Destination for HttpDestination {
 
     async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
         let body = request::body(action, self.matching.as_deref(), records);
-        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
-        let mut request = self
-            .client
-            .request(self.method.clone(), &self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        // The destination's own tracing, if it has any, joins the run's trace.
-        let mut trace_headers = std::collections::BTreeMap::new();
-        ebb_shared::telemetry::inject(&mut trace_headers);
-        for (name, value) in &trace_headers {
-            request = request.header(name.as_str(), value.as_str());
+        let mut token = match &self.oauth {
+            Some(oauth) => Some(oauth.token().await?),
+            None => None,
+        };
+        let mut answer = self.post(&body, token.as_ref()).await?;
+        // A token revoked before it expired: one new token, one more try.
+        if let (401, Some(oauth), Some(refused)) = (answer.status().as_u16(), &self.oauth, &token) {
+            oauth.refused(refused).await;
+            token = Some(oauth.token().await?);
+            answer = self.post(&body, token.as_ref()).await?;
         }
-        let answer = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| response::transport_error(e, &secrets))?;
+        let secrets = self.secrets();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let status = answer.status();
         let retry_after = answer
             .headers()
@@ -189,5 +207,37 @@ impl Destination for HttpDestination {
             .await
             .map_err(|e| response::transport_error(e, &secrets))?;
         response::classify(status.as_u16(), retry_after, &body, records.len(), &secrets)
+    }
+}
+
+impl HttpDestination {
+    /// The resolved header values and every OAuth secret so far.
+    fn secrets(&self) -> Vec<String> {
+        let mut secrets = self.secrets.clone();
+        if let Some(oauth) = &self.oauth {
+            secrets.extend(oauth.secrets());
+        }
+        secrets
+    }
+
+    async fn post(&self, body: &[u8], token: Option<&Token>) -> Result<reqwest::Response, DeliveryError> {
+        let mut request = self
+            .client
+            .request(self.method.clone(), &self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.bearer_auth(&token.access_token);
+        }
+        // The destination's own tracing, if it has any, joins the run's trace.
+        let mut trace_headers = std::collections::BTreeMap::new();
+        ebb_shared::telemetry::inject(&mut trace_headers);
+        for (name, value) in &trace_headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        request.body(body.to_vec()).send().await.map_err(|e| {
+            let secrets = self.secrets();
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            response::transport_error(e, &secrets)
+        })
     }
 }
