@@ -292,7 +292,10 @@ mod tests {
             }
         }
         for grant in grants.values() {
-            assert!((grant.rate.unwrap() - 19.0 / 3.0).abs() < 1e-9, "{grant:?}");
+            assert!(
+                (grant.rate.unwrap() - 20.0 * RATE_HEADROOM / 3.0).abs() < 1e-9,
+                "{grant:?}"
+            );
         }
         let concurrency: Vec<u32> = grants.values().map(|g| g.concurrency.unwrap()).collect();
         assert_eq!(concurrency, vec![2, 1, 1]);
@@ -308,12 +311,15 @@ mod tests {
             holder: "w2".into(),
             destination: "crm".into(),
         });
-        assert_eq!(granted(&mut table, &request("w1"), now).rate, Some(19.0));
+        assert_eq!(
+            granted(&mut table, &request("w1"), now).rate,
+            Some(20.0 * RATE_HEADROOM)
+        );
         granted(&mut table, &request("w3"), now);
         let later = now + LEASE_TTL + Duration::from_millis(1);
         assert_eq!(
             granted(&mut table, &request("w3"), later).rate,
-            Some(19.0),
+            Some(20.0 * RATE_HEADROOM),
             "w1 stopped renewing"
         );
     }
@@ -347,7 +353,7 @@ mod tests {
             max_concurrency: Some(1_000),
         };
         let grant = granted(&mut table, &greedy, Instant::now());
-        assert_eq!((grant.rate, grant.concurrency), (Some(19.0), Some(4)));
+        assert_eq!((grant.rate, grant.concurrency), (Some(20.0 * RATE_HEADROOM), Some(4)));
         let mut unknown = request("w1");
         unknown.destination = "elsewhere".into();
         let refused = table.lease(&unknown, Instant::now()).unwrap_err();

@@ -213,14 +213,7 @@ mod tests {
     type Forms = Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>;
 
     /// A token endpoint: each grant answers a new token, valid `lifetime` s.
-    async fn token_server(
-        lifetime: u64,
-        rotate: bool,
-    ) -> (
-        String,
-        Arc<AtomicU32>,
-        Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>,
-    ) {
+    async fn token_server(lifetime: u64, rotate: bool) -> (String, Arc<AtomicU32>, Forms) {
         let grants = Arc::new(AtomicU32::new(0));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let state = (grants.clone(), seen.clone());
