@@ -190,7 +190,26 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
             }
             continue;
         }
-        if let Some(fields) = destination.fields() {
+        let fields = match ebb_worker::destinations::REGISTRY
+            .fields(&spec.destination_name, &spec.destination, None)
+            .await
+        {
+            Ok(fields) => fields.map(|fields| fields.into_iter().map(|f| f.name).collect::<Vec<String>>()),
+            Err(reason) => {
+                let error = locations.error(
+                    &destination_path,
+                    format!(
+                        "destination {:?}: cannot list its fields: {reason}",
+                        spec.destination_name
+                    ),
+                );
+                if reported.insert(error.to_string()) {
+                    problems.push(error);
+                }
+                continue;
+            }
+        };
+        if let Some(fields) = fields {
             // Without mappings every column of the model is sent as a field.
             let unmapped = columns
                 .get(spec.model_name.as_str())

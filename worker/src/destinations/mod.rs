@@ -75,12 +75,6 @@ pub trait Destination: Send + Sync {
     async fn check_connection(&self) -> Result<(), String> {
         Ok(())
     }
-
-    /// The fields a record may have, when the destination has a fixed set (a
-    /// table's columns); `None` when it takes any field.
-    fn fields(&self) -> Option<Vec<String>> {
-        None
-    }
 }
 
 /// Opens a sync's destination, checking what can be checked before any row is sent.

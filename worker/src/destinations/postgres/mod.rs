@@ -87,17 +87,20 @@ impl Connector for Postgres {
             .await
             .map_err(|e| e.to_string())?;
         let key = config.key_column.clone();
-        Ok(table.fields().map(|columns| {
-            columns
-                .into_iter()
+        Ok(Some(
+            table
+                .table
+                .columns()
+                .iter()
+                .cloned()
                 .map(|name| Field {
                     unique: name == key,
                     kind: "column".into(),
                     writable: true,
                     name,
                 })
-                .collect()
-        }))
+                .collect(),
+        ))
     }
 
     async fn open(config: Self::Config, spec: &SyncSpec) -> Result<Arc<dyn Destination>, TaskError> {
@@ -182,10 +185,6 @@ impl PostgresDestination {
 
 #[async_trait]
 impl Destination for PostgresDestination {
-    fn fields(&self) -> Option<Vec<String>> {
-        Some(self.table.columns().iter().cloned().collect())
-    }
-
     async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
         let Some(first) = records.first() else {
             return Ok(Vec::new());
