@@ -470,7 +470,14 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime starts");
-    match runtime.block_on(dispatch(cli.command)) {
+    let outcome = runtime.block_on(dispatch(cli.command));
+    // The runtime is not shut down: the process ends here. Every component
+    // has stopped and closed its connections by now, but the AMQP client runs
+    // each connection's IO on a thread of its own that may still be finishing
+    // a close; shutting the reactor under it makes that thread log errors
+    // on every clean stop. Process exit ends those threads silently.
+    std::mem::forget(runtime);
+    match outcome {
         Ok(code) => code,
         Err(error) if output::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {

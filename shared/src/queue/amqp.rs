@@ -66,6 +66,9 @@ pub struct AmqpQueue {
     /// The consumers' connections still open, for `close`.
     links: Arc<std::sync::Mutex<Vec<std::sync::Weak<Link>>>>,
     closing: Closing,
+    /// Set by `close`: consumers' supervisors then stop instead of reconnecting
+    /// (a connection opened after `close` would outlive the process's stop).
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AmqpQueue {
@@ -78,6 +81,7 @@ impl AmqpQueue {
             publisher: Mutex::new(Some(opened)),
             links: Arc::default(),
             closing: Arc::default(),
+            closed: Arc::default(),
         })
     }
 
@@ -465,6 +469,7 @@ impl MessageQueue for AmqpQueue {
         let settings = self.settings.clone();
         let links = self.links.clone();
         let closing = self.closing.clone();
+        let closed = self.closed.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel::<Delivery>(1);
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         // Fail fast on the first connection; reconnect quietly afterwards.
@@ -475,6 +480,7 @@ impl MessageQueue for AmqpQueue {
             loop {
                 let (connection, channel) = match opened.take() {
                     Some(pair) => pair,
+                    None if closed.load(std::sync::atomic::Ordering::SeqCst) => return,
                     None => match open_channel(&settings, Some(prefetch)).await {
                         Ok(pair) => pair,
                         Err(error) => {
@@ -578,6 +584,7 @@ impl MessageQueue for AmqpQueue {
     }
 
     async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some((connection, _)) = self.publisher.lock().await.take() {
             if connection.status().connected() {
                 let _ = connection.close(200, "closing").await;

@@ -128,7 +128,8 @@ pub trait MessageQueue: Send + Sync + 'static {
     async fn depth(&self, queue: QueueName) -> Result<u64, QueueError>;
 
     /// Closes every connection cleanly (a process stopping, after its
-    /// consumers have answered what they took). Publishing after it reconnects.
+    /// consumers have answered what they took). Publishing after it reconnects;
+    /// consumers stop reconnecting.
     async fn close(&self) {}
 }
 
