@@ -6,12 +6,15 @@
 //! directory and one line to [`REGISTRY`]; `docs/destinations/README.md` walks
 //! through it.
 
+#[cfg(any(test, feature = "fakes"))]
+pub mod contract;
 mod http;
 pub mod hubspot;
 mod jsonl;
 pub mod oauth;
 mod postgres;
 mod registry;
+pub mod salesforce;
 pub mod settings;
 
 pub use registry::{profile, Connector, Registry, REGISTRY};
@@ -80,6 +83,32 @@ pub trait Destination: Send + Sync {
 /// Opens a sync's destination, checking what can be checked before any row is sent.
 pub async fn build(spec: &SyncSpec) -> Result<Arc<dyn Destination>, TaskError> {
     REGISTRY.open(spec).await
+}
+
+/// A request that got no answer (timeout, refused connection, reset), as a
+/// retriable error: with the causes' texts, without the URL (reqwest's errors
+/// carry it whole, query string and all) or any of `secrets`. `vendor`
+/// starts the text ("HubSpot timed out: …"); empty, the kind does.
+pub(crate) fn transport_error(error: reqwest::Error, vendor: &str, secrets: &[&str]) -> DeliveryError {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let error = error.without_url();
+    let mut text = if vendor.is_empty() {
+        format!("{kind}: {error}")
+    } else {
+        format!("{vendor} {kind}: {error}")
+    };
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    DeliveryError::Transient(ebb_shared::redact::redact_secrets(&text, secrets))
 }
 
 /// A record with every field set to null but `keep` (the field that identifies

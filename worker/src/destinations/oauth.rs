@@ -41,6 +41,17 @@ pub struct Token {
     expires_at: Option<Instant>,
 }
 
+impl Token {
+    /// A token given in the config: it never expires as far as Ebb knows.
+    pub fn fixed(access_token: &str) -> Token {
+        Token {
+            access_token: access_token.to_string(),
+            instance_url: None,
+            expires_at: None,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,

@@ -5,7 +5,7 @@
 //! erases the types so the config loader (through `DestinationTypes`), the
 //! coordinator and the worker can reach every connector by its `type` name.
 
-use super::{http, hubspot, jsonl, postgres, Destination, Field};
+use super::{http, hubspot, jsonl, postgres, salesforce, Destination, Field};
 use crate::error::TaskError;
 use ebb_shared::config::{
     read_settings, settings_map, DestinationConfig, DestinationProfile, DestinationTypes, FieldError, SyncSpec,
@@ -66,6 +66,7 @@ pub static REGISTRY: Registry = Registry(&[
     &Registered::<postgres::Postgres>(PhantomData),
     &Registered::<jsonl::Jsonl>(PhantomData),
     &Registered::<hubspot::HubSpot>(PhantomData),
+    &Registered::<salesforce::Salesforce>(PhantomData),
 ]);
 
 pub struct Registry(&'static [&'static dyn AnyConnector]);

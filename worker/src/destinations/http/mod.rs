@@ -205,7 +205,7 @@ impl Destination for HttpDestination {
         let body = answer
             .bytes()
             .await
-            .map_err(|e| response::transport_error(e, &secrets))?;
+            .map_err(|e| super::transport_error(e, "", &secrets))?;
         response::classify(status.as_u16(), retry_after, &body, records.len(), &secrets)
     }
 }
@@ -237,7 +237,7 @@ impl HttpDestination {
         request.body(body.to_vec()).send().await.map_err(|e| {
             let secrets = self.secrets();
             let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-            response::transport_error(e, &secrets)
+            super::transport_error(e, "", &secrets)
         })
     }
 }

@@ -12,23 +12,6 @@ pub(in crate::destinations) fn parse_retry_after(value: &str) -> Option<Duration
     Some(when.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
-pub(super) fn transport_error(error: reqwest::Error, secrets: &[&str]) -> DeliveryError {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut text = format!("{kind}: {error}");
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    DeliveryError::Transient(redact_secrets(&text, secrets))
-}
-
 pub(super) fn classify(
     status: u16,
     retry_after: Option<Duration>,

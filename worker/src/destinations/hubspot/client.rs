@@ -6,7 +6,6 @@ use super::HubSpotConfig;
 use crate::destinations::DeliveryError;
 use crate::error::TaskError;
 use ebb_shared::config::expand_env;
-use ebb_shared::redact::redact_secrets;
 use serde_json::Value;
 
 pub(super) struct Client {
@@ -72,19 +71,6 @@ impl Client {
     }
 
     fn transport(&self, error: reqwest::Error) -> DeliveryError {
-        let kind = if error.is_timeout() {
-            "timed out"
-        } else {
-            "request failed"
-        };
-        // Without the URL: reqwest's errors carry it whole.
-        let error = error.without_url();
-        let mut text = format!("HubSpot {kind}: {error}");
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            text.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        DeliveryError::Transient(redact_secrets(&text, &self.secrets()))
+        crate::destinations::transport_error(error, "HubSpot", &self.secrets())
     }
 }

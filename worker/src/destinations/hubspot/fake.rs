@@ -13,6 +13,7 @@
 // its size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub use crate::destinations::contract::Fault;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -23,17 +24,6 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// One fault, applied to the next request it fits.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Fault {
-    /// 429 `TEN_SECONDLY_ROLLING`.
-    RateLimited,
-    /// 502 Bad Gateway, nothing applied.
-    BadGateway,
-    /// Applied, then the answer waits this long (past the client's timeout).
-    AppliedThenSlow(Duration),
-}
 
 #[derive(Default)]
 struct Store {
@@ -219,7 +209,7 @@ impl FakeHubSpot {
             if draw < rate_limited {
                 Some(Fault::RateLimited)
             } else if draw < rate_limited + bad_gateway {
-                Some(Fault::BadGateway)
+                Some(Fault::Unavailable)
             } else {
                 None
             }
@@ -228,7 +218,7 @@ impl FakeHubSpot {
             store.rate_limited += 1;
             return Err(rate_limited(self.limit.unwrap_or(100), 0));
         }
-        if fault == Some(Fault::BadGateway) {
+        if fault == Some(Fault::Unavailable) {
             return Err((StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response());
         }
         if let Some(limit) = self.limit {

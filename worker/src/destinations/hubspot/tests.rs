@@ -4,11 +4,11 @@
 
 use super::fake::{FakeHubSpot, Fault};
 use crate::behaviour::Action;
+use crate::destinations::contract::ContractFake;
 use crate::destinations::{build, DeliveryError, Destination, Record};
 use ebb_shared::config::{DeleteBehavior, SyncMode, SyncType};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Duration;
 
 const TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
 
@@ -67,6 +67,78 @@ fn by_email(fake: &FakeHubSpot) -> std::collections::BTreeMap<String, serde_json
         .map(|p| (p["email"].as_str().unwrap().to_string(), p))
         .collect()
 }
+
+/// Variables are per fake: tests run side by side in one process.
+fn token_variable(fake: &FakeHubSpot, which: &str) -> String {
+    format!("EBB_TEST_HUBSPOT_{which}_{}", fake.url.rsplit(':').next().unwrap())
+}
+
+impl ContractFake for FakeHubSpot {
+    const MATCHING: &'static str = "email";
+
+    async fn start() -> Self {
+        FakeHubSpot::start(TOKEN, None).await
+    }
+
+    fn settings(&self, timeout: &str) -> String {
+        let variable = token_variable(self, "TOKEN");
+        std::env::set_var(&variable, &self.token);
+        format!(
+            "    access_token: \"${{{variable}}}\"\n    api_base_url: {}\n    timeout: {timeout}\n",
+            self.url
+        )
+    }
+
+    fn refused_settings(&self) -> String {
+        let variable = token_variable(self, "WRONG");
+        std::env::set_var(&variable, "pat-na1-revoked-00000000");
+        format!(
+            "    access_token: \"${{{variable}}}\"\n    api_base_url: {}\n",
+            self.url
+        )
+    }
+
+    fn kind(&self) -> &'static str {
+        "hubspot"
+    }
+
+    fn record(&self, key: &str, plan: &str) -> Value {
+        json!({ "email": key, "plan": plan })
+    }
+
+    fn refuse(&self, key: &str) {
+        self.refuse_email(key);
+    }
+
+    fn fault(&self, fault: Fault, times: usize) {
+        FakeHubSpot::fault(self, fault, times);
+    }
+
+    fn create(&self, key: &str, plan: &str) {
+        self.insert("contacts", json!({ "email": key, "plan": plan }));
+    }
+
+    fn held(&self) -> std::collections::BTreeMap<String, Option<String>> {
+        self.records("contacts")
+            .into_values()
+            .map(|p| {
+                let plan = p.get("plan").and_then(Value::as_str).filter(|v| !v.is_empty());
+                (p["email"].as_str().unwrap().to_string(), plan.map(str::to_string))
+            })
+            .collect()
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        vec![self.token.clone(), "pat-na1-revoked-00000000".into()]
+    }
+
+    /// A private app's token does not expire.
+    fn expire_sessions(&self) -> bool {
+        false
+    }
+}
+
+crate::contract_tests!(super::FakeHubSpot);
 
 #[tokio::test]
 async fn upsert_update_clear_and_delete_by_a_unique_property() {
@@ -199,7 +271,7 @@ async fn a_dynamic_list_is_refused_by_name() {
 }
 
 #[tokio::test]
-async fn rate_limits_and_server_errors_are_retriable() {
+async fn the_ten_secondly_limit_is_a_rate_limit_without_retry_after() {
     let fake = FakeHubSpot::start(TOKEN, Some(3)).await;
     let crm = open(&fake, SyncType::Object, SyncMode::Upsert, Some("email")).await;
     let row = [json!({"email": "a@x.com"})];
@@ -213,59 +285,6 @@ async fn rate_limits_and_server_errors_are_retriable() {
         DeliveryError::RateLimited { retry_after: None }
     );
     assert_eq!(fake.counts(), (4, 1));
-    let fake = FakeHubSpot::start(TOKEN, None).await;
-    let crm = open(&fake, SyncType::Object, SyncMode::Upsert, Some("email")).await;
-    fake.fault(Fault::BadGateway, 1);
-    assert!(matches!(
-        send(crm.as_ref(), Action::Upsert, &row).await,
-        Err(DeliveryError::Transient(_))
-    ));
-    fake.fault(Fault::RateLimited, 1);
-    assert!(matches!(
-        send(crm.as_ref(), Action::Upsert, &row).await,
-        Err(DeliveryError::RateLimited { .. })
-    ));
-    assert_eq!(send(crm.as_ref(), Action::Upsert, &row).await.unwrap(), vec![Ok(())]);
-}
-
-#[tokio::test]
-async fn a_timeout_after_hubspot_applied_the_batch_loses_nothing_when_resent() {
-    let fake = FakeHubSpot::start(TOKEN, None).await;
-    let crm = build(&spec(&fake, SyncType::Object, SyncMode::Upsert, Some("email"), "300ms"))
-        .await
-        .unwrap();
-    fake.fault(Fault::AppliedThenSlow(Duration::from_secs(2)), 1);
-    let rows = [json!({"email": "a@x.com", "plan": "pro"})];
-    let timed_out = send(crm.as_ref(), Action::Upsert, &rows).await.unwrap_err();
-    assert!(
-        matches!(&timed_out, DeliveryError::Transient(m) if m.contains("timed out")),
-        "{timed_out:?}"
-    );
-    assert_eq!(send(crm.as_ref(), Action::Upsert, &rows).await.unwrap(), vec![Ok(())]);
-    assert_eq!(
-        fake.records("contacts").len(),
-        1,
-        "the resend updated the record it had created"
-    );
-}
-
-#[tokio::test]
-async fn a_refused_token_is_permanent_and_never_repeated() {
-    let fake = FakeHubSpot::start("pat-na1-the-right-one", None).await;
-    let mut wrong = fake.clone();
-    wrong.token = TOKEN.to_string();
-    let crm = open(&wrong, SyncType::Object, SyncMode::Upsert, Some("email")).await;
-    let refused = send(crm.as_ref(), Action::Upsert, &[json!({"email": "a@x.com"})])
-        .await
-        .unwrap_err();
-    let text = refused.to_string();
-    assert!(matches!(refused, DeliveryError::Permanent(_)), "{text}");
-    assert!(
-        text.contains("INVALID_AUTHENTICATION") && !text.contains(TOKEN),
-        "{text}"
-    );
-    let check = crm.check_connection().await.unwrap_err();
-    assert!(!check.contains(TOKEN) && check.contains("401"), "{check}");
 }
 
 #[tokio::test]

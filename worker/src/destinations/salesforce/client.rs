@@ -1,0 +1,166 @@
+//! One authenticated Salesforce REST client: a fixed access token or an
+//! OAuth 2.0 grant renewed once after a `401 INVALID_SESSION_ID`, the org's
+//! instance URL, the daily usage Salesforce reports with every answer, and
+//! no URL or token in any error.
+
+use super::response;
+use super::SalesforceConfig;
+use crate::destinations::oauth::{OAuth2, Token};
+use crate::destinations::DeliveryError;
+use crate::error::TaskError;
+use ebb_shared::config::expand_env;
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+enum Auth {
+    Fixed(String),
+    OAuth2(Box<OAuth2>),
+}
+
+pub(super) struct Client {
+    http: reqwest::Client,
+    auth: Auth,
+    /// Set by the config; otherwise the token answer's `instance_url`.
+    instance_url: Option<String>,
+    /// `/services/data/vNN.N`.
+    data_path: String,
+    /// The last `Sforce-Limit-Info` seen: requests used, and the allowance.
+    used: AtomicU64,
+    allowed: AtomicU64,
+    max_usage_percent: Option<f64>,
+}
+
+/// A 2xx answer.
+pub(super) struct Answer {
+    pub body: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(config: &SalesforceConfig, name: &str) -> Result<Client, TaskError> {
+        let setup = |reason: String| TaskError::DestinationSetup {
+            destination: name.to_string(),
+            reason,
+        };
+        let auth = match (&config.access_token, &config.oauth2) {
+            (Some(token), None) => Auth::Fixed(expand_env(token, &format!("destination {name:?} access_token"))?),
+            (None, Some(oauth2)) => Auth::OAuth2(Box::new(OAuth2::new(oauth2, name, config.timeout)?)),
+            _ => return Err(setup("set one of `access_token` and `oauth2`".into())),
+        };
+        let instance_url = config
+            .instance_url
+            .as_deref()
+            .map(|url| expand_env(url, &format!("destination {name:?} instance_url")))
+            .transpose()?
+            .map(|url| url.trim_end_matches('/').to_string());
+        if instance_url.is_none() && matches!(auth, Auth::Fixed(_)) {
+            return Err(setup(
+                "with `access_token`, set `instance_url` (https://MyDomain.my.salesforce.com)".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| setup(e.to_string()))?;
+        Ok(Client {
+            http,
+            auth,
+            instance_url,
+            data_path: format!("/services/data/v{}", config.api_version.trim_start_matches('v')),
+            used: AtomicU64::new(0),
+            allowed: AtomicU64::new(0),
+            max_usage_percent: config.max_api_usage_percent,
+        })
+    }
+
+    pub fn secrets(&self) -> Vec<String> {
+        match &self.auth {
+            Auth::Fixed(token) => vec![token.clone()],
+            Auth::OAuth2(oauth2) => oauth2.secrets(),
+        }
+    }
+
+    /// A path under the versioned REST root, e.g. `/composite/sobjects`.
+    pub fn data(&self, path: &str) -> String {
+        format!("{}{path}", self.data_path)
+    }
+
+    /// (requests used, allowance) from the last answer, when one said.
+    pub fn api_usage(&self) -> Option<(u64, u64)> {
+        let allowed = self.allowed.load(Ordering::Relaxed);
+        (allowed > 0).then(|| (self.used.load(Ordering::Relaxed), allowed))
+    }
+
+    /// Sends one request (a path from the instance's root, query included)
+    /// and returns a 2xx answer; a refused OAuth session is renewed once.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, DeliveryError> {
+        if let (Some(percent), Some((used, allowed))) = (self.max_usage_percent, self.api_usage()) {
+            if used as f64 >= allowed as f64 * percent / 100.0 {
+                return Err(DeliveryError::Permanent(format!(
+                    "the org has used {used} of its {allowed} daily API requests, at or above the \
+                     destination's max_api_usage_percent of {percent}%; the rows are sent again on the next run"
+                )));
+            }
+        }
+        let mut renewed = false;
+        loop {
+            let token = match &self.auth {
+                Auth::Fixed(token) => Token::fixed(token),
+                Auth::OAuth2(oauth2) => oauth2.token().await?,
+            };
+            let base = match (&self.instance_url, &token.instance_url) {
+                (Some(url), _) => url.clone(),
+                (None, Some(url)) => url.trim_end_matches('/').to_string(),
+                (None, None) => {
+                    return Err(DeliveryError::Permanent(
+                        "the token answer named no instance_url; set the destination's `instance_url`".into(),
+                    ))
+                }
+            };
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .bearer_auth(&token.access_token);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let answer = request.send().await.map_err(|e| self.transport(e))?;
+            let status = answer.status().as_u16();
+            let header = |name: &str| {
+                answer
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            if let Some((used, allowed)) = header("sforce-limit-info").as_deref().and_then(response::api_usage) {
+                self.used.store(used, Ordering::Relaxed);
+                self.allowed.store(allowed, Ordering::Relaxed);
+            }
+            let retry_after = header("retry-after");
+            let bytes = answer.bytes().await.map_err(|e| self.transport(e))?;
+            if (200..300).contains(&status) {
+                return Ok(Answer { body: bytes.to_vec() });
+            }
+            if let (401, Auth::OAuth2(oauth2), false) = (status, &self.auth, renewed) {
+                // INVALID_SESSION_ID: the session expired or was revoked.
+                oauth2.refused(&token).await;
+                renewed = true;
+                continue;
+            }
+            let secrets = self.secrets();
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            return Err(response::failure(status, retry_after.as_deref(), &bytes, &secrets));
+        }
+    }
+
+    fn transport(&self, error: reqwest::Error) -> DeliveryError {
+        let secrets = self.secrets();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        crate::destinations::transport_error(error, "Salesforce", &secrets)
+    }
+}
