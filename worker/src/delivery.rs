@@ -222,6 +222,7 @@ impl Delivery<'_> {
                 Record {
                     key: &entry.key,
                     json: &entry.record,
+                    previous: diff.previous(op).map(|previous| previous.record.as_str()),
                 }
             })
             .collect();

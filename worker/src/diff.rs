@@ -141,6 +141,14 @@ impl ShardDiff {
         }
     }
 
+    /// The entry last delivered for a changed row's key; `None` for other rows.
+    pub fn previous(&self, op: &PlannedOp) -> Option<&Entry> {
+        match &self.rows[op.row] {
+            RowState::Changed { previous, .. } => Some(previous),
+            _ => None,
+        }
+    }
+
     /// The next snapshot, in key order, given which planned ops succeeded.
     /// `succeeded[i]` answers for `plan[i]`.
     pub fn next_snapshot<'a>(

@@ -6,11 +6,13 @@
 //! directory and one line to [`REGISTRY`]; `docs/destinations/README.md` walks
 //! through it.
 
+pub mod braze;
 #[cfg(any(test, feature = "fakes"))]
 pub mod contract;
 mod http;
 pub mod hubspot;
 mod jsonl;
+pub mod meta;
 pub mod oauth;
 mod postgres;
 mod registry;
@@ -45,6 +47,21 @@ pub struct Field {
 pub struct Record<'a> {
     pub key: &'a str,
     pub json: &'a str,
+    /// For a changed row, the mapped record last delivered for its key:
+    /// what the destination holds as far as Ebb knows. Connectors use it to
+    /// send only the fields that changed (Braze bills per data point) or to
+    /// take back identifiers that changed (an audience member's old email).
+    pub previous: Option<&'a str>,
+}
+
+impl<'a> Record<'a> {
+    pub fn new(key: &'a str, json: &'a str) -> Record<'a> {
+        Record {
+            key,
+            json,
+            previous: None,
+        }
+    }
 }
 
 /// One answer per record of the batch, in order: accepted, or rejected with the

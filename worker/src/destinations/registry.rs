@@ -5,7 +5,7 @@
 //! erases the types so the config loader (through `DestinationTypes`), the
 //! coordinator and the worker can reach every connector by its `type` name.
 
-use super::{http, hubspot, jsonl, postgres, salesforce, Destination, Field};
+use super::{braze, http, hubspot, jsonl, meta, postgres, salesforce, Destination, Field};
 use crate::error::TaskError;
 use ebb_shared::config::{
     read_settings, settings_map, DestinationConfig, DestinationProfile, DestinationTypes, FieldError, SyncSpec,
@@ -67,6 +67,8 @@ pub static REGISTRY: Registry = Registry(&[
     &Registered::<jsonl::Jsonl>(PhantomData),
     &Registered::<hubspot::HubSpot>(PhantomData),
     &Registered::<salesforce::Salesforce>(PhantomData),
+    &Registered::<braze::Braze>(PhantomData),
+    &Registered::<meta::Meta>(PhantomData),
 ]);
 
 pub struct Registry(&'static [&'static dyn AnyConnector]);

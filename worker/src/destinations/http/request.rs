@@ -40,13 +40,7 @@ mod tests {
 
     #[test]
     fn body_is_valid_json() {
-        let records = [
-            Record {
-                key: "a\"1",
-                json: r#"{"x":1}"#,
-            },
-            Record { key: "b", json: "{}" },
-        ];
+        let records = [Record::new("a\"1", r#"{"x":1}"#), Record::new("b", "{}")];
         let parsed: serde_json::Value = serde_json::from_slice(&body(Action::Delete, None, &records)).unwrap();
         assert_eq!(parsed["operation"], "delete");
         assert_eq!(parsed["records"][0]["key"], "a\"1");
@@ -56,10 +50,7 @@ mod tests {
 
     #[test]
     fn clearing_sends_nulls_but_the_matching_field() {
-        let records = [Record {
-            key: "1",
-            json: r#"{"email":"a@x","plan":"pro"}"#,
-        }];
+        let records = [Record::new("1", r#"{"email":"a@x","plan":"pro"}"#)];
         let parsed: serde_json::Value =
             serde_json::from_slice(&body(Action::ClearFields, Some("email"), &records)).unwrap();
         assert_eq!(parsed["operation"], "clear");

@@ -71,10 +71,7 @@ async fn a_revoked_token_is_replaced_once_and_the_batch_goes_through() {
     let (url, granted) = server().await;
     std::env::set_var("EBB_TEST_HTTP_OAUTH_SECRET_A", "cs-s3cret");
     let api = build(&spec(&url, "EBB_TEST_HTTP_OAUTH_SECRET_A")).await.unwrap();
-    let records = [Record {
-        key: "1",
-        json: r#"{"id":1}"#,
-    }];
+    let records = [Record::new("1", r#"{"id":1}"#)];
     assert_eq!(api.send(Action::Upsert, &records).await.unwrap(), vec![Ok(())]);
     assert_eq!(granted.load(Ordering::SeqCst), 1);
     // The server moves on to a new token behind Ebb's back: the next send is
@@ -89,7 +86,7 @@ async fn refused_client_credentials_fail_the_batch_naming_the_error_not_the_secr
     let (url, _) = server().await;
     std::env::set_var("EBB_TEST_HTTP_OAUTH_SECRET_B", "not-the-s3cret");
     let api = build(&spec(&url, "EBB_TEST_HTTP_OAUTH_SECRET_B")).await.unwrap();
-    let records = [Record { key: "1", json: "{}" }];
+    let records = [Record::new("1", "{}")];
     let error = api.send(Action::Upsert, &records).await.unwrap_err().to_string();
     assert!(
         error.contains("invalid_client") && !error.contains("not-the-s3cret"),

@@ -57,7 +57,7 @@ async fn send(
     values: &[Value],
 ) -> Result<Vec<Result<(), String>>, DeliveryError> {
     let owned = records(values);
-    let batch: Vec<Record<'_>> = owned.iter().map(|(key, json)| Record { key, json }).collect();
+    let batch: Vec<Record<'_>> = owned.iter().map(|(key, json)| Record::new(key, json)).collect();
     destination.send(action, &batch).await
 }
 

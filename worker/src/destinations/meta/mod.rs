@@ -1,0 +1,349 @@
+//! Meta (Facebook) Custom Audiences: customer-list members added and removed
+//! through the Marketing API's `/{audience_id}/users`, each identifier
+//! normalised and SHA-256 hashed as Meta documents. See
+//! docs/destinations/meta.md.
+//!
+//! The mapped fields name Meta's identifier keys (`EMAIL`, `PHONE`, `FN`,
+//! …): together they are the request's multi-key schema. Removals send the
+//! same identifiers, so only members Ebb added (rows that left the model)
+//! are removed; members added elsewhere are left alone.
+
+mod config;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fake;
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+
+use super::settings::{self, Documented, Requested};
+use super::{Connector, DeliveryError, Destination, Field, Record, RowResults};
+use crate::behaviour::Action;
+use crate::error::TaskError;
+use async_trait::async_trait;
+pub use config::MetaConfig;
+use ebb_shared::config::{
+    expand_env, BatchLimits, Capabilities, DeleteBehavior, DestinationProfile, FieldError, SyncMode, SyncSpec, SyncType,
+};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// The connector.
+pub struct Meta;
+
+/// "The maximum number of users per request is 10,000."
+const ROWS_PER_REQUEST: usize = 10_000;
+/// Meta documents no byte limit; 10,000 rows of a few hashes stay well
+/// below this.
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+const DOCUMENTED: Documented = Documented {
+    // Meta throttles by its business-use-case scores, not a fixed rate: the
+    // throttling answers pause the fleet for as long as they say.
+    rate_limit: None,
+    max_concurrency: None,
+    batch: BatchLimits {
+        records: ROWS_PER_REQUEST,
+        bytes: BATCH_BYTES,
+    },
+    default_batch_size: ROWS_PER_REQUEST,
+};
+
+impl Connector for Meta {
+    const TYPE: &'static str = "meta_custom_audience";
+    type Config = MetaConfig;
+
+    fn profile(config: &Self::Config) -> Result<DestinationProfile, FieldError> {
+        let requested = Requested {
+            batch_size: config.batch_size,
+            rate_limit: config.rate_limit,
+            max_concurrency: config.max_concurrency,
+        };
+        let (limits, batch) = settings::apply(&DOCUMENTED, requested)?;
+        if !config.audience_id.contains("${") && !config.audience_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(FieldError::at(
+                &["audience_id"],
+                "`audience_id` is the custom audience's numeric id (Ads Manager › Audiences)",
+            ));
+        }
+        let version = config.api_version.strip_prefix('v').unwrap_or_default();
+        if !version
+            .split_once('.')
+            .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok())
+        {
+            return Err(FieldError::at(
+                &["api_version"],
+                "`api_version` is a Graph API version like \"v21.0\"",
+            ));
+        }
+        if !config.api_base_url.contains("${") {
+            let url = reqwest::Url::parse(&config.api_base_url)
+                .map_err(|e| FieldError::at(&["api_base_url"], format!("`api_base_url` is not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(FieldError::at(
+                    &["api_base_url"],
+                    "`api_base_url` must be http:// or https://",
+                ));
+            }
+        }
+        let mut expanded_settings = vec![
+            (vec!["access_token".into()], config.access_token.clone()),
+            (vec!["audience_id".into()], config.audience_id.clone()),
+            (vec!["api_base_url".into()], config.api_base_url.clone()),
+        ];
+        if let Some(secret) = &config.app_secret {
+            expanded_settings.push((vec!["app_secret".into()], secret.clone()));
+        }
+        Ok(DestinationProfile {
+            capabilities: Capabilities {
+                sync_types: &[SyncType::Audience],
+                modes: &[SyncMode::AddRemove],
+                delete_behaviors: DeleteBehavior::ALL,
+            },
+            limits,
+            batch,
+            max_retry_after: config.max_retry_after,
+            expanded_settings,
+        })
+    }
+
+    /// Reads the audience: the token, its permissions and the audience id.
+    async fn test_connection(config: Self::Config, name: &str) -> Result<(), String> {
+        let client = Client::new(&config, name).map_err(|e| e.to_string())?;
+        client
+            .call(reqwest::Method::GET, "?fields=id,name", None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The identifier keys a mapping may name.
+    async fn fields(_config: Self::Config, _name: &str, _object: Option<&str>) -> Result<Option<Vec<Field>>, String> {
+        Ok(Some(
+            request::KEYS
+                .iter()
+                .map(|key| Field {
+                    name: key.to_string(),
+                    kind: "identifier".into(),
+                    unique: false,
+                    writable: true,
+                })
+                .collect(),
+        ))
+    }
+
+    async fn open(config: Self::Config, spec: &SyncSpec) -> Result<Arc<dyn Destination>, TaskError> {
+        Ok(Arc::new(MetaDestination::new(config, spec)?))
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    /// `{base}/{version}/{audience_id}`.
+    audience_url: String,
+    token: String,
+    proof: Option<String>,
+    secrets: Vec<String>,
+}
+
+impl Client {
+    fn new(config: &MetaConfig, name: &str) -> Result<Client, TaskError> {
+        let what = |field: &str| format!("destination {name:?} {field}");
+        let token = expand_env(&config.access_token, &what("access_token"))?;
+        let audience = expand_env(&config.audience_id, &what("audience_id"))?;
+        let base = expand_env(&config.api_base_url, &what("api_base_url"))?;
+        let mut secrets = vec![token.clone()];
+        let proof = match &config.app_secret {
+            Some(secret) => {
+                let secret = expand_env(secret, &what("app_secret"))?;
+                let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+                mac.update(token.as_bytes());
+                secrets.push(secret);
+                Some(request::hex(&mac.finalize().into_bytes()))
+            }
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| TaskError::DestinationSetup {
+                destination: name.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            http,
+            audience_url: format!("{}/{}/{audience}", base.trim_end_matches('/'), config.api_version),
+            token,
+            proof,
+            secrets,
+        })
+    }
+
+    /// One request to the audience (`suffix`: `/users`, or a query); form
+    /// parameters as Meta's SDKs send them.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        suffix: &str,
+        form: Option<&[(&str, String)]>,
+    ) -> Result<Vec<u8>, DeliveryError> {
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        let mut request = self
+            .http
+            .request(method, format!("{}{suffix}", self.audience_url))
+            .bearer_auth(&self.token);
+        if let Some(proof) = &self.proof {
+            request = request.query(&[("appsecret_proof", proof)]);
+        }
+        if let Some(form) = form {
+            request = request.form(form);
+        }
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| super::transport_error(e, "Meta", &secrets))?;
+        let status = answer.status().as_u16();
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (retry_after, usage) = (header("retry-after"), header("x-business-use-case-usage"));
+        let body = answer
+            .bytes()
+            .await
+            .map_err(|e| super::transport_error(e, "Meta", &secrets))?;
+        if (200..300).contains(&status) {
+            Ok(body.to_vec())
+        } else {
+            Err(response::failure(
+                status,
+                retry_after.as_deref(),
+                usage.as_deref(),
+                &body,
+                &secrets,
+            ))
+        }
+    }
+}
+
+pub struct MetaDestination {
+    client: Client,
+    /// The schema: mapped fields that name identifier keys, in mapping order.
+    schema: Vec<(String, &'static str)>,
+}
+
+impl MetaDestination {
+    fn new(config: MetaConfig, spec: &SyncSpec) -> Result<Self, TaskError> {
+        let setup = |reason: String| TaskError::DestinationSetup {
+            destination: spec.destination_name.clone(),
+            reason,
+        };
+        let mut schema = Vec::new();
+        for mapping in &spec.mappings {
+            match request::key_of(&mapping.to) {
+                Some(key) if !schema.iter().any(|(_, k)| *k == key) => schema.push((mapping.to.clone(), key)),
+                Some(key) => return Err(setup(format!("two mappings name the identifier {key}; keep one"))),
+                None => {
+                    return Err(setup(format!(
+                        "mapping to {:?}: a custom audience takes Meta's identifier keys only ({})",
+                        mapping.to,
+                        request::KEYS.join(", ")
+                    )))
+                }
+            }
+        }
+        if schema.is_empty() {
+            return Err(setup(format!(
+                "map at least one identifier: EMAIL, PHONE, MADID, EXTERN_ID, … (to: {})",
+                request::KEYS.join(" | ")
+            )));
+        }
+        Ok(MetaDestination {
+            client: Client::new(&config, &spec.destination_name)?,
+            schema,
+        })
+    }
+}
+
+impl MetaDestination {
+    /// A record's identifiers in schema order, normalised and hashed.
+    fn encoded(&self, key: &str, json: &str) -> Result<Vec<String>, DeliveryError> {
+        let fields: Map<String, Value> = serde_json::from_str(json)
+            .map_err(|e| DeliveryError::Permanent(format!("record {key:?} is not a JSON object: {e}")))?;
+        Ok(self
+            .schema
+            .iter()
+            .map(|(field, key)| request::encode(key, &fields.get(field).map(request::text).unwrap_or_default()))
+            .collect())
+    }
+
+    /// Adds (`POST`) or removes (`DELETE`) members in one request.
+    async fn upload(&self, method: reqwest::Method, rows: &[Vec<String>]) -> Result<(), DeliveryError> {
+        let schema: Vec<&str> = self.schema.iter().map(|(_, key)| *key).collect();
+        // Each request is a session of its own: batches travel on their
+        // own (other workers, other shards), so one session cannot span them.
+        let session = json!({
+            "session_id": rand::random::<u32>() as u64 + 1,
+            "batch_seq": 1,
+            "last_batch_flag": true,
+            "estimated_num_total": rows.len(),
+        });
+        let form = [
+            ("payload", request::payload(&schema, rows).to_string()),
+            ("session", session.to_string()),
+        ];
+        self.client.call(method, "/users", Some(&form)).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Destination for MetaDestination {
+    async fn check_connection(&self) -> Result<(), String> {
+        self.client
+            .call(reqwest::Method::GET, "?fields=id,name", None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
+        let method = match action {
+            Action::Add | Action::Insert | Action::Upsert | Action::Update => reqwest::Method::POST,
+            Action::Remove | Action::Delete | Action::Archive => reqwest::Method::DELETE,
+            // Clearing a member's identifiers has no meaning in an audience.
+            Action::ClearFields | Action::Track => return Ok(vec![Ok(()); records.len()]),
+        };
+        let mut results: RowResults = vec![Ok(()); records.len()];
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        // Members whose identifiers changed since Ebb added them: the old
+        // ones leave before the new ones join.
+        let mut replaced: Vec<Vec<String>> = Vec::new();
+        for (row, record) in records.iter().enumerate() {
+            let values = self.encoded(record.key, record.json)?;
+            if values.iter().all(String::is_empty) {
+                results[row] = Err("the row has no identifier Meta can match (every mapped key is empty)".into());
+                continue;
+            }
+            if method == reqwest::Method::POST {
+                if let Some(previous) = record.previous {
+                    let old = self.encoded(record.key, previous)?;
+                    if old != values && !old.iter().all(String::is_empty) {
+                        replaced.push(old);
+                    }
+                }
+            }
+            rows.push(values);
+        }
+        if !replaced.is_empty() {
+            self.upload(reqwest::Method::DELETE, &replaced).await?;
+        }
+        if !rows.is_empty() {
+            self.upload(method, &rows).await?;
+        }
+        Ok(results)
+    }
+}
