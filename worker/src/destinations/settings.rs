@@ -31,6 +31,24 @@ pub struct Requested {
     pub max_concurrency: Option<u32>,
 }
 
+/// Checks a URL setting (an API base, an instance URL): it parses and is
+/// http or https. A value still holding a `${VAR}` is checked when the
+/// worker expands it.
+pub fn check_url(value: &str, field: &str) -> Result<(), FieldError> {
+    if value.contains("${") {
+        return Ok(());
+    }
+    let url =
+        reqwest::Url::parse(value).map_err(|e| FieldError::at(&[field], format!("`{field}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FieldError::at(
+            &[field],
+            format!("`{field}` must be http:// or https://"),
+        ));
+    }
+    Ok(())
+}
+
 /// The limits that hold, or the first setting that is out of bounds.
 pub fn apply(documented: &Documented, requested: Requested) -> Result<(DeliveryLimits, BatchLimits), FieldError> {
     if let Some(rate) = requested.rate_limit {

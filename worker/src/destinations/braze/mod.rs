@@ -57,16 +57,7 @@ impl Connector for Braze {
             max_concurrency: config.max_concurrency,
         };
         let (limits, batch) = settings::apply(&DOCUMENTED, requested)?;
-        if !config.rest_endpoint.contains("${") {
-            let url = reqwest::Url::parse(&config.rest_endpoint)
-                .map_err(|e| FieldError::at(&["rest_endpoint"], format!("`rest_endpoint` is not a URL: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(FieldError::at(
-                    &["rest_endpoint"],
-                    "`rest_endpoint` must be https:// (the workspace's REST endpoint)",
-                ));
-            }
-        }
+        settings::check_url(&config.rest_endpoint, "rest_endpoint")?;
         Ok(DestinationProfile {
             capabilities: Capabilities {
                 sync_types: &[SyncType::Object, SyncType::Event],

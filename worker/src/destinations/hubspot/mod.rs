@@ -76,16 +76,7 @@ impl Connector for HubSpot {
                 "`object` names a CRM object type: contacts, companies, deals, or a custom object's id like 2-1234567",
             ));
         }
-        if !config.api_base_url.contains("${") {
-            let url = reqwest::Url::parse(&config.api_base_url)
-                .map_err(|e| FieldError::at(&["api_base_url"], format!("`api_base_url` is not a URL: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(FieldError::at(
-                    &["api_base_url"],
-                    "`api_base_url` must be http:// or https://",
-                ));
-            }
-        }
+        settings::check_url(&config.api_base_url, "api_base_url")?;
         Ok(DestinationProfile {
             capabilities: Capabilities {
                 sync_types: &[SyncType::Object, SyncType::Audience],

@@ -77,16 +77,7 @@ impl Connector for Meta {
                 "`api_version` is a Graph API version like \"v21.0\"",
             ));
         }
-        if !config.api_base_url.contains("${") {
-            let url = reqwest::Url::parse(&config.api_base_url)
-                .map_err(|e| FieldError::at(&["api_base_url"], format!("`api_base_url` is not a URL: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(FieldError::at(
-                    &["api_base_url"],
-                    "`api_base_url` must be http:// or https://",
-                ));
-            }
-        }
+        settings::check_url(&config.api_base_url, "api_base_url")?;
         let mut expanded_settings = vec![
             (vec!["access_token".into()], config.access_token.clone()),
             (vec!["audience_id".into()], config.audience_id.clone()),

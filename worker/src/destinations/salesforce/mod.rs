@@ -55,22 +55,6 @@ fn is_record_id(field: &str) -> bool {
     field.eq_ignore_ascii_case("Id")
 }
 
-/// A URL setting, unless it is still a `${VAR}` (checked when expanded).
-fn check_url(value: Option<&str>, field: &str) -> Result<(), FieldError> {
-    let Some(value) = value.filter(|v| !v.contains("${")) else {
-        return Ok(());
-    };
-    let url =
-        reqwest::Url::parse(value).map_err(|e| FieldError::at(&[field], format!("`{field}` is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(FieldError::at(
-            &[field],
-            format!("`{field}` must be http:// or https://"),
-        ));
-    }
-    Ok(())
-}
-
 impl Connector for Salesforce {
     const TYPE: &'static str = "salesforce";
     type Config = SalesforceConfig;
@@ -111,7 +95,9 @@ impl Connector for Salesforce {
             }
             _ => {}
         }
-        check_url(config.instance_url.as_deref(), "instance_url")?;
+        if let Some(url) = &config.instance_url {
+            settings::check_url(url, "instance_url")?;
+        }
         let version_ok = config
             .api_version
             .trim_start_matches('v')
