@@ -10,6 +10,7 @@ pub mod braze;
 #[cfg(any(test, feature = "fakes"))]
 pub mod contract;
 mod http;
+pub mod http_request;
 pub mod hubspot;
 mod jsonl;
 pub mod meta;

@@ -5,7 +5,7 @@
 //! erases the types so the config loader (through `DestinationTypes`), the
 //! coordinator and the worker can reach every connector by its `type` name.
 
-use super::{braze, http, hubspot, jsonl, meta, postgres, salesforce, Destination, Field};
+use super::{braze, http, http_request, hubspot, jsonl, meta, postgres, salesforce, Destination, Field};
 use crate::error::TaskError;
 use ebb_shared::config::{
     read_settings, settings_map, DestinationConfig, DestinationProfile, DestinationTypes, FieldError, SyncSpec,
@@ -63,6 +63,7 @@ pub trait Connector: 'static {
 /// The registered connectors: adding a destination adds one line here.
 pub static REGISTRY: Registry = Registry(&[
     &Registered::<http::Http>(PhantomData),
+    &Registered::<http_request::HttpRequest>(PhantomData),
     &Registered::<postgres::Postgres>(PhantomData),
     &Registered::<jsonl::Jsonl>(PhantomData),
     &Registered::<hubspot::HubSpot>(PhantomData),

@@ -65,8 +65,12 @@ impl Template {
 
     /// Renders the template with the row as `record`.
     pub fn render(&self, record: &liquid::Object) -> Result<String, String> {
-        let globals = liquid::object!({ "record": record });
-        self.template.render(&globals).map_err(|e| one_line(&e.to_string()))
+        self.render_globals(&liquid::object!({ "record": record }))
+    }
+
+    /// Renders the template with the given variables.
+    pub fn render_globals(&self, globals: &liquid::Object) -> Result<String, String> {
+        self.template.render(globals).map_err(|e| one_line(&e.to_string()))
     }
 }
 

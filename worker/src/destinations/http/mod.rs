@@ -110,6 +110,38 @@ impl Connector for Http {
     }
 }
 
+/// An HTTP client sending `headers` (values `${VAR}`-expanded, marked
+/// sensitive) on every request, and the expanded values, to redact from
+/// every error text.
+pub(super) fn client_with_headers(
+    name: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    timeout: std::time::Duration,
+) -> Result<(reqwest::Client, Vec<String>), TaskError> {
+    let setup = |reason: String| TaskError::DestinationSetup {
+        destination: name.to_string(),
+        reason,
+    };
+    let mut map = HeaderMap::new();
+    let mut secrets = Vec::new();
+    for (header, value) in headers {
+        let value = expand_env(value, &format!("destination {name:?} header {header}"))?;
+        let header_name = HeaderName::from_bytes(header.as_bytes())
+            .map_err(|_| setup(format!("{header:?} is not a valid header name")))?;
+        let mut header_value =
+            HeaderValue::from_str(&value).map_err(|_| setup(format!("header {header}: invalid value")))?;
+        header_value.set_sensitive(true);
+        map.insert(header_name, header_value);
+        secrets.push(value);
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(map)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| setup(e.to_string()))?;
+    Ok((client, secrets))
+}
+
 pub struct HttpDestination {
     client: reqwest::Client,
     method: reqwest::Method,
@@ -132,23 +164,7 @@ impl HttpDestination {
         reqwest::Url::parse(&url).map_err(|e| setup(format!("url: {e}")))?;
         let method = reqwest::Method::from_bytes(config.method.to_uppercase().as_bytes())
             .map_err(|_| setup(format!("method {:?} is not an HTTP method", config.method)))?;
-        let mut headers = HeaderMap::new();
-        let mut secrets = Vec::new();
-        for (header, value) in &config.headers {
-            let value = expand_env(value, &format!("destination {name:?} header {header}"))?;
-            let header_name = HeaderName::from_bytes(header.as_bytes())
-                .map_err(|_| setup(format!("{header:?} is not a valid header name")))?;
-            let mut header_value =
-                HeaderValue::from_str(&value).map_err(|_| setup(format!("header {header}: invalid value")))?;
-            header_value.set_sensitive(true);
-            headers.insert(header_name, header_value);
-            secrets.push(value);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| setup(e.to_string()))?;
+        let (client, secrets) = client_with_headers(name, &config.headers, config.timeout)?;
         let oauth = config
             .oauth2
             .as_ref()
