@@ -298,6 +298,31 @@ enum RunsCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// The live debugger: the requests a run sent and the answers it got, per batch, with its rows.
+    ///
+    /// Examples:
+    ///   ebb runs requests RUN --failed            the requests that failed, or failed a row
+    ///   ebb runs requests RUN --key 42            the requests that carried row 42, and their answers
+    ///   ebb runs requests RUN --json              everything, as the API gives it
+    #[command(verbatim_doc_comment)]
+    Requests {
+        /// The run's id (from `ebb runs list`).
+        run: String,
+        /// Only the batches that carried the row with this primary key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only the attempts that failed, or that failed a row.
+        #[arg(long)]
+        failed: bool,
+        /// At most this many batch attempts.
+        #[arg(long, default_value_t = 20, env = "EBB_REQUESTS_LIMIT")]
+        limit: usize,
+        /// Print them as the API's {"data": [...], "hasMore": bool}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -713,6 +738,30 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let view = backend.cancel(&run).await;
             backend.close().await;
             print_run(&view?, json)
+        }
+        Command::Runs(RunsCommand::Requests {
+            run,
+            key,
+            failed,
+            limit,
+            json,
+            target,
+        }) => {
+            let backend = target.state().await?;
+            let filter = crate::run::requests::RequestFilter {
+                key: key.clone(),
+                failed,
+                limit: limit.max(1),
+            };
+            let page = backend.requests(&run, filter).await;
+            backend.close().await;
+            let page = page?;
+            if json {
+                output::print_json(&page)?;
+            } else {
+                output::print(&output::requests(&page, key.as_deref()));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::Rows {
             run,

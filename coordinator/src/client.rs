@@ -113,6 +113,34 @@ impl Backend {
         }
     }
 
+    /// The live debugger's batch attempts of a run that pass `filter`.
+    pub async fn requests(
+        &self,
+        run_id: &str,
+        filter: crate::run::requests::RequestFilter,
+    ) -> anyhow::Result<crate::api::views::RequestsPage> {
+        match self {
+            Backend::Embedded(runtime) => {
+                let coordinator = runtime.coordinator.as_ref().expect("embedded runs a coordinator");
+                let (data, has_more) = coordinator.requests(run_id, &filter).await?;
+                Ok(crate::api::views::RequestsPage { data, has_more })
+            }
+            Backend::Remote { .. } => {
+                let mut url = reqwest::Url::parse("http://x/").expect("a URL");
+                {
+                    let mut query = url.query_pairs_mut();
+                    if let Some(key) = &filter.key {
+                        query.append_pair("key", key);
+                    }
+                    query.append_pair("failed", &filter.failed.to_string());
+                    query.append_pair("limit", &filter.limit.to_string());
+                }
+                let query = url.query().unwrap_or_default().to_string();
+                self.get(&format!("/api/v1/runs/{run_id}/requests?{query}")).await
+            }
+        }
+    }
+
     /// Writes the rows of a run that pass `filter` to `out` in `format`
     /// (every row for jsonl and csv unless `filter.limit` says less), as they
     /// arrive; returns how many.

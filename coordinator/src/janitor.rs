@@ -118,6 +118,8 @@ pub fn plan_sweep(keys: &[String], references: &SyncReferences, now: i64, settin
             (Some(Some(ended)), ObjectKind::Chunks | ObjectKind::Checkpoint | ObjectKind::Rows) => {
                 now - ended >= ms(settings.run_files_after)
             }
+            // The live debugger's request logs stay as long as their run.
+            (Some(Some(_)), ObjectKind::Requests) => references.expired.contains(object.run_id),
             // Unreferenced snapshot objects of an ended run, and anything of a
             // run the DB no longer holds: only after a grace since first seen.
             (Some(Some(_)), ObjectKind::Snapshot) | (None, _) => match candidate_since {
@@ -503,6 +505,22 @@ mod tests {
         let plan = plan_sweep(std::slice::from_ref(&key), &references, now, &settings);
         assert!(plan.delete.is_empty() && plan.mark.is_empty(), "{plan:?}");
         assert_eq!(plan.expire_runs, vec!["old".to_string()]);
+    }
+
+    #[test]
+    fn request_logs_stay_as_long_as_their_run() {
+        let settings = GcSettings::default();
+        let key = paths::requests("s", "r", &ebb_shared::hashing::HashRange::FULL, "t");
+        let mut references = SyncReferences::default();
+        references.runs.insert("r".into(), Some(0));
+        // Long after the run's working files went, its request log stays.
+        let later = settings.run_files_after.as_millis() as i64 * 10;
+        let plan = plan_sweep(std::slice::from_ref(&key), &references, later, &settings);
+        assert!(plan.delete.is_empty() && plan.mark.is_empty(), "{plan:?}");
+        // It goes with the run.
+        references.expired.insert("r".into());
+        let plan = plan_sweep(std::slice::from_ref(&key), &references, later, &settings);
+        assert_eq!(plan.delete, vec![key]);
     }
 
     #[test]

@@ -122,6 +122,65 @@ pub fn rows_table(page: &RowsPage) -> String {
     out
 }
 
+/// The live debugger's batches, each with its requests and answers; with a
+/// key, that row's outcome in each batch.
+pub fn requests(page: &crate::api::views::RequestsPage, key: Option<&str>) -> String {
+    let mut out = String::new();
+    if page.data.is_empty() {
+        out.push_str("no requests kept for this run (or none match)\n");
+    }
+    for batch in &page.data {
+        let at = chrono::DateTime::from_timestamp_millis(batch.at_ms)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .unwrap_or_default();
+        let failed = batch.rows.iter().filter(|(_, error)| error.is_some()).count();
+        out.push_str(&format!(
+            "{at}  {}  {} rows, {} failed  — {}\n",
+            batch.action,
+            thousands(batch.rows.len() as u64),
+            thousands(failed as u64),
+            batch.outcome
+        ));
+        if let Some((row, error)) = key.and_then(|key| batch.rows.iter().find(|(row, _)| row == key)) {
+            out.push_str(&format!(
+                "  row {row}: {}\n",
+                error
+                    .as_deref()
+                    .map_or("went through".to_string(), |e| format!("failed: {e}"))
+            ));
+        }
+        for exchange in &batch.exchanges {
+            let answer = match (exchange.status, &exchange.error) {
+                (Some(status), _) => status.to_string(),
+                (None, Some(error)) => format!("no answer: {error}"),
+                (None, None) => "no answer".to_string(),
+            };
+            out.push_str(&format!(
+                "  {} {} → {answer} in {} ms\n",
+                exchange.method, exchange.url, exchange.elapsed_ms
+            ));
+            let excerpt = |text: &str| {
+                let line: String = text.chars().take(300).collect();
+                if text.chars().count() > 300 {
+                    format!("{line}…")
+                } else {
+                    line
+                }
+            };
+            if let Some(body) = &exchange.request_body {
+                out.push_str(&format!("    sent: {}\n", excerpt(body)));
+            }
+            if let Some(body) = &exchange.response_body {
+                out.push_str(&format!("    got:  {}\n", excerpt(body)));
+            }
+        }
+    }
+    if page.has_more {
+        out.push_str("… more: --limit N shows more, --json gives them whole\n");
+    }
+    out
+}
+
 pub fn syncs_table(syncs: &[SyncView]) -> String {
     let mut out = format!(
         "{:<30} {:<20} {:<20} {:<10} {}\n",

@@ -384,6 +384,9 @@ pub mod paths {
         Rows,
         /// A shard attempt's snapshot: read while a pointer names it.
         Snapshot,
+        /// The requests a shard attempt sent and their answers (the live
+        /// debugger): kept as long as the run is.
+        Requests,
     }
 
     /// An object key taken apart: the sync and run it was written for.
@@ -417,9 +420,25 @@ pub mod paths {
             "chunks" => ObjectKind::Chunks,
             "checkpoints" => ObjectKind::Checkpoint,
             "rows" => ObjectKind::Rows,
+            "requests" => ObjectKind::Requests,
             _ => return None,
         };
         (!sync.is_empty() && !run_id.is_empty() && !file.is_empty()).then_some(ObjectRef { sync, run_id, kind })
+    }
+
+    /// The requests one shard attempt sent and the answers it got.
+    pub fn requests(sync: &str, run_id: &str, range: &HashRange, attempt: &str) -> String {
+        format!(
+            "{}{}-{}-{attempt}.jsonl",
+            requests_prefix(sync, run_id),
+            range.start_hex(),
+            range.last_hex()
+        )
+    }
+
+    /// Where a run's request logs are.
+    pub fn requests_prefix(sync: &str, run_id: &str) -> String {
+        format!("syncs/{sync}/runs/{run_id}/requests/")
     }
 
     /// The outcome of every planned and invalid row of one shard attempt.

@@ -45,6 +45,7 @@ fn spec() -> SyncSpec {
         record_matching: None,
         shards: None,
         max_rows_per_shard: None,
+        live_debugger: true,
     }
 }
 

@@ -107,6 +107,9 @@ pub struct Delivery<'a> {
     /// the rows not sent fail with the reason (the next run sends them).
     pub run_ended: Arc<AtomicBool>,
     pub metrics: Arc<WorkerMetrics>,
+    /// The live debugger's log of this shard attempt; `None` when the sync
+    /// keeps no requests.
+    pub requests: Option<Arc<crate::debugger::RequestLog>>,
 }
 
 /// The reason rows not sent after their run ended carry.
@@ -277,7 +280,34 @@ impl Delivery<'_> {
                 return Err(PartRefused::Whole(RUN_ENDED.to_string()));
             }
             let sent_at = std::time::Instant::now();
-            let result = self.destination.send(action, records).await;
+            let result = match &self.requests {
+                Some(log) => {
+                    let at_ms = chrono::Utc::now().timestamp_millis();
+                    let (result, exchanges) = crate::debugger::capture(self.destination.send(action, records)).await;
+                    log.push(crate::debugger::BatchLog {
+                        at_ms,
+                        action: action.as_str().to_string(),
+                        rows: records
+                            .iter()
+                            .enumerate()
+                            .map(|(i, record)| {
+                                let error = match &result {
+                                    Ok(rows) => rows.get(i).and_then(|row| row.as_ref().err().cloned()),
+                                    Err(_) => None,
+                                };
+                                (record.key.to_string(), error)
+                            })
+                            .collect(),
+                        outcome: match &result {
+                            Ok(_) => "answered".to_string(),
+                            Err(error) => error.to_string(),
+                        },
+                        exchanges,
+                    });
+                    result
+                }
+                None => self.destination.send(action, records).await,
+            };
             drop(permit);
             let answer = match &result {
                 Ok(_) => Answer::Answered,

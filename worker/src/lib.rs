@@ -8,6 +8,7 @@
 
 pub mod behaviour;
 pub mod config;
+pub mod debugger;
 pub mod delivery;
 pub mod destinations;
 pub mod diff;

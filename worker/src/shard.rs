@@ -199,6 +199,9 @@ pub async fn process_shard(
                 "resuming from checkpoint"
             );
         }
+        let requests = spec
+            .live_debugger
+            .then(|| Arc::new(crate::debugger::RequestLog::default()));
         let run_ended = Arc::new(AtomicBool::new(false));
         let watcher = tokio::spawn(watch_run(ctx.leases.clone(), run_id.to_string(), run_ended.clone()));
         let delivery = Delivery {
@@ -214,9 +217,17 @@ pub async fn process_shard(
             checkpoints,
             progress,
             metrics: ctx.metrics.clone(),
+            requests: requests.clone(),
         };
         let delivered = delivery.run(&diff, &sendable, resume).await;
         watcher.abort();
+        if let Some(log) = requests.filter(|log| !log.is_empty()) {
+            // The debugger's log is for people: losing it never fails a shard.
+            let key = paths::requests(&spec.name, run_id, &range, attempt);
+            if let Err(error) = ctx.storage.create(&key, log.to_bytes()).await {
+                tracing::warn!(%error, key, "the live debugger's request log was not stored");
+            }
+        }
         (delivered.outcomes, delivered.destination_error)
     };
     let mut delivered = delivered.into_iter();

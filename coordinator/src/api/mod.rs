@@ -34,6 +34,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/syncs/{id}/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/rows", get(run_rows))
+        .route("/api/v1/runs/{id}/requests", get(run_requests))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/destinations", get(list_destinations))
         .route("/api/v1/destinations/{id}/test", post(test_destination))
@@ -297,6 +298,38 @@ async fn show_run(State(state): State<ApiState>, Path(id): Path<String>) -> Resu
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id:?}")))?;
     Ok(Json(RunView::new(&run, state.coordinator.rows_done(&id))))
+}
+
+#[derive(Deserialize)]
+struct RequestsQuery {
+    key: Option<String>,
+    #[serde(default)]
+    failed: bool,
+    limit: Option<usize>,
+}
+
+/// The live debugger: the requests a run sent and the answers it got, per
+/// batch attempt, with the rows each carried; `key` finds the batches of one
+/// row, `failed=true` those that failed or failed a row.
+async fn run_requests(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<RequestsQuery>,
+) -> Result<Json<views::RequestsPage>, ApiError> {
+    use crate::run::requests::{RequestFilter, RequestsError};
+    let filter = RequestFilter {
+        key: query.key,
+        failed: query.failed,
+        limit: query.limit.unwrap_or(50).clamp(1, 1000),
+    };
+    match state.coordinator.requests(&id, &filter).await {
+        Ok((data, has_more)) => Ok(Json(views::RequestsPage { data, has_more })),
+        Err(RequestsError::NoRun(_)) => Err(ApiError(StatusCode::NOT_FOUND, format!("no run {id:?}"))),
+        Err(error) => {
+            tracing::error!(%error, "reading request logs");
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -185,6 +185,15 @@ pub struct List<T> {
     pub data: Vec<T>,
 }
 
+/// The live debugger's batch attempts of a run that pass a filter, in the
+/// order sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestsPage {
+    pub data: Vec<ebb_worker::debugger::BatchLog>,
+    pub has_more: bool,
+}
+
 /// The first rows of a run that pass a filter, and how many pass in all.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -128,6 +128,15 @@ impl Coordinator {
         super::rows::stream_rows(&self.store, self.storage.as_ref(), run_id, filter).await
     }
 
+    /// The requests a run sent, as the live debugger kept them.
+    pub async fn requests(
+        &self,
+        run_id: &str,
+        filter: &super::requests::RequestFilter,
+    ) -> Result<(Vec<ebb_worker::debugger::BatchLog>, bool), super::requests::RequestsError> {
+        super::requests::run_requests(&self.store, self.storage.as_ref(), run_id, filter).await
+    }
+
     /// Rows answered so far in a run's shards.
     pub fn rows_done(&self, run_id: &str) -> u64 {
         self.progress

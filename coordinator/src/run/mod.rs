@@ -3,6 +3,7 @@
 
 pub mod coordinator;
 pub mod planner;
+pub mod requests;
 pub mod rows;
 pub mod state;
 

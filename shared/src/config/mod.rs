@@ -140,6 +140,15 @@ pub struct SyncConfig {
     /// Upper bound on the rows of one shard when the planner sizes them.
     #[serde(default)]
     pub max_rows_per_shard: Option<u64>,
+    /// Keep the requests each run sends and the answers it gets, with the
+    /// rows they carried (`ebb runs requests`); `false` keeps none, for
+    /// syncs whose payloads must not be stored.
+    #[serde(default = "keep_requests")]
+    pub live_debugger: bool,
+}
+
+fn keep_requests() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +198,8 @@ pub struct SyncSpec {
     pub record_matching: Option<RecordMatching>,
     pub shards: Option<usize>,
     pub max_rows_per_shard: Option<u64>,
+    #[serde(default = "keep_requests")]
+    pub live_debugger: bool,
 }
 
 fn default_delete_behavior() -> DeleteBehavior {
@@ -611,6 +622,7 @@ impl Config {
             record_matching: sync.record_matching.clone(),
             shards: sync.shards,
             max_rows_per_shard: sync.max_rows_per_shard,
+            live_debugger: sync.live_debugger,
         })
     }
 }

@@ -461,6 +461,7 @@ mod tests {
             record_matching: None,
             shards: None,
             max_rows_per_shard: None,
+            live_debugger: true,
         }
     }
 

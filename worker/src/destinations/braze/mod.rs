@@ -127,14 +127,19 @@ impl Client {
     /// Sends one request; the body of a 2xx answer.
     async fn post(&self, path: &str, body: &Value) -> Result<Vec<u8>, DeliveryError> {
         let secrets = [self.key.as_str()];
-        let answer = self
+        let url = format!("{}{path}", self.base);
+        let sent = serde_json::to_vec(body).expect("JSON values serialize");
+        let exchange = crate::debugger::begin(&reqwest::Method::POST, &url, Some(&sent));
+        let request = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(&url)
             .bearer_auth(&self.key)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| super::transport_error(e, "Braze", &secrets))?;
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(sent.clone());
+        let answer = match request.send().await {
+            Ok(answer) => answer,
+            Err(error) => return Err(exchange.failed(super::transport_error(error, "Braze", &secrets), &secrets)),
+        };
         let status = answer.status().as_u16();
         let header = |name: &str| {
             answer
@@ -148,10 +153,11 @@ impl Client {
             header("x-ratelimit-remaining").as_deref(),
             header("x-ratelimit-reset").as_deref(),
         );
-        let bytes = answer
-            .bytes()
-            .await
-            .map_err(|e| super::transport_error(e, "Braze", &secrets))?;
+        let bytes = match answer.bytes().await {
+            Ok(bytes) => bytes,
+            Err(error) => return Err(exchange.failed(super::transport_error(error, "Braze", &secrets), &secrets)),
+        };
+        exchange.answered(status, &bytes, &secrets);
         if (200..300).contains(&status) {
             Ok(bytes.to_vec())
         } else if status == 400

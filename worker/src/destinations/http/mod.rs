@@ -203,26 +203,33 @@ impl Destination for HttpDestination {
             Some(oauth) => Some(oauth.token().await?),
             None => None,
         };
-        let mut answer = self.post(&body, token.as_ref()).await?;
-        // A token revoked before it expired: one new token, one more try.
-        if let (401, Some(oauth), Some(refused)) = (answer.status().as_u16(), &self.oauth, &token) {
-            oauth.refused(refused).await;
-            token = Some(oauth.token().await?);
-            answer = self.post(&body, token.as_ref()).await?;
-        }
         let secrets = self.secrets();
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let mut exchange = crate::debugger::begin(&self.method, &self.url, Some(&body));
+        let mut answer = self
+            .post(&body, token.as_ref())
+            .await
+            .map_err(|e| crate::debugger::begin(&self.method, &self.url, Some(&body)).failed(e, &secrets))?;
+        // A token revoked before it expired: one new token, one more try.
+        if let (401, Some(oauth), Some(refused)) = (answer.status().as_u16(), &self.oauth, &token) {
+            exchange.answered(401, b"", &secrets);
+            oauth.refused(refused).await;
+            token = Some(oauth.token().await?);
+            exchange = crate::debugger::begin(&self.method, &self.url, Some(&body));
+            answer = self.post(&body, token.as_ref()).await?;
+        }
         let status = answer.status();
         let retry_after = answer
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(response::parse_retry_after);
-        let body = answer
+        let answered = answer
             .bytes()
             .await
             .map_err(|e| super::transport_error(e, "", &secrets))?;
-        response::classify(status.as_u16(), retry_after, &body, records.len(), &secrets)
+        exchange.answered(status.as_u16(), &answered, &secrets);
+        response::classify(status.as_u16(), retry_after, &answered, records.len(), &secrets)
     }
 }
 

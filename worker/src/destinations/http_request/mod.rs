@@ -213,29 +213,27 @@ impl HttpRequestDestination {
         }
     }
 
+    /// A rendered URL made whole with `base_url`.
+    fn resolve(&self, url: &str) -> Result<String, DeliveryError> {
+        match (
+            &self.base_url,
+            url.starts_with("http://") || url.starts_with("https://"),
+        ) {
+            (_, true) => Ok(url.to_string()),
+            (Some(base), false) => Ok(format!("{base}{}{url}", if url.starts_with('/') { "" } else { "/" })),
+            (None, false) => Err(DeliveryError::Permanent(format!(
+                "the URL template rendered {url:?}, not an http(s) URL, and there is no base_url"
+            ))),
+        }
+    }
+
     async fn send_once(
         &self,
         request: &request::Rendered,
+        url: &str,
         token: Option<&Token>,
     ) -> Result<reqwest::Response, DeliveryError> {
-        let url = match (
-            &self.base_url,
-            request.url.starts_with("http://") || request.url.starts_with("https://"),
-        ) {
-            (_, true) => request.url.clone(),
-            (Some(base), false) => format!(
-                "{base}{}{}",
-                if request.url.starts_with('/') { "" } else { "/" },
-                request.url
-            ),
-            (None, false) => {
-                return Err(DeliveryError::Permanent(format!(
-                    "the URL template rendered {:?}, not an http(s) URL, and there is no base_url",
-                    request.url
-                )))
-            }
-        };
-        let mut builder = self.client.request(request.method.clone(), &url);
+        let mut builder = self.client.request(request.method.clone(), url);
         if let Some(token) = token {
             builder = builder.bearer_auth(&token.access_token);
         }
@@ -262,11 +260,21 @@ impl HttpRequestDestination {
             Some(oauth) => Some(oauth.token().await?),
             None => None,
         };
-        let mut answer = self.send_once(request, token.as_ref()).await?;
+        let secrets = self.secrets();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let url = self.resolve(&request.url)?;
+        let note = || crate::debugger::begin(&request.method, &url, request.body.as_deref().map(str::as_bytes));
+        let mut exchange = note();
+        let mut answer = self
+            .send_once(request, &url, token.as_ref())
+            .await
+            .map_err(|e| note().failed(e, &secrets))?;
         if let (401, Some(oauth), Some(refused)) = (answer.status().as_u16(), &self.oauth, &token) {
+            exchange.answered(401, b"", &secrets);
             oauth.refused(refused).await;
             token = Some(oauth.token().await?);
-            answer = self.send_once(request, token.as_ref()).await?;
+            exchange = note();
+            answer = self.send_once(request, &url, token.as_ref()).await?;
         }
         let status = answer.status().as_u16();
         let retry_after = answer
@@ -274,12 +282,11 @@ impl HttpRequestDestination {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(super::http::response::parse_retry_after);
-        let secrets = self.secrets();
-        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let body = answer
             .bytes()
             .await
             .map_err(|e| super::transport_error(e, "", &secrets))?;
+        exchange.answered(status, &body, &secrets);
         let said = || {
             let excerpt = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
             ebb_shared::redact::redact_secrets(&format!("the API answered {status}: {excerpt}"), &secrets)

@@ -3,6 +3,7 @@
 
 use super::response;
 use super::HubSpotConfig;
+use crate::debugger;
 use crate::destinations::DeliveryError;
 use crate::error::TaskError;
 use ebb_shared::config::expand_env;
@@ -43,21 +44,30 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Vec<u8>), DeliveryError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(body);
+        let url = format!("{}{path}", self.base);
+        let sent = body.map(|body| serde_json::to_vec(body).expect("JSON values serialize"));
+        let mut request = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+        if let Some(sent) = &sent {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(sent.clone());
         }
-        let answer = request.send().await.map_err(|e| self.transport(e))?;
+        let exchange = debugger::begin(&method, &url, sent.as_deref());
+        let answer = match request.send().await {
+            Ok(answer) => answer,
+            Err(error) => return Err(exchange.failed(self.transport(error), &self.secrets())),
+        };
         let status = answer.status().as_u16();
         let retry_after = answer
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = answer.bytes().await.map_err(|e| self.transport(e))?;
+        let bytes = match answer.bytes().await {
+            Ok(bytes) => bytes,
+            Err(error) => return Err(exchange.failed(self.transport(error), &self.secrets())),
+        };
+        exchange.answered(status, &bytes, &self.secrets());
         if (200..300).contains(&status) {
             Ok((status, bytes.to_vec()))
         } else {

@@ -180,20 +180,28 @@ impl Client {
         form: Option<&[(&str, String)]>,
     ) -> Result<Vec<u8>, DeliveryError> {
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
-        let mut request = self
-            .http
-            .request(method, format!("{}{suffix}", self.audience_url))
-            .bearer_auth(&self.token);
+        let url = format!("{}{suffix}", self.audience_url);
+        let mut request = self.http.request(method.clone(), &url).bearer_auth(&self.token);
         if let Some(proof) = &self.proof {
             request = request.query(&[("appsecret_proof", proof)]);
         }
-        if let Some(form) = form {
-            request = request.form(form);
+        let sent = form.map(|form| {
+            let mut encoded = reqwest::Url::parse("http://x/").expect("a URL");
+            encoded
+                .query_pairs_mut()
+                .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())));
+            encoded.query().unwrap_or_default().as_bytes().to_vec()
+        });
+        if let Some(sent) = &sent {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(sent.clone());
         }
-        let answer = request
-            .send()
-            .await
-            .map_err(|e| super::transport_error(e, "Meta", &secrets))?;
+        let exchange = crate::debugger::begin(&method, &url, sent.as_deref());
+        let answer = match request.send().await {
+            Ok(answer) => answer,
+            Err(error) => return Err(exchange.failed(super::transport_error(error, "Meta", &secrets), &secrets)),
+        };
         let status = answer.status().as_u16();
         let header = |name: &str| {
             answer
@@ -203,10 +211,11 @@ impl Client {
                 .map(str::to_string)
         };
         let (retry_after, usage) = (header("retry-after"), header("x-business-use-case-usage"));
-        let body = answer
-            .bytes()
-            .await
-            .map_err(|e| super::transport_error(e, "Meta", &secrets))?;
+        let body = match answer.bytes().await {
+            Ok(body) => body,
+            Err(error) => return Err(exchange.failed(super::transport_error(error, "Meta", &secrets), &secrets)),
+        };
+        exchange.answered(status, &body, &secrets);
         if (200..300).contains(&status) {
             Ok(body.to_vec())
         } else {

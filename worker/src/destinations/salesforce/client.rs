@@ -5,6 +5,7 @@
 
 use super::response;
 use super::SalesforceConfig;
+use crate::debugger;
 use crate::destinations::oauth::{OAuth2, Token};
 use crate::destinations::DeliveryError;
 use crate::error::TaskError;
@@ -121,14 +122,21 @@ impl Client {
                     ))
                 }
             };
-            let mut request = self
-                .http
-                .request(method.clone(), format!("{base}{path}"))
-                .bearer_auth(&token.access_token);
-            if let Some(body) = body {
-                request = request.json(body);
+            let url = format!("{base}{path}");
+            let sent = body.map(|body| serde_json::to_vec(body).expect("JSON values serialize"));
+            let mut request = self.http.request(method.clone(), &url).bearer_auth(&token.access_token);
+            if let Some(sent) = &sent {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(sent.clone());
             }
-            let answer = request.send().await.map_err(|e| self.transport(e))?;
+            let secrets = self.secrets();
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            let exchange = debugger::begin(&method, &url, sent.as_deref());
+            let answer = match request.send().await {
+                Ok(answer) => answer,
+                Err(error) => return Err(exchange.failed(self.transport(error), &secrets)),
+            };
             let status = answer.status().as_u16();
             let header = |name: &str| {
                 answer
@@ -142,7 +150,11 @@ impl Client {
                 self.allowed.store(allowed, Ordering::Relaxed);
             }
             let retry_after = header("retry-after");
-            let bytes = answer.bytes().await.map_err(|e| self.transport(e))?;
+            let bytes = match answer.bytes().await {
+                Ok(bytes) => bytes,
+                Err(error) => return Err(exchange.failed(self.transport(error), &secrets)),
+            };
+            exchange.answered(status, &bytes, &secrets);
             if (200..300).contains(&status) {
                 return Ok(Answer { body: bytes.to_vec() });
             }
@@ -152,8 +164,6 @@ impl Client {
                 renewed = true;
                 continue;
             }
-            let secrets = self.secrets();
-            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
             return Err(response::failure(status, retry_after.as_deref(), &bytes, &secrets));
         }
     }
