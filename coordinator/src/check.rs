@@ -194,7 +194,7 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
             .fields(&spec.destination_name, &spec.destination, None)
             .await
         {
-            Ok(fields) => fields.map(|fields| fields.into_iter().map(|f| f.name).collect::<Vec<String>>()),
+            Ok(fields) => fields,
             Err(reason) => {
                 let error = locations.error(
                     &destination_path,
@@ -209,7 +209,19 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
                 continue;
             }
         };
-        if let Some(fields) = fields {
+        if let Some(described) = fields {
+            let fields: Vec<String> = described.iter().map(|f| f.name.clone()).collect();
+            let matching = spec.record_matching.as_ref().map(|m| m.to.as_str());
+            if let Some(to) = matching.filter(|to| !fields.iter().any(|f| f == to)) {
+                problems.push(locations.error_at(
+                    &["syncs", name, "record_matching", "to"],
+                    format!(
+                        "sync {name:?} matches records on {to:?}, which destination {:?} does not have (its fields: {})",
+                        spec.destination_name,
+                        fields.join(", ")
+                    ),
+                ));
+            }
             // Without mappings every column of the model is sent as a field.
             let unmapped = columns
                 .get(spec.model_name.as_str())
@@ -232,17 +244,26 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
             }
             for (index, mapping) in spec.mappings.iter().enumerate() {
                 let field = mapping.to.split(['.', '[']).next().unwrap_or_default();
-                if !fields.iter().any(|f| f == field) {
-                    let mut at = path_of(&["syncs", name, "mappings"]);
-                    at.extend([Segment::Index(index), Segment::key("to")]);
-                    problems.push(locations.error(
+                let mut at = path_of(&["syncs", name, "mappings"]);
+                at.extend([Segment::Index(index), Segment::key("to")]);
+                match described.iter().find(|f| f.name == field) {
+                    None => problems.push(locations.error(
                         &at,
                         format!(
                             "sync {name:?} maps to field {field:?}, which destination {:?} does not have (its fields: {})",
                             spec.destination_name,
                             fields.join(", ")
                         ),
-                    ));
+                    )),
+                    // The field records are matched on may be the vendor's own id.
+                    Some(described) if !described.writable && Some(field) != matching => problems.push(locations.error(
+                        &at,
+                        format!(
+                            "sync {name:?} maps to field {field:?}, which destination {:?} does not let anyone write                              (read-only, calculated or set by the system); map to another field",
+                            spec.destination_name
+                        ),
+                    )),
+                    Some(_) => {}
                 }
             }
         }

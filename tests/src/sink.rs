@@ -36,6 +36,9 @@ pub struct Behavior {
     /// A batch holding any of these keys is refused whole with a `400` that
     /// names no record, as some APIs do.
     pub refuse_batches_with: HashSet<String>,
+    /// Shares of requests answered `429` (no `Retry-After`) and `503`, at
+    /// random, nothing applied.
+    pub chaos: (f64, f64),
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +160,15 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(b
     if let Some(status) = behavior.fail_with {
         log(status);
         return (StatusCode::from_u16(status).unwrap(), "destination is down").into_response();
+    }
+    let draw: f64 = rand::random();
+    if draw < behavior.chaos.0 {
+        log(429);
+        return (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
+    }
+    if draw < behavior.chaos.0 + behavior.chaos.1 {
+        log(503);
+        return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
     }
     // Taken under the lock: concurrent requests must not both spend the last one.
     let throttled = {

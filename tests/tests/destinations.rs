@@ -123,3 +123,41 @@ async fn destinations_are_tested_and_described_from_the_cli_and_the_api() {
         "{fields}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_refuses_read_only_fields_and_unknown_matching_fields() {
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/users.csv"), "id,email\n1,a@x.com\n").unwrap();
+    let config = format!(
+        "sources:\n  files: {{ type: csv, path: data }}\n\
+         models:\n  users: {{ source: files, file: users.csv, primary_key: id }}\n\
+         destinations:\n  crm: {{ type: hubspot, access_token: \"${{EBB_TEST_CLI_TOKEN}}\", api_base_url: \"{}\" }}\n\
+         syncs:\n  \
+           fine:\n    model: users\n    destination: crm\n    mode: upsert\n    record_matching: {{ from: email, to: email }}\n    \
+           mappings: [{{ from: email, to: email }}]\n  \
+           wrong:\n    model: users\n    destination: crm\n    mode: upsert\n    record_matching: {{ from: id, to: customer_number }}\n    \
+           mappings: [{{ from: email, to: email }}, {{ from: id, to: hs_object_id }}]\n",
+        fake.url
+    );
+    std::fs::write(dir.path().join("ebb.yaml"), config).unwrap();
+    let path = dir.path().to_path_buf();
+    let (code, out, err) = tokio::task::spawn_blocking(move || ebb(&path, TOKEN, &["check", "--connect"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 3, "{out}{err}");
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains("ebb.yaml:18:") && text.contains("\"customer_number\""),
+        "the unknown matching field, at its line: {text}"
+    );
+    assert!(
+        text.contains("ebb.yaml:19:") && text.contains("\"hs_object_id\"") && text.contains("read-only"),
+        "the read-only field, at its line: {text}"
+    );
+    assert!(
+        !text.contains("\"fine\""),
+        "the sync that can work is not named: {text}"
+    );
+}

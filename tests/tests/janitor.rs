@@ -149,13 +149,22 @@ syncs:
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = objects(&object_root);
-        let needed = referenced(&state).await;
+        let mut needed = referenced(&state).await;
         let lost: Vec<&String> = needed.difference(&now).collect();
         assert!(lost.is_empty(), "referenced objects were deleted: {lost:?}");
-        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ebb_runs")
-            .fetch_one(&state)
+        let kept: Vec<String> = sqlx::query_scalar("SELECT id FROM ebb_runs")
+            .fetch_all(&state)
             .await
             .unwrap();
+        let runs = kept.len();
+        // The live debugger's request logs stay as long as their run.
+        needed.extend(
+            now.iter()
+                .filter(|key| {
+                    key.contains("/requests/") && kept.iter().any(|run| key.contains(&format!("/runs/{run}/")))
+                })
+                .cloned(),
+        );
         if now == needed && runs == 1 {
             break;
         }
