@@ -39,6 +39,10 @@ pub struct Behavior {
     /// Shares of requests answered `429` (no `Retry-After`) and `503`, at
     /// random, nothing applied.
     pub chaos: (f64, f64),
+    /// Answer the next this-many requests `503`, nothing applied.
+    pub fail_times: u32,
+    /// Refuse requests without `Authorization: Bearer <this>` with `401`.
+    pub require_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,7 +77,9 @@ pub struct Sink {
 impl Sink {
     pub async fn start() -> Sink {
         let state = Arc::new(SinkState::default());
-        let app = Router::new().route("/", post(receive)).with_state(state.clone());
+        let app = Router::new()
+            .route("/", post(receive).head(head))
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -140,6 +146,23 @@ impl Sink {
     }
 }
 
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(token)
+}
+
+/// `HEAD /`: 200, or 401 to a request without the required token.
+async fn head(State(state): State<Arc<SinkState>>, headers: HeaderMap) -> StatusCode {
+    let required = state.behavior.lock().unwrap().require_token.clone();
+    match required {
+        Some(token) if !authorized(&headers, &token) => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::OK,
+    }
+}
+
 async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     let traceparent = headers
         .get("traceparent")
@@ -157,9 +180,27 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(b
             traceparent: traceparent.clone(),
         })
     };
+    if let Some(token) = &behavior.require_token {
+        if !authorized(&headers, token) {
+            log(401);
+            return (StatusCode::UNAUTHORIZED, "unknown token").into_response();
+        }
+    }
     if let Some(status) = behavior.fail_with {
         log(status);
         return (StatusCode::from_u16(status).unwrap(), "destination is down").into_response();
+    }
+    let failing = {
+        let mut current = state.behavior.lock().unwrap();
+        let failing = current.fail_times > 0;
+        if failing {
+            current.fail_times -= 1;
+        }
+        failing
+    };
+    if failing {
+        log(503);
+        return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
     }
     let draw: f64 = rand::random();
     if draw < behavior.chaos.0 {
@@ -196,10 +237,17 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(b
         return (StatusCode::BAD_REQUEST, format!("unknown operation {operation:?}")).into_response();
     }
     let key_of = |record: &Value| record["key"].as_str().unwrap_or_default().to_string();
-    if records
-        .iter()
-        .any(|r| behavior.refuse_batches_with.contains(&key_of(r)))
-    {
+    // Refused by key, or by any text field's value.
+    let refused = |record: &Value| {
+        behavior.refuse_batches_with.contains(&key_of(record))
+            || record["fields"].as_object().is_some_and(|fields| {
+                fields
+                    .values()
+                    .filter_map(Value::as_str)
+                    .any(|v| behavior.refuse_batches_with.contains(v))
+            })
+    };
+    if records.iter().any(refused) {
         log(400);
         return (StatusCode::BAD_REQUEST, "the batch holds an invalid record").into_response();
     }

@@ -140,10 +140,9 @@ impl Connector for HttpRequest {
                 spec.mode, spec.delete_behavior
             )));
         }
-        Ok(Arc::new(HttpRequestDestination::with_config(
-            config,
-            &spec.destination_name,
-        )?))
+        let mut destination = HttpRequestDestination::with_config(config, &spec.destination_name)?;
+        destination.matching = spec.record_matching.as_ref().map(|m| m.to.clone());
+        Ok(Arc::new(destination))
     }
 }
 
@@ -158,6 +157,8 @@ pub struct HttpRequestDestination {
     /// Expanded header values, removed from every error text.
     secrets: Vec<String>,
     oauth: Option<OAuth2>,
+    /// The field records are matched on: clearing keeps it.
+    matching: Option<String>,
 }
 
 impl HttpRequestDestination {
@@ -194,6 +195,7 @@ impl HttpRequestDestination {
             retry_on: config.retry_on,
             secrets,
             oauth,
+            matching: None,
         })
     }
 
@@ -337,7 +339,22 @@ impl Destination for HttpRequestDestination {
                 }
                 continue;
             };
-            let chosen: Vec<Record<'_>> = rows.iter().map(|&i| records[i]).collect();
+            // Clearing sends the mapped fields as nulls, but the matching one.
+            let cleared: Vec<String> = if action == Action::ClearFields {
+                rows.iter()
+                    .map(|&i| super::cleared(records[i].json, self.matching.as_deref()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let chosen: Vec<Record<'_>> = rows
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| match cleared.get(n) {
+                    Some(json) => Record { json, ..records[i] },
+                    None => records[i],
+                })
+                .collect();
             let requests = operation.render(action, kind, &chosen, self.format);
             for (positions, rendered) in requests {
                 let outcome = match rendered {

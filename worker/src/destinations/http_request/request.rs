@@ -182,3 +182,28 @@ impl Compiled {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_renders_its_records_nulls_included() {
+        let operation = Operation {
+            method: "POST".into(),
+            url: "/x".into(),
+            body: Some("{\"records\": [{% for r in records %}{{ r | json }}{% endfor %}]}".into()),
+            batched: true,
+        };
+        let compiled = Compiled::new(&operation, true).unwrap();
+        let records = [Record::new("1", r#"{"email":"a@x.com","plan":null}"#)];
+        let rendered = compiled.render(Action::ClearFields, Kind::Removed, &records, BodyFormat::Json);
+        let body = rendered[0].1.as_ref().unwrap().body.clone().unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            parsed["records"][0],
+            serde_json::json!({"email": "a@x.com", "plan": null}),
+            "{body}"
+        );
+    }
+}
