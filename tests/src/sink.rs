@@ -43,6 +43,16 @@ pub struct Behavior {
     pub fail_times: u32,
     /// Refuse requests without `Authorization: Bearer <this>` with `401`.
     pub require_token: Option<String>,
+    /// A server that can only do so much at once: this many requests are
+    /// served at a time (each for `latency`), this many more wait their turn,
+    /// and any beyond those are answered `503` at once, nothing applied.
+    pub capacity: Option<Capacity>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub serving: usize,
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +76,10 @@ pub struct SinkState {
     /// Records archived, by identity.
     pub archived: Mutex<BTreeSet<String>>,
     pub behavior: Mutex<Behavior>,
+    /// Requests being answered now, and the most there ever were.
+    pub in_flight: Mutex<(usize, usize)>,
+    /// Turns at being served, when the behaviour sets a capacity.
+    serving: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 pub struct Sink {
@@ -97,7 +111,15 @@ impl Sink {
     }
 
     pub fn set_behavior(&self, behavior: Behavior) {
+        *self.state.serving.lock().unwrap() = behavior
+            .capacity
+            .map(|capacity| Arc::new(tokio::sync::Semaphore::new(capacity.serving)));
         *self.state.behavior.lock().unwrap() = behavior;
+    }
+
+    /// The most requests that were ever being answered at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.in_flight.lock().unwrap().1
     }
 
     pub fn records(&self) -> BTreeMap<String, Value> {
@@ -164,6 +186,38 @@ async fn head(State(state): State<Arc<SinkState>>, headers: HeaderMap) -> Status
 }
 
 async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let capacity = state.behavior.lock().unwrap().capacity;
+    let entered = {
+        let mut in_flight = state.in_flight.lock().unwrap();
+        let full = capacity.is_some_and(|c| in_flight.0 >= c.serving + c.queue);
+        if !full {
+            in_flight.0 += 1;
+            in_flight.1 = in_flight.1.max(in_flight.0);
+        }
+        !full
+    };
+    if !entered {
+        state.requests.lock().unwrap().push(Request {
+            at: Instant::now(),
+            operation: body["operation"].as_str().unwrap_or_default().to_string(),
+            records: body["records"].as_array().map_or(0, Vec::len),
+            status: 503,
+            traceparent: None,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, "overloaded: too many requests at once").into_response();
+    }
+    let serving = state.serving.lock().unwrap().clone();
+    let turn = match &serving {
+        Some(semaphore) => Some(semaphore.acquire().await.expect("the sink never closes its semaphore")),
+        None => None,
+    };
+    let response = answer(&state, headers, body).await;
+    drop(turn);
+    state.in_flight.lock().unwrap().0 -= 1;
+    response
+}
+
+async fn answer(state: &SinkState, headers: HeaderMap, body: Value) -> Response {
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())

@@ -268,3 +268,68 @@ syncs:
     );
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A destination that serves two requests at a time, queues six and answers
+/// `503` beyond that, behind a lease that would allow 32 in flight. With a
+/// fixed concurrency every wave of batches overruns it and batches exhaust
+/// their retries; the adaptive window backs off to what the destination keeps
+/// up with, so the run succeeds and hardly any request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_concurrency_finds_what_an_overloaded_destination_keeps_up_with() {
+    use ebb_tests::sink::Capacity;
+    let database = fresh_postgres_database("adaptive").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    create_people(&pool, 4_000).await;
+    let sink = Sink::start().await;
+    sink.set_behavior(Behavior {
+        capacity: Some(Capacity { serving: 2, queue: 22 }),
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+sources:
+  warehouse:
+    type: postgres
+    url: {}
+models:
+  people:
+    source: warehouse
+    query: SELECT id, email FROM people
+    primary_key: id
+destinations:
+  narrow:
+    type: http
+    url: {}
+    batch_size: 20
+    max_concurrency: 64
+syncs:
+  people-narrow:
+    model: people
+    destination: narrow
+    mode: upsert
+    max_rows_per_shard: 1000
+"#,
+        database.url,
+        sink.url()
+    );
+    let config = Arc::new(ebb_worker::config::from_yaml_str(Path::new("adaptive.yaml"), &text, dir.path()).unwrap());
+    let runtime = start_embedded(config, &dir.path().join("data"), 2, 2).await.unwrap();
+
+    let run = run_to_end(&runtime, "people-narrow", TriggerOptions::default()).await;
+    let requests = sink.requests();
+    let refused = requests.iter().filter(|r| r.status == 503).count();
+    assert_eq!(run.status, RunStatus::Success, "{run:?}");
+    assert_eq!(sink_emails(&sink), model_emails(&pool).await);
+    assert!(
+        refused * 20 <= requests.len(),
+        "{refused} of {} requests were refused as overload: the window did not back off ({})",
+        requests.len(),
+        requests
+            .iter()
+            .map(|r| if r.status == 503 { 'x' } else { '.' })
+            .collect::<String>()
+    );
+    runtime.shutdown(Duration::from_secs(10)).await;
+}

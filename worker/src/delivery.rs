@@ -1,13 +1,14 @@
 //! Sending a shard's planned rows: batching, fleet-wide limits, retries with
 //! backoff, `Retry-After`, per-row results and checkpoints.
 //!
-//! Batches go out concurrently (as far as the fleet limiter allows) in the
-//! plan's order. The low watermark of finished batches is checkpointed
+//! Batches go out concurrently (as far as the fleet limiter and its adaptive
+//! window allow) in the plan's order. The low watermark of finished batches is checkpointed
 //! continuously: whenever it has advanced and no checkpoint write is under way,
 //! a new one starts. An attempt that takes over after a crash skips what was
 //! done and resends at most the batches in flight plus those finished during one
 //! checkpoint write (invariant 5).
 
+use crate::adaptive::Signal;
 use crate::behaviour::Action;
 use crate::destinations::{DeliveryError, Destination, Record, RowResults};
 use crate::diff::{PlannedOp, ShardDiff};
@@ -308,7 +309,7 @@ impl Delivery<'_> {
                 }
                 None => self.destination.send(action, records).await,
             };
-            drop(permit);
+            let took = sent_at.elapsed();
             let answer = match &result {
                 Ok(_) => Answer::Answered,
                 Err(DeliveryError::Rejected(_)) => Answer::Refused,
@@ -316,7 +317,13 @@ impl Delivery<'_> {
                 Err(DeliveryError::Transient(_)) => Answer::Transient,
                 Err(DeliveryError::Permanent(_)) => Answer::Permanent,
             };
-            self.metrics.request(self.destination_name, answer, sent_at.elapsed());
+            permit.finish(match answer {
+                Answer::RateLimited | Answer::Transient => Signal::BackPressure,
+                Answer::Answered | Answer::Refused | Answer::Permanent => Signal::Answered(took),
+            });
+            self.metrics.request(self.destination_name, answer, took);
+            self.metrics
+                .concurrency_limit(self.destination_name, self.limiter.concurrency_limit());
             match result {
                 Ok(rows) if rows.len() == records.len() => return Ok(rows),
                 Ok(rows) => {

@@ -6,6 +6,7 @@
 //! the changes under the destination's fleet-wide limits and writes the new
 //! snapshot. The coordinator decides what becomes current.
 
+pub mod adaptive;
 pub mod behaviour;
 pub mod config;
 pub mod debugger;

@@ -5,8 +5,11 @@
 //! renews its lease twice a second while it works, so shares follow the fleet as
 //! workers come and go, and a `429` seen by one worker pauses all of them within
 //! one renewal (invariant 6). Within a worker one `FleetLimiter` per destination
-//! is shared by every shard in flight.
+//! is shared by every shard in flight. Below the lease's concurrency, an
+//! adaptive window (`adaptive.rs`) keeps fewer requests in flight while the
+//! destination slows down or pushes back.
 
+use crate::adaptive::{AdaptiveConcurrency, Signal};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ebb_shared::config::DeliveryLimits;
@@ -216,7 +219,16 @@ struct Shared {
 
 struct Gate {
     in_flight: u32,
+    /// The lease's share of the destination's concurrency.
     allowed: u32,
+    /// Below that share, what the destination's answers say it keeps up with.
+    adaptive: AdaptiveConcurrency,
+}
+
+impl Gate {
+    fn limit(&self) -> u32 {
+        self.allowed.min(self.adaptive.limit())
+    }
 }
 
 /// One worker's view of one destination's fleet-wide limits.
@@ -231,6 +243,17 @@ pub struct FleetLimiter {
 /// Held while one request is in flight.
 pub struct RequestPermit {
     shared: Arc<Shared>,
+}
+
+impl RequestPermit {
+    /// The request ended like this: the adaptive window learns from it. A
+    /// permit dropped without `finish` teaches nothing.
+    pub fn finish(self, signal: Signal) {
+        let decision = self.shared.concurrency.lock().unwrap().adaptive.observe(signal);
+        if let Some(decision) = decision {
+            tracing::trace!(?decision, "adaptive concurrency epoch ended");
+        }
+    }
 }
 
 impl Drop for RequestPermit {
@@ -270,7 +293,12 @@ impl Shared {
     }
 
     fn apply_rest(&self, grant: &LeaseGrant) {
-        self.concurrency.lock().unwrap().allowed = grant.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        {
+            let mut gate = self.concurrency.lock().unwrap();
+            gate.allowed = grant.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+            let ceiling = gate.allowed;
+            gate.adaptive.set_ceiling(ceiling);
+        }
         if grant.paused_for_ms > 0 {
             self.pause_for(Duration::from_millis(grant.paused_for_ms));
         }
@@ -308,6 +336,7 @@ impl FleetLimiter {
             concurrency: Mutex::new(Gate {
                 in_flight: 0,
                 allowed: 0,
+                adaptive: AdaptiveConcurrency::new(DEFAULT_CONCURRENCY),
             }),
             paused_until: Mutex::new(Instant::now()),
             changed: Notify::new(),
@@ -363,8 +392,10 @@ impl FleetLimiter {
             }
             {
                 let mut gate = shared.concurrency.lock().unwrap();
-                if gate.in_flight < gate.allowed {
+                if gate.in_flight < gate.limit() {
                     gate.in_flight += 1;
+                    let in_flight = gate.in_flight;
+                    gate.adaptive.admitted(in_flight);
                     break;
                 }
             }
@@ -406,6 +437,12 @@ impl FleetLimiter {
             return true;
         }
         false
+    }
+
+    /// Requests this worker may have in flight to the destination now: the
+    /// lease's share, or less when the destination's answers say so.
+    pub fn concurrency_limit(&self) -> u32 {
+        self.shared.concurrency.lock().unwrap().limit()
     }
 
     /// A destination answered `429`: hold back here at once, and tell the fleet.

@@ -22,6 +22,9 @@ pub struct WorkerMetrics {
     destination_retries: Family<Labels, Counter>,
     /// Until when the fleet holds back from a destination (Unix seconds).
     destination_paused_until: Family<Labels, Gauge>,
+    /// Requests this worker may have in flight to a destination (the adaptive
+    /// window under the fleet lease).
+    destination_concurrency_limit: Family<Labels, Gauge>,
 }
 
 /// How a destination answered one request, for `destination_requests`.
@@ -89,6 +92,12 @@ impl Default for WorkerMetrics {
             "Until when the fleet holds back from a destination after a 429 (Unix seconds; paused while above time())",
             destination_paused_until.clone(),
         );
+        let destination_concurrency_limit = Family::default();
+        registry.register(
+            "destination_concurrency_limit",
+            "Requests this worker may have in flight to a destination: the adaptive window (AIMD on latency and back-pressure) under the fleet lease",
+            destination_concurrency_limit.clone(),
+        );
         WorkerMetrics {
             registry,
             tasks,
@@ -96,6 +105,7 @@ impl Default for WorkerMetrics {
             destination_latency,
             destination_retries,
             destination_paused_until,
+            destination_concurrency_limit,
         }
     }
 }
@@ -137,6 +147,13 @@ impl WorkerMetrics {
         self.destination_paused_until
             .get_or_create(&vec![("destination".to_string(), destination.to_string())])
             .set(until);
+    }
+
+    /// The adaptive window for `destination` is now `limit` requests.
+    pub fn concurrency_limit(&self, destination: &str, limit: u32) {
+        self.destination_concurrency_limit
+            .get_or_create(&vec![("destination".to_string(), destination.to_string())])
+            .set(i64::from(limit));
     }
 
     pub fn render(&self) -> String {
