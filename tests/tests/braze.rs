@@ -2,10 +2,11 @@
 //! real PostgreSQL, RabbitMQ and S3) syncs a 50k-row model to loopback Braze
 //! workspaces through every mode the connector declares — mirror (delete
 //! users), mirror (clear attributes), insert, update (update-only mode), all,
-//! and an event sync — while each workspace answers 10% of requests 429 and
-//! 2% 503. After a first run and after random inserts, updates and deletes,
-//! each workspace holds what its mode promises, and every row entering the
-//! model was tracked as an event exactly once.
+//! an event sync and a purchase sync — while each workspace answers 10% of
+//! requests 429 and 2% 503. After a first run and after random inserts,
+//! updates and deletes, each workspace holds what its mode promises, and
+//! every row entering the model was tracked as an event, and as a purchase,
+//! exactly once.
 
 use ebb_tests::fleet::Fleet;
 use ebb_tests::model::{create_people, model_emails, mutate};
@@ -27,19 +28,34 @@ const SYNCS: [(&str, &str); 6] = [
     ("events", "    type: event\n    mode: insert\n"),
 ];
 
+/// The workspace of the purchase sync, beside those of `SYNCS`.
+const PURCHASES: &str = "purchases";
+
 fn config(database_url: &str, workspaces: &BTreeMap<&str, FakeBraze>) -> String {
     let mut text = format!(
         "sources:\n  warehouse: {{ type: postgres, url: \"{database_url}\" }}\n\
-         models:\n  people: {{ source: warehouse, query: \"SELECT id, email, name FROM people\", primary_key: id }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email, name FROM people\", primary_key: id }}\n  \
+         orders: {{ source: warehouse, query: \"SELECT id, 'plan-' || (id % 3) AS sku, 'usd' AS currency, \
+         (id % 100) + 0.5 AS amount FROM people\", primary_key: id }}\n\
          destinations:\n"
     );
     for (name, fake) in workspaces {
+        let event = if *name == PURCHASES {
+            "event_type: purchase"
+        } else {
+            "event_name: Joined"
+        };
         text.push_str(&format!(
-            "  {name}:\n    type: braze\n    api_key: \"${{EBB_TEST_BRAZE_KEY}}\"\n    rest_endpoint: {}\n    event_name: Joined\n",
+            "  {name}:\n    type: braze\n    api_key: \"${{EBB_TEST_BRAZE_KEY}}\"\n    rest_endpoint: {}\n    {event}\n",
             fake.url
         ));
     }
-    text.push_str("syncs:\n");
+    text.push_str(&format!(
+        "syncs:\n  to-{PURCHASES}:\n    model: orders\n    destination: {PURCHASES}\n    type: event\n    mode: insert\n    \
+         record_matching: {{ from: id, to: external_id }}\n    mappings:\n      - {{ from: id, to: external_id }}\n      \
+         - {{ from: sku, to: product_id }}\n      - {{ from: currency, to: currency }}\n      - {{ from: amount, to: price }}\n    \
+         max_rows_per_shard: 10000\n"
+    ));
     for (name, settings) in SYNCS {
         text.push_str(&format!(
             "  to-{name}:\n    model: people\n    destination: {name}\n{settings}    \
@@ -103,6 +119,21 @@ fn check(
     assert!(events
         .iter()
         .all(|e| e.name == "Joined" && e.properties.contains_key("email")));
+    let purchases = workspaces[PURCHASES].purchases();
+    let bought: BTreeSet<String> = purchases
+        .iter()
+        .map(|p| p.user.trim_start_matches("external_id:").to_string())
+        .collect();
+    assert_eq!(&bought, ever, "{round}: every row entering the model is a purchase");
+    assert_eq!(purchases.len(), ever.len(), "{round}: and only once");
+    for purchase in &purchases {
+        let id: i64 = purchase.user.trim_start_matches("external_id:").parse().unwrap();
+        assert_eq!(
+            (purchase.product_id.clone(), purchase.currency.as_str(), purchase.price),
+            (format!("plan-{}", id % 3), "USD", (id % 100) as f64 + 0.5),
+            "{round}: purchase of {id}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +142,7 @@ async fn a_fleet_converges_on_braze_in_every_mode_through_429s_and_503s() {
     let pool = PgPool::connect(&source.url).await.unwrap();
     create_people(&pool, ROWS).await;
     let mut workspaces = BTreeMap::new();
-    for (name, _) in SYNCS {
+    for name in SYNCS.iter().map(|(name, _)| *name).chain([PURCHASES]) {
         let fake = FakeBraze::start(KEY).await;
         fake.chaos(0.10, 0.02);
         workspaces.insert(name, fake);
@@ -128,7 +159,12 @@ async fn a_fleet_converges_on_braze_in_every_mode_through_429s_and_503s() {
     for _ in 0..2 {
         fleet.add_worker_with_args(&["--concurrency", "4"]);
     }
-    let syncs: Vec<String> = SYNCS.iter().map(|(name, _)| format!("to-{name}")).collect();
+    let syncs: Vec<String> = SYNCS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain([PURCHASES])
+        .map(|name| format!("to-{name}"))
+        .collect();
     let syncs: Vec<&str> = syncs.iter().map(String::as_str).collect();
     let mut ever: BTreeSet<String> = BTreeSet::new();
     let mut next_id = ROWS + 1;

@@ -20,6 +20,10 @@ pub struct BrazeConfig {
     /// has a mapped `name` field.
     #[serde(default)]
     pub event_name: Option<String>,
+    /// Event syncs: `custom` events (the default) or `purchase` events,
+    /// which need mapped `product_id`, `currency` and `price`.
+    #[serde(default)]
+    pub event_type: EventType,
     /// Objects per request, at most 75 (Braze's limit across attributes,
     /// events and purchases).
     #[serde(default)]
@@ -36,4 +40,15 @@ pub struct BrazeConfig {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// What an event sync's rows become in Braze.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// A custom event object in `events`.
+    #[default]
+    Custom,
+    /// A purchase object in `purchases` (revenue, LTV).
+    Purchase,
 }

@@ -1,6 +1,6 @@
 //! A Braze workspace's REST API on loopback, implementing the documented
 //! contract the connector uses (braze.com/docs/api): `POST /users/track`
-//! (attributes and events, 75 objects a request across the arrays, exactly
+//! (attributes, events and purchases, 75 objects a request across the arrays, exactly
 //! one identifier per object, `_update_existing_only` skipping unknown
 //! users, non-fatal errors as `errors: [{type, input_array, index}]` beside
 //! `message: "success"`, a fatal 400 when no object is valid), `POST
@@ -34,12 +34,25 @@ pub struct Event {
     pub properties: Map<String, Value>,
 }
 
+/// One logged purchase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Purchase {
+    pub user: String,
+    pub product_id: String,
+    pub currency: String,
+    pub price: f64,
+    pub quantity: u64,
+    pub time: String,
+    pub properties: Map<String, Value>,
+}
+
 #[derive(Default)]
 struct Workspace {
     /// User key (`external_id:…`, `braze_id:…`, `alias:label:name`) →
     /// attributes.
     users: BTreeMap<String, Map<String, Value>>,
     events: Vec<Event>,
+    purchases: Vec<Purchase>,
     faults: VecDeque<Fault>,
     chaos: (f64, f64),
     /// The current three-second window: when it started (monotonic and
@@ -122,6 +135,10 @@ impl FakeBraze {
 
     pub fn events(&self) -> Vec<Event> {
         self.workspace.lock().unwrap().events.clone()
+    }
+
+    pub fn purchases(&self) -> Vec<Purchase> {
+        self.workspace.lock().unwrap().purchases.clone()
     }
 
     /// (requests answered, of them 429s).
@@ -263,7 +280,7 @@ async fn track(State(fake): State<FakeBraze>, headers: HeaderMap, body: Bytes) -
             .await;
     }
     let mut errors = Vec::new();
-    let mut processed = (0u64, 0u64);
+    let mut processed = (0u64, 0u64, 0u64);
     {
         let mut workspace = fake.workspace.lock().unwrap();
         for (index, object) in attributes.iter().enumerate() {
@@ -333,8 +350,17 @@ async fn track(State(fake): State<FakeBraze>, headers: HeaderMap, body: Bytes) -
             workspace.events.push(event);
             processed.1 += 1;
         }
+        for (index, object) in purchases.iter().enumerate() {
+            match purchase(object) {
+                Ok(purchase) => {
+                    workspace.purchases.push(purchase);
+                    processed.2 += 1;
+                }
+                Err(reason) => errors.push(json!({ "type": reason, "input_array": "purchases", "index": index })),
+            }
+        }
     }
-    if processed == (0, 0) {
+    if processed == (0, 0, 0) {
         let message = "Valid data must be provided in the 'attributes', 'events', or 'purchases' fields.";
         return fake
             .answer(
@@ -351,10 +377,57 @@ async fn track(State(fake): State<FakeBraze>, headers: HeaderMap, body: Bytes) -
     if !events.is_empty() {
         answer["events_processed"] = json!(processed.1);
     }
+    if !purchases.is_empty() {
+        answer["purchases_processed"] = json!(processed.2);
+    }
     if !errors.is_empty() {
         answer["errors"] = Value::Array(errors);
     }
     fake.answer(admitted, StatusCode::CREATED, answer).await
+}
+
+/// A purchase object as Braze's purchase object reference describes it:
+/// `product_id`, an ISO 4217 `currency`, a numeric `price` and an ISO 8601
+/// `time` required; `quantity` 1 to 100, default 1.
+fn purchase(object: &Map<String, Value>) -> Result<Purchase, String> {
+    let user = user_key(object)?;
+    let text = |name: &str| object.get(name).and_then(Value::as_str).unwrap_or_default();
+    let product_id = text("product_id");
+    if product_id.is_empty() {
+        return Err("'product_id' is required".into());
+    }
+    let currency = text("currency");
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err("'currency' must be a valid ISO 4217 currency code".into());
+    }
+    let price = object
+        .get("price")
+        .and_then(Value::as_f64)
+        .ok_or("'price' is required and must be a number")?;
+    let quantity = match object.get("quantity") {
+        None => 1,
+        Some(q) => q
+            .as_u64()
+            .filter(|q| (1..=100).contains(q))
+            .ok_or("'quantity' must be an integer from 1 to 100")?,
+    };
+    let time = text("time");
+    if chrono::DateTime::parse_from_rfc3339(time).is_err() {
+        return Err("'time' must be an ISO 8601 time".into());
+    }
+    Ok(Purchase {
+        user,
+        product_id: product_id.to_string(),
+        currency: currency.to_string(),
+        price,
+        quantity,
+        time: time.to_string(),
+        properties: object
+            .get("properties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+    })
 }
 
 async fn delete(State(fake): State<FakeBraze>, headers: HeaderMap, body: Bytes) -> Response {

@@ -1,4 +1,4 @@
-//! Braze: user attributes and custom events through `/users/track`, user
+//! Braze: user attributes, custom events and purchases through `/users/track`, user
 //! removal through `/users/delete`, identified by `external_id`,
 //! `braze_id` or a user alias. See docs/destinations/braze.md.
 
@@ -15,7 +15,7 @@ use super::{Connector, DeliveryError, Destination, Record, RowResults};
 use crate::behaviour::Action;
 use crate::error::TaskError;
 use async_trait::async_trait;
-pub use config::BrazeConfig;
+pub use config::{BrazeConfig, EventType};
 use ebb_shared::config::{
     expand_env, BatchLimits, Capabilities, DeleteBehavior, DestinationProfile, FieldError, SyncMode, SyncSpec, SyncType,
 };
@@ -161,7 +161,7 @@ impl Client {
         if (200..300).contains(&status) {
             Ok(bytes.to_vec())
         } else if status == 400
-            && ["attributes", "events"]
+            && ["attributes", "events", "purchases"]
                 .iter()
                 .any(|array| !response::indexed_errors(&bytes, array).is_empty())
         {
@@ -179,6 +179,7 @@ pub struct BrazeDestination {
     /// The field the identifier's value comes from.
     matching: String,
     event_name: Option<String>,
+    event_type: EventType,
 }
 
 impl BrazeDestination {
@@ -211,9 +212,20 @@ impl BrazeDestination {
                 )))
             }
         };
-        if spec.sync_type == SyncType::Event && config.event_name.is_none() {
-            let maps_name = spec.mappings.iter().any(|m| m.to == "name");
-            if !maps_name {
+        let maps = |field: &str| spec.mappings.iter().any(|m| m.to == field);
+        if spec.sync_type == SyncType::Event && config.event_type == EventType::Purchase {
+            let missing: Vec<&str> = ["product_id", "currency", "price"]
+                .into_iter()
+                .filter(|field| !maps(field))
+                .collect();
+            if !missing.is_empty() {
+                return Err(setup(format!(
+                    "a purchase sync to Braze needs mappings to {}",
+                    missing.join(", ")
+                )));
+            }
+        } else if spec.sync_type == SyncType::Event && config.event_name.is_none() {
+            if !maps("name") {
                 return Err(setup(
                     "an event sync to Braze needs the destination's `event_name`, or a mapping to `name`".into(),
                 ));
@@ -224,6 +236,7 @@ impl BrazeDestination {
             identifier,
             matching,
             event_name: config.event_name,
+            event_type: config.event_type,
         })
     }
 
@@ -311,6 +324,20 @@ impl Destination for BrazeDestination {
             Action::Delete | Action::Archive | Action::Remove => {
                 let ids: Vec<(usize, String)> = parsed.into_iter().map(|(row, id, _)| (row, id)).collect();
                 self.delete(&ids).await?
+            }
+            Action::Track if self.event_type == EventType::Purchase => {
+                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let mut purchases = Vec::new();
+                for (row, id, fields) in parsed {
+                    match self.identifier.purchase(&id, fields, &now) {
+                        Ok(purchase) => purchases.push((row, purchase)),
+                        Err(reason) => results[row] = Err(reason),
+                    }
+                }
+                if purchases.is_empty() {
+                    return Ok(results);
+                }
+                self.track("purchases", purchases).await?
             }
             Action::Track => {
                 let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

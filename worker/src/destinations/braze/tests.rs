@@ -146,6 +146,41 @@ async fn events_carry_their_name_time_and_properties() {
 }
 
 #[tokio::test]
+async fn purchases_carry_product_currency_price_and_bad_rows_fail_alone() {
+    let fake = FakeBraze::start(KEY).await;
+    let sync = "    event_type: purchase\nsyncs:\n  s:\n    model: people\n    destination: braze\n    type: event\n    mode: insert\n    record_matching: { from: id, to: external_id }\n    mappings:\n      - { from: id, to: external_id }\n      - { from: sku, to: product_id }\n      - { from: cur, to: currency }\n      - { from: amount, to: price }\n";
+    let braze = build(&spec(&fake, sync)).await.unwrap();
+    let rows = [
+        json!({"external_id": "u1", "product_id": "pro", "currency": "usd", "price": 19.99, "quantity": 2, "seats": 5}),
+        json!({"external_id": "u2", "product_id": "team", "currency": "dollars", "price": 5}),
+        json!({"external_id": "u3", "product_id": "pro", "currency": "EUR", "price": "9", "time": "yesterday"}),
+    ];
+    let results = send(braze.as_ref(), Action::Track, &rows).await.unwrap();
+    assert_eq!(results[0], Ok(()));
+    assert!(results[1].as_ref().unwrap_err().contains("ISO 4217"), "{results:?}");
+    // Braze itself refuses the time; the row fails, the others stand.
+    assert!(results[2].as_ref().unwrap_err().contains("time"), "{results:?}");
+    let purchases = fake.purchases();
+    assert_eq!(purchases.len(), 1, "{purchases:?}");
+    let purchase = &purchases[0];
+    assert_eq!(
+        (
+            purchase.user.as_str(),
+            purchase.product_id.as_str(),
+            purchase.currency.as_str(),
+            purchase.price,
+            purchase.quantity
+        ),
+        ("external_id:u1", "pro", "USD", 19.99, 2)
+    );
+    assert_eq!(purchase.properties["seats"], 5);
+    // A purchase sync must map what Braze requires.
+    let unmapped = sync.replace("      - { from: amount, to: price }\n", "");
+    let error = build(&spec(&fake, &unmapped)).await.err().expect("refused").to_string();
+    assert!(error.contains("price"), "{error}");
+}
+
+#[tokio::test]
 async fn deletes_go_in_fifties_and_a_rate_limit_waits_for_the_reset() {
     let fake = FakeBraze::start(KEY).await;
     for i in 0..120 {
