@@ -281,6 +281,22 @@ impl Fleet {
         body["id"].as_str().unwrap().to_string()
     }
 
+    /// A few of a run's rejected rows with their reasons, for a failure message.
+    pub async fn rejected_sample(&self, run_id: &str) -> Value {
+        let answer = self
+            .http
+            .get(format!(
+                "{}/api/v1/runs/{run_id}/rows?outcome=rejected&limit=5",
+                self.api
+            ))
+            .send()
+            .await;
+        match answer {
+            Ok(answer) => answer.json().await.unwrap_or(Value::Null),
+            Err(error) => Value::String(error.to_string()),
+        }
+    }
+
     pub async fn run(&self, run_id: &str) -> Value {
         self.http
             .get(format!("{}/api/v1/runs/{run_id}", self.api))
@@ -319,7 +335,10 @@ impl Fleet {
             let run = self.wait_run(&run_id, Duration::from_secs(600)).await;
             let status = run["status"].as_str().unwrap_or_default();
             let fine = status == "success" || (status == "warning" && may_warn.contains(&sync));
-            assert!(fine, "{sync}: {run}\n{}", self.logs());
+            if !fine {
+                let rejected = self.rejected_sample(&run_id).await;
+                panic!("{sync}: {run}\nrejected rows: {rejected}\n{}", self.logs());
+            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! Salesforce end to end: a fleet (coordinator and two worker processes on
 //! the real PostgreSQL, RabbitMQ and S3) syncs a 50k-row model to the
 //! loopback Salesforce org through every mode the connector declares —
-//! mirror (delete), mirror (clear fields), insert, update, archive and all —
-//! with a connected app's OAuth grant, while the org refuses 10% of requests
+//! mirror (delete), mirror (clear fields), insert, update, archive and all,
+//! the insert and all syncs by Bulk API 2.0 jobs — with a connected app's
+//! OAuth grant, while the org refuses 10% of requests
 //! for its concurrent-request limit and answers 2% with 503. Between the two
 //! rounds every session expires and the model takes random inserts, updates
 //! and deletes; after each round every object holds what its mode promises.
@@ -55,6 +56,8 @@ fn config(database_url: &str, fake: &FakeSalesforce) -> String {
             fake.url, fake.client_id
         )
     };
+    // Shards of at least 100 rows go by bulk jobs: every shard of both rounds.
+    let bulk = |block: String| block + "    bulk_api: { threshold: 100, poll_interval: 50ms }\n";
     let sync = |name: &str, destination: &str, settings: &str, email: &str, full_name: &str| {
         format!(
             "  {name}:\n    model: people\n    destination: {destination}\n{settings}    \
@@ -72,10 +75,10 @@ fn config(database_url: &str, fake: &FakeSalesforce) -> String {
         ),
         destination("contacts", "Contact"),
         destination("companies", "Company__c"),
-        destination("deals", "Deal__c"),
+        bulk(destination("deals", "Deal__c")),
         destination("updated", UPDATED),
         destination("archived", ARCHIVED),
-        destination("every", "Every__c"),
+        bulk(destination("every", "Every__c")),
         "syncs:\n".to_string(),
         sync("to-contacts", "contacts", "    mode: mirror\n", "Email", "LastName"),
         custom("to-companies", "companies", "    mode: mirror\n    delete_behavior: clear_fields\n"),
@@ -203,6 +206,7 @@ async fn a_fleet_converges_on_salesforce_in_every_mode_through_limits_and_outage
     }
     let (requests, limited) = fake.counts();
     assert!(limited * 20 > requests, "the chaos was there: {limited} of {requests}");
+    assert!(fake.jobs_created() >= 10, "bulk jobs ran: {}", fake.jobs_created());
     assert!(
         fake.tokens_issued() >= 2,
         "sessions were renewed: {}",

@@ -12,6 +12,7 @@ use crate::adaptive::Signal;
 use crate::behaviour::Action;
 use crate::destinations::{DeliveryError, Destination, Record, RowResults};
 use crate::diff::{PlannedOp, ShardDiff};
+use crate::jobs::JobLog;
 use crate::limits::FleetLimiter;
 use crate::metrics::{Answer, WorkerMetrics};
 use ebb_shared::config::BatchLimits;
@@ -164,7 +165,16 @@ impl Delivery<'_> {
             });
         }
         let destination_down: OnceLock<String> = OnceLock::new();
-        let ranges = batches(plan, start, self.batch, |op| diff.entry(op).record.len());
+        // A plan large enough for the destination's bulk jobs goes by them.
+        // Decided on the whole plan, not what is left of it: an attempt that
+        // takes over must cut the same batches to find the jobs in flight.
+        let bulk = self.destination.bulk().filter(|bulk| plan.len() >= bulk.threshold);
+        let limits = bulk.map_or(self.batch, |bulk| BatchLimits {
+            records: bulk.records,
+            bytes: bulk.bytes,
+        });
+        let by_jobs = bulk.is_some();
+        let ranges = batches(plan, start, limits, |op| diff.entry(op).record.len());
         let mut answered = start as u64;
         let _ = self.progress.send(answered);
         let mut watermark = Checkpoint {
@@ -176,7 +186,7 @@ impl Delivery<'_> {
         let mut results = futures::stream::iter(ranges.into_iter().map(|range| {
             let down = &destination_down;
             async move {
-                let rows = self.send_batch(diff, &plan[range.clone()], down).await;
+                let rows = self.send_batch(diff, plan, range.clone(), by_jobs, down).await;
                 (range, rows)
             }
         }))
@@ -216,9 +226,12 @@ impl Delivery<'_> {
     async fn send_batch(
         &self,
         diff: &ShardDiff,
-        ops: &[PlannedOp],
+        plan: &[PlannedOp],
+        batch: Range<usize>,
+        by_jobs: bool,
         down: &OnceLock<String>,
     ) -> Vec<Result<(), String>> {
+        let ops = &plan[batch.clone()];
         let records: Vec<Record<'_>> = ops
             .iter()
             .map(|op| {
@@ -236,7 +249,14 @@ impl Delivery<'_> {
         let mut parts: Vec<Range<usize>> = Vec::new();
         parts.push(0..ops.len());
         while let Some(part) = parts.pop() {
-            match self.send_part(action, &records[part.clone()], down).await {
+            let jobs = by_jobs.then(|| {
+                let absolute = batch.start + part.start..batch.start + part.end;
+                JobLog::new(self.checkpoints.storage.clone(), &self.checkpoints.prefix, &absolute)
+            });
+            match self
+                .send_part(action, &records[part.clone()], jobs.as_ref(), down)
+                .await
+            {
                 Ok(rows) => {
                     for (answer, row) in answers[part].iter_mut().zip(rows) {
                         *answer = Some(row);
@@ -267,6 +287,7 @@ impl Delivery<'_> {
         &self,
         action: Action,
         records: &[Record<'_>],
+        jobs: Option<&JobLog>,
         down: &OnceLock<String>,
     ) -> Result<RowResults, PartRefused> {
         let mut backoff = self.retry.initial_backoff;
@@ -281,10 +302,16 @@ impl Delivery<'_> {
                 return Err(PartRefused::Whole(RUN_ENDED.to_string()));
             }
             let sent_at = std::time::Instant::now();
+            let call = async {
+                match jobs {
+                    Some(jobs) => self.destination.send_bulk(action, records, jobs).await,
+                    None => self.destination.send(action, records).await,
+                }
+            };
             let result = match &self.requests {
                 Some(log) => {
                     let at_ms = chrono::Utc::now().timestamp_millis();
-                    let (result, exchanges) = crate::debugger::capture(self.destination.send(action, records)).await;
+                    let (result, exchanges) = crate::debugger::capture(call).await;
                     log.push(crate::debugger::BatchLog {
                         at_ms,
                         action: action.as_str().to_string(),
@@ -307,7 +334,7 @@ impl Delivery<'_> {
                     });
                     result
                 }
-                None => self.destination.send(action, records).await,
+                None => call.await,
             };
             let took = sent_at.elapsed();
             let answer = match &result {
@@ -317,10 +344,12 @@ impl Delivery<'_> {
                 Err(DeliveryError::Transient(_)) => Answer::Transient,
                 Err(DeliveryError::Permanent(_)) => Answer::Permanent,
             };
-            permit.finish(match answer {
-                Answer::RateLimited | Answer::Transient => Signal::BackPressure,
-                Answer::Answered | Answer::Refused | Answer::Permanent => Signal::Answered(took),
-            });
+            match answer {
+                Answer::RateLimited | Answer::Transient => permit.finish(Signal::BackPressure),
+                // A bulk job's time is the job's, not a sign of queueing.
+                _ if jobs.is_some() => drop(permit),
+                Answer::Answered | Answer::Refused | Answer::Permanent => permit.finish(Signal::Answered(took)),
+            }
             self.metrics.request(self.destination_name, answer, took);
             self.metrics
                 .concurrency_limit(self.destination_name, self.limiter.concurrency_limit());
@@ -417,5 +446,23 @@ mod tests {
         assert_eq!(batches(&plan, 0, bytes, size), vec![0..2, 2..3, 3..5]);
         let tiny = BatchLimits { records: 10, bytes: 5 };
         assert_eq!(batches(&plan, 0, tiny, size), vec![0..1, 1..2, 2..3, 3..4, 4..5]);
+    }
+
+    /// An attempt resuming at a checkpoint (always a batch's end) cuts the
+    /// rest of the plan exactly as the attempt before it did, so bulk jobs
+    /// recorded under a batch's name are found again.
+    #[test]
+    fn a_resumed_attempt_cuts_the_same_batches() {
+        let actions = [Action::Upsert, Action::Delete, Action::Upsert];
+        let plan: Vec<PlannedOp> = (0..500).map(|i| op(actions[(i / 70) % 3])).collect();
+        let size = |_: &PlannedOp| 10;
+        let limits = BatchLimits {
+            records: 32,
+            bytes: 250,
+        };
+        let all = batches(&plan, 0, limits, size);
+        for (i, batch) in all.iter().enumerate() {
+            assert_eq!(batches(&plan, batch.end, limits, size), all[i + 1..].to_vec());
+        }
     }
 }

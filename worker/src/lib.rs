@@ -15,6 +15,7 @@ pub mod destinations;
 pub mod diff;
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod limits;
 pub mod mapping;
 pub mod metrics;

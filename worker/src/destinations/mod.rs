@@ -96,6 +96,24 @@ pub trait Destination: Send + Sync {
     async fn check_connection(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// How this destination cuts a large shard into asynchronous bulk jobs;
+    /// `None` (the default) when it has no bulk API.
+    fn bulk(&self) -> Option<crate::jobs::BulkLimits> {
+        None
+    }
+
+    /// Sends one batch as a bulk job, or resumes the job `jobs` names from an
+    /// earlier attempt, and waits for its per-record results.
+    async fn send_bulk(
+        &self,
+        action: Action,
+        records: &[Record<'_>],
+        jobs: &crate::jobs::JobLog,
+    ) -> Result<RowResults, DeliveryError> {
+        let _ = jobs;
+        self.send(action, records).await
+    }
 }
 
 /// Opens a sync's destination, checking what can be checked before any row is sent.

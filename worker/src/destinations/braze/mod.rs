@@ -224,12 +224,10 @@ impl BrazeDestination {
                     missing.join(", ")
                 )));
             }
-        } else if spec.sync_type == SyncType::Event && config.event_name.is_none() {
-            if !maps("name") {
-                return Err(setup(
-                    "an event sync to Braze needs the destination's `event_name`, or a mapping to `name`".into(),
-                ));
-            }
+        } else if spec.sync_type == SyncType::Event && config.event_name.is_none() && !maps("name") {
+            return Err(setup(
+                "an event sync to Braze needs the destination's `event_name`, or a mapping to `name`".into(),
+            ));
         }
         Ok(BrazeDestination {
             client,

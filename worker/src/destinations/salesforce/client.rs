@@ -99,6 +99,22 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, DeliveryError> {
+        let body = body.map(|body| {
+            (
+                "application/json",
+                serde_json::to_vec(body).expect("JSON values serialize"),
+            )
+        });
+        self.call_with(method, path, body).await
+    }
+
+    /// `call` with a body of any type: (content type, bytes).
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<Answer, DeliveryError> {
         if let (Some(percent), Some((used, allowed))) = (self.max_usage_percent, self.api_usage()) {
             if used as f64 >= allowed as f64 * percent / 100.0 {
                 return Err(DeliveryError::Permanent(format!(
@@ -123,16 +139,16 @@ impl Client {
                 }
             };
             let url = format!("{base}{path}");
-            let sent = body.map(|body| serde_json::to_vec(body).expect("JSON values serialize"));
             let mut request = self.http.request(method.clone(), &url).bearer_auth(&token.access_token);
-            if let Some(sent) = &sent {
+            if let Some((content_type, bytes)) = &body {
                 request = request
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(sent.clone());
+                    .header(reqwest::header::CONTENT_TYPE, *content_type)
+                    .body(bytes.clone());
             }
+            let sent = body.as_ref().map(|(_, bytes)| bytes.as_slice());
             let secrets = self.secrets();
             let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-            let exchange = debugger::begin(&method, &url, sent.as_deref());
+            let exchange = debugger::begin(&method, &url, sent);
             let answer = match request.send().await {
                 Ok(answer) => answer,
                 Err(error) => return Err(exchange.failed(self.transport(error), &secrets)),

@@ -47,6 +47,66 @@ pub struct SalesforceConfig {
     pub timeout: Duration,
     #[serde(default = "default_max_retry_after", with = "humantime_serde_compat")]
     pub max_retry_after: Duration,
+    /// When and how shards go by Bulk API 2.0 ingest jobs instead of
+    /// sObject Collections.
+    #[serde(default)]
+    pub bulk_api: BulkApiConfig,
+}
+
+/// `bulk_api:` — large shards as Bulk API 2.0 ingest jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkApiConfig {
+    /// Off: every shard goes by sObject Collections.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// A shard with at least this many rows to send goes by bulk jobs (a
+    /// job costs a handful of API requests whatever its size; Collections
+    /// cost one per 200 rows).
+    #[serde(default = "default_threshold")]
+    pub threshold: usize,
+    /// Rows per job (Salesforce processes a job in batches of 10,000).
+    #[serde(default = "default_records_per_job")]
+    pub records_per_job: usize,
+    /// The first wait between polls of a job's state; later ones grow.
+    #[serde(default = "default_poll_interval", with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// How long one attempt waits for a job before leaving it to the next
+    /// attempt (which polls the same job, never resubmits it).
+    #[serde(default = "default_job_timeout", with = "humantime_serde_compat")]
+    pub job_timeout: Duration,
+}
+
+impl Default for BulkApiConfig {
+    fn default() -> Self {
+        BulkApiConfig {
+            enabled: true,
+            threshold: default_threshold(),
+            records_per_job: default_records_per_job(),
+            poll_interval: default_poll_interval(),
+            job_timeout: default_job_timeout(),
+        }
+    }
+}
+
+fn enabled() -> bool {
+    true
+}
+
+fn default_threshold() -> usize {
+    10_000
+}
+
+fn default_records_per_job() -> usize {
+    10_000
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_job_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 
 pub fn default_api_version() -> String {

@@ -8,7 +8,14 @@
 //! endpoint (refresh-token and client-credentials grants, an answer with
 //! `instance_url` and no `expires_in`); `401 INVALID_SESSION_ID` for an
 //! unknown or expired session; `Sforce-Limit-Info` on every answer and
-//! `403 REQUEST_LIMIT_EXCEEDED` past the daily allowance.
+//! `403 REQUEST_LIMIT_EXCEEDED` past the daily allowance. Bulk API 2.0
+//! ingest jobs (Bulk API 2.0 Developer Guide): create (`POST
+//! /jobs/ingest/`), one CSV upload (`PUT /jobs/ingest/{id}/batches/`), state
+//! changes (`PATCH /jobs/ingest/{id}/`: `UploadComplete`, `Aborted`), job
+//! info with `Open` → `UploadComplete` → `InProgress` → `JobComplete`, and the
+//! `successfulResults/`, `failedResults/` and `unprocessedrecords/` CSVs,
+//! each row repeating its uploaded cells after `sf__Id` and `sf__Created` or
+//! `sf__Error`, in an order of their own; `#N/A` sets a field to null.
 //!
 //! Faults for the contract tests: the next N requests are refused for the
 //! concurrent long-running limit or answered 503, or are applied and then
@@ -101,6 +108,26 @@ struct Org {
     /// (object, field, lowercased text) → record ids: lookups by a field
     /// in constant time, as an org's indexed External ID fields are.
     index: HashMap<(String, String, String), BTreeSet<String>>,
+    jobs: BTreeMap<String, IngestJob>,
+    jobs_created: u64,
+    /// Polls of a job's info that answer `InProgress` before it completes.
+    job_polls: u32,
+}
+
+/// A Bulk API 2.0 ingest job.
+#[derive(Debug, Clone, Default)]
+struct IngestJob {
+    object: String,
+    operation: String,
+    external_id: Option<String>,
+    state: String,
+    data: Option<String>,
+    polls_left: u32,
+    error_message: String,
+    /// Result rows (sf__ columns first) and the upload's header.
+    header: Vec<String>,
+    successful: Vec<Vec<String>>,
+    failed: Vec<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -147,6 +174,26 @@ impl FakeSalesforce {
                 "/services/data/{version}/composite/sobjects/{object}/{field}",
                 axum::routing::patch(upsert),
             )
+            .route("/services/data/{version}/jobs/ingest", post(create_job))
+            .route("/services/data/{version}/jobs/ingest/", post(create_job))
+            .route(
+                "/services/data/{version}/jobs/ingest/{id}",
+                get(job_info).patch(change_job),
+            )
+            .route(
+                "/services/data/{version}/jobs/ingest/{id}/",
+                get(job_info).patch(change_job),
+            )
+            .route(
+                "/services/data/{version}/jobs/ingest/{id}/batches",
+                axum::routing::put(upload_job),
+            )
+            .route(
+                "/services/data/{version}/jobs/ingest/{id}/batches/",
+                axum::routing::put(upload_job),
+            )
+            .route("/services/data/{version}/jobs/ingest/{id}/{results}", get(job_results))
+            .route("/services/data/{version}/jobs/ingest/{id}/{results}/", get(job_results))
             .with_state(fake.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -214,6 +261,44 @@ impl FakeSalesforce {
             .get(object)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Polls of a job's state that answer `InProgress` before it completes,
+    /// from now on (for jobs running already too).
+    pub fn job_polls(&self, polls: u32) {
+        let mut org = self.org.lock().unwrap();
+        org.job_polls = polls;
+        for job in org.jobs.values_mut() {
+            job.polls_left = job.polls_left.min(polls);
+        }
+    }
+
+    /// An `Open` insert job with no data, as an attempt that died before
+    /// uploading leaves it; returns its id.
+    pub fn open_job(&self, object: &str) -> String {
+        let mut org = self.org.lock().unwrap();
+        org.jobs_created += 1;
+        org.next_id += 1;
+        let id = format!("750{:015}", org.next_id);
+        let job = IngestJob {
+            object: object.to_string(),
+            operation: "insert".into(),
+            state: "Open".into(),
+            ..IngestJob::default()
+        };
+        org.jobs.insert(id.clone(), job);
+        id
+    }
+
+    /// A job's state (`Open`, `UploadComplete`, `InProgress`, `JobComplete`,
+    /// `Failed`, `Aborted`).
+    pub fn job_state(&self, id: &str) -> Option<String> {
+        self.org.lock().unwrap().jobs.get(id).map(|job| job.state.clone())
+    }
+
+    /// Bulk ingest jobs created so far.
+    pub fn jobs_created(&self) -> u64 {
+        self.org.lock().unwrap().jobs_created
     }
 
     /// Tokens granted by the token endpoint so far.
@@ -965,4 +1050,414 @@ async fn delete(
         Ok(Value::Array(results))
     };
     fake.answer(fault, result).await
+}
+
+fn job_not_found(id: &str) -> Response {
+    errors(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        &format!("The requested resource does not exist: job {id}"),
+    )
+}
+
+fn job_json(id: &str, job: &IngestJob) -> Value {
+    json!({
+        "id": id,
+        "object": job.object,
+        "operation": job.operation,
+        "externalIdFieldName": job.external_id,
+        "state": job.state,
+        "contentType": "CSV",
+        "lineEnding": "LF",
+        "columnDelimiter": "COMMA",
+        "apiVersion": 62.0,
+        "numberRecordsProcessed": job.successful.len() + job.failed.len(),
+        "numberRecordsFailed": job.failed.len(),
+        "errorMessage": job.error_message,
+    })
+}
+
+async fn create_job(State(fake): State<FakeSalesforce>, headers: HeaderMap, body: Bytes) -> Response {
+    let fault = match fake.admit(&headers) {
+        Ok(fault) => fault,
+        Err(answer) => return answer,
+    };
+    let result = (|| {
+        let request: Value = serde_json::from_slice(&body)
+            .map_err(|e| errors(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &format!("{e}")))?;
+        let object = request["object"].as_str().unwrap_or_default().to_string();
+        let operation = request["operation"].as_str().unwrap_or_default().to_string();
+        let mut org = fake.org.lock().unwrap();
+        if org.fields(&object).is_none() {
+            return Err(errors(
+                StatusCode::BAD_REQUEST,
+                "INVALIDENTITY",
+                &format!("sObject type '{object}' is not supported"),
+            ));
+        }
+        if !["insert", "update", "upsert", "delete", "hardDelete"].contains(&operation.as_str()) {
+            return Err(errors(StatusCode::BAD_REQUEST, "INVALIDJOB", "Invalid operation"));
+        }
+        if request.get("contentType").is_some_and(|c| c != "CSV") {
+            return Err(errors(StatusCode::BAD_REQUEST, "INVALIDJOB", "contentType must be CSV"));
+        }
+        let external_id = request["externalIdFieldName"].as_str().map(str::to_string);
+        if operation == "upsert" {
+            let valid = external_id
+                .as_deref()
+                .and_then(|f| org.field(&object, f))
+                .is_some_and(|f| f.external_id || f.name == "Id");
+            if !valid {
+                return Err(errors(
+                    StatusCode::BAD_REQUEST,
+                    "INVALIDJOB",
+                    "externalIdFieldName must name an External ID field of the object",
+                ));
+            }
+        }
+        org.jobs_created += 1;
+        org.next_id += 1;
+        let id = format!("750{:015}", org.next_id);
+        let job = IngestJob {
+            object,
+            operation,
+            external_id,
+            state: "Open".into(),
+            ..IngestJob::default()
+        };
+        let answer = job_json(&id, &job);
+        org.jobs.insert(id, job);
+        Ok(answer)
+    })();
+    fake.answer(fault, result).await
+}
+
+async fn upload_job(
+    State(fake): State<FakeSalesforce>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fault = match fake.admit(&headers) {
+        Ok(fault) => fault,
+        Err(answer) => return answer,
+    };
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("text/csv") {
+        return errors(StatusCode::BAD_REQUEST, "INVALIDJOB", "job data must be text/csv");
+    }
+    let result = {
+        let mut org = fake.org.lock().unwrap();
+        match org.jobs.get_mut(&id) {
+            None => Err(job_not_found(&id)),
+            Some(job) if job.state != "Open" || job.data.is_some() => Err(errors(
+                StatusCode::CONFLICT,
+                "INVALIDJOBSTATE",
+                "data can be uploaded once, to an Open job",
+            )),
+            Some(job) => {
+                job.data = Some(String::from_utf8_lossy(&body).into_owned());
+                Ok(Value::Null)
+            }
+        }
+    };
+    match result {
+        Ok(_) => {
+            if let Some(Fault::AppliedThenSlow(delay)) = fault {
+                tokio::time::sleep(delay).await;
+            }
+            StatusCode::CREATED.into_response()
+        }
+        Err(answer) => answer,
+    }
+}
+
+async fn change_job(
+    State(fake): State<FakeSalesforce>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fault = match fake.admit(&headers) {
+        Ok(fault) => fault,
+        Err(answer) => return answer,
+    };
+    let state = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let result = {
+        let mut org = fake.org.lock().unwrap();
+        let polls = org.job_polls;
+        match org.jobs.get(&id).cloned() {
+            None => Err(job_not_found(&id)),
+            Some(job) if job.state != "Open" => Err(errors(
+                StatusCode::CONFLICT,
+                "INVALIDJOBSTATE",
+                &format!("the job is {}, not Open", job.state),
+            )),
+            Some(mut job) => match state.as_str() {
+                "Aborted" => {
+                    job.state = "Aborted".into();
+                    let answer = job_json(&id, &job);
+                    org.jobs.insert(id.clone(), job);
+                    Ok(answer)
+                }
+                "UploadComplete" => {
+                    org.process(&mut job);
+                    job.state = "UploadComplete".into();
+                    job.polls_left = polls;
+                    let answer = job_json(&id, &job);
+                    org.jobs.insert(id.clone(), job);
+                    Ok(answer)
+                }
+                _ => Err(errors(
+                    StatusCode::BAD_REQUEST,
+                    "INVALIDJOBSTATE",
+                    "state may be changed to UploadComplete or Aborted",
+                )),
+            },
+        }
+    };
+    fake.answer(fault, result).await
+}
+
+async fn job_info(
+    State(fake): State<FakeSalesforce>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let fault = match fake.admit(&headers) {
+        Ok(fault) => fault,
+        Err(answer) => return answer,
+    };
+    let result = {
+        let mut org = fake.org.lock().unwrap();
+        match org.jobs.get_mut(&id) {
+            None => Err(job_not_found(&id)),
+            Some(job) => {
+                if job.state == "UploadComplete" || job.state == "InProgress" {
+                    if job.polls_left == 0 {
+                        job.state = if job.error_message.is_empty() {
+                            "JobComplete"
+                        } else {
+                            "Failed"
+                        }
+                        .into();
+                    } else {
+                        job.polls_left -= 1;
+                        job.state = "InProgress".into();
+                    }
+                }
+                Ok(job_json(&id, job))
+            }
+        }
+    };
+    fake.answer(fault, result).await
+}
+
+async fn job_results(
+    State(fake): State<FakeSalesforce>,
+    Path((_, id, results)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(answer) = fake.admit(&headers) {
+        return answer;
+    }
+    let org = fake.org.lock().unwrap();
+    let Some(job) = org.jobs.get(&id) else {
+        return job_not_found(&id);
+    };
+    let (first, rows): (&[&str], Vec<Vec<String>>) = match results.as_str() {
+        "successfulResults" if job.state == "JobComplete" || job.state == "Failed" => {
+            (&["sf__Id", "sf__Created"], job.successful.clone())
+        }
+        "failedResults" if job.state == "JobComplete" || job.state == "Failed" => {
+            (&["sf__Id", "sf__Error"], job.failed.clone())
+        }
+        "unprocessedrecords" => (&[], Vec::new()),
+        "successfulResults" | "failedResults" => {
+            return errors(
+                StatusCode::CONFLICT,
+                "INVALIDJOBSTATE",
+                "results are ready once the job is complete",
+            )
+        }
+        _ => return job_not_found(&id),
+    };
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let header: Vec<String> = first
+        .iter()
+        .map(|c| c.to_string())
+        .chain(job.header.iter().cloned())
+        .collect();
+    writer.write_record(&header).expect("CSV into memory");
+    // Salesforce keeps no order in results: newest first here.
+    for row in rows.iter().rev() {
+        writer.write_record(row).expect("CSV into memory");
+    }
+    let body = writer.into_inner().expect("CSV into memory");
+    org.with_usage(([("content-type", "text/csv")], body).into_response())
+}
+
+impl Org {
+    /// Applies a job's uploaded rows, as the collection routes would one by
+    /// one, and keeps a result row for each.
+    fn process(&mut self, job: &mut IngestJob) {
+        let data = job.data.clone().unwrap_or_default();
+        let mut reader = csv::ReaderBuilder::new().from_reader(data.as_bytes());
+        let header: Vec<String> = match reader.headers() {
+            Ok(h) => h.iter().map(str::to_string).collect(),
+            Err(e) => {
+                job.error_message = format!("InvalidBatch : {e}");
+                return;
+            }
+        };
+        if let Some(unknown) = header
+            .iter()
+            .find(|name| !name.eq_ignore_ascii_case("id") && self.field(&job.object, name).is_none())
+        {
+            job.error_message = format!("InvalidBatch : Field name not found : {unknown}");
+            return;
+        }
+        job.header = header.clone();
+        let object = job.object.clone();
+        for record in reader.records() {
+            let Ok(record) = record else { continue };
+            let cells: Vec<String> = record.iter().map(str::to_string).collect();
+            // Empty cells leave a field as it is; `#N/A` nulls it.
+            let mut fields = Map::new();
+            for (name, text) in header.iter().zip(&cells) {
+                if text.is_empty() {
+                    continue;
+                }
+                let value = if text == "#N/A" {
+                    Value::Null
+                } else {
+                    match self.field(&object, name).map(|f| f.kind) {
+                        Some("double" | "int" | "currency" | "percent") => {
+                            text.parse::<f64>().map(|n| json!(n)).unwrap_or_else(|_| json!(text))
+                        }
+                        Some("boolean") => json!(text.eq_ignore_ascii_case("true")),
+                        _ => json!(text),
+                    }
+                };
+                fields.insert(name.clone(), value);
+            }
+            let id_cell = fields.get("Id").and_then(Value::as_str).map(str::to_string);
+            let outcome: Result<(String, bool), Value> =
+                match job.operation.as_str() {
+                    "insert" => match self.validate(&object, &fields, true, None) {
+                        Some(error) => Err(error),
+                        None => {
+                            let id = self.new_id(&object);
+                            self.write(&object, &id, &fields);
+                            Ok((id, true))
+                        }
+                    },
+                    "upsert" => {
+                        let external = job.external_id.clone().unwrap_or_default();
+                        let key = fields
+                            .iter()
+                            .find(|(n, _)| n.eq_ignore_ascii_case(&external))
+                            .map(|(_, v)| text_of(v));
+                        match key.map(|key| {
+                            self.find(
+                                &object,
+                                &self
+                                    .field(&object, &external)
+                                    .map_or(external.clone(), |f| f.name.to_string()),
+                                &key,
+                            )
+                        }) {
+                            None => Err(record_error(
+                                "MISSING_ARGUMENT",
+                                &format!("{external} not specified"),
+                                &[],
+                            )),
+                            Some(found) => match found.as_slice() {
+                                [] => match self.validate(&object, &fields, true, None) {
+                                    Some(error) => Err(error),
+                                    None => {
+                                        let id = self.new_id(&object);
+                                        self.write(&object, &id, &fields);
+                                        Ok((id, true))
+                                    }
+                                },
+                                [id] => {
+                                    let id = id.clone();
+                                    match self.validate(&object, &fields, false, Some(&id)) {
+                                        Some(error) => Err(error),
+                                        None => {
+                                            self.write(&object, &id, &fields);
+                                            Ok((id, false))
+                                        }
+                                    }
+                                }
+                                _ => Err(record_error(
+                                    "DUPLICATE_EXTERNAL_ID",
+                                    "more than one record found for external id field",
+                                    &[],
+                                )),
+                            },
+                        }
+                    }
+                    "update" => match id_cell {
+                        None => Err(record_error(
+                            "MISSING_ARGUMENT",
+                            "Id not specified in an update call",
+                            &[],
+                        )),
+                        Some(id) if self.deleted.contains(&id) => {
+                            Err(record_error("ENTITY_IS_DELETED", "entity is deleted", &[]))
+                        }
+                        Some(id) if !self.records.get(&object).is_some_and(|r| r.contains_key(&id)) => Err(
+                            record_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &[]),
+                        ),
+                        Some(id) => match self.validate(&object, &fields, false, Some(&id)) {
+                            Some(error) => Err(error),
+                            None => {
+                                self.write(&object, &id, &fields);
+                                Ok((id, false))
+                            }
+                        },
+                    },
+                    _ => match id_cell {
+                        Some(id) if self.records.get(&object).is_some_and(|r| r.contains_key(&id)) => {
+                            self.remove(&object, &id);
+                            Ok((id, false))
+                        }
+                        Some(id) if self.deleted.contains(&id) => {
+                            Err(record_error("ENTITY_IS_DELETED", "entity is deleted", &[]))
+                        }
+                        _ => Err(record_error(
+                            "INVALID_CROSS_REFERENCE_KEY",
+                            "invalid cross reference id",
+                            &[],
+                        )),
+                    },
+                };
+            match outcome {
+                Ok((id, created)) => {
+                    let mut row = vec![id, created.to_string()];
+                    row.extend(cells);
+                    job.successful.push(row);
+                }
+                Err(error) => {
+                    let code = error["statusCode"].as_str().unwrap_or("UNKNOWN_EXCEPTION");
+                    let message = error["message"].as_str().unwrap_or_default();
+                    let fields: Vec<&str> = error["fields"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let mut row = vec![String::new(), format!("{code}:{message}:{} --", fields.join(","))];
+                    row.extend(cells);
+                    job.failed.push(row);
+                }
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! upserts by it directly, or `Id`, or any other field, which a SOQL query
 //! resolves to record ids first (update, clear, delete).
 
+mod bulk;
 mod client;
 mod config;
 #[cfg(any(test, feature = "fakes"))]
@@ -39,6 +40,11 @@ const COLLECTION_RECORDS: usize = 200;
 /// Salesforce documents no byte limit for a collection; 4 MB keeps 200
 /// records with long text fields well within what its API takes.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// A job's upload may be 150 MB of CSV; 100 MB of records keeps it inside
+/// with room for quoting.
+const BULK_BYTES: usize = 100 * 1024 * 1024;
+/// Rows per job at most (ours: a job's rows are mapped back in memory).
+const MAX_RECORDS_PER_JOB: usize = 1_000_000;
 
 const DOCUMENTED: Documented = Documented {
     // Salesforce limits requests per 24 hours (per org), not per second.
@@ -120,6 +126,25 @@ impl Connector for Salesforce {
                     ),
                 ));
             }
+        }
+        let bulk = &config.bulk_api;
+        if bulk.threshold == 0 {
+            return Err(FieldError::at(
+                &["bulk_api", "threshold"],
+                "`bulk_api.threshold` is a number of rows, at least 1 (use `enabled: false` to turn bulk jobs off)",
+            ));
+        }
+        if !(1..=MAX_RECORDS_PER_JOB).contains(&bulk.records_per_job) {
+            return Err(FieldError::at(
+                &["bulk_api", "records_per_job"],
+                format!("`bulk_api.records_per_job` is from 1 to {MAX_RECORDS_PER_JOB}"),
+            ));
+        }
+        if bulk.poll_interval.is_zero() || bulk.job_timeout < bulk.poll_interval {
+            return Err(FieldError::at(
+                &["bulk_api", "poll_interval"],
+                "`bulk_api.poll_interval` must be above zero and at most `job_timeout`",
+            ));
         }
         let mut expanded_settings = vec![(
             vec!["instance_url".to_string()],
@@ -215,6 +240,7 @@ pub struct SalesforceDestination {
     /// the first clear): clearing leaves them as they are, since Salesforce
     /// refuses a record without them.
     required: tokio::sync::OnceCell<Vec<String>>,
+    bulk: Option<config::BulkApiConfig>,
 }
 
 impl SalesforceDestination {
@@ -255,6 +281,7 @@ impl SalesforceDestination {
             object: config.object,
             matching,
             required: tokio::sync::OnceCell::new(),
+            bulk: config.bulk_api.enabled.then_some(config.bulk_api),
         })
     }
 
@@ -495,6 +522,101 @@ impl Destination for SalesforceDestination {
     }
 
     async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
+        let (mut results, parsed) = self.parse(action, records)?;
+        if parsed.is_empty() {
+            return Ok(results);
+        }
+        let answered = match action {
+            Action::Insert | Action::Track => self.create(&parsed).await?,
+            Action::Upsert | Action::Add => self.upsert(&parsed).await?,
+            Action::Update => self.update(&parsed, false).await?,
+            Action::ClearFields => self.update(&parsed, true).await?,
+            Action::Delete | Action::Archive | Action::Remove => self.delete(&parsed).await?,
+        };
+        for (row, result) in answered {
+            results[row] = result;
+        }
+        Ok(results)
+    }
+
+    fn bulk(&self) -> Option<crate::jobs::BulkLimits> {
+        self.bulk.as_ref().map(|bulk| crate::jobs::BulkLimits {
+            threshold: bulk.threshold,
+            records: bulk.records_per_job,
+            bytes: BULK_BYTES,
+        })
+    }
+
+    /// One Bulk API 2.0 job per batch. Update and delete look the records'
+    /// ids up first, as Collections do; clearing fields stays on
+    /// Collections (it needs each object's required fields left alone).
+    async fn send_bulk(
+        &self,
+        action: Action,
+        records: &[Record<'_>],
+        jobs: &crate::jobs::JobLog,
+    ) -> Result<RowResults, DeliveryError> {
+        let Some(settings) = &self.bulk else {
+            return self.send(action, records).await;
+        };
+        if action == Action::ClearFields {
+            return self.send(action, records).await;
+        }
+        let (mut results, parsed) = self.parse(action, records)?;
+        if parsed.is_empty() {
+            return Ok(results);
+        }
+        let polling = bulk::Polling {
+            interval: settings.poll_interval,
+            timeout: settings.job_timeout,
+        };
+        let field = self.matching.clone().unwrap_or_else(|| "Id".to_string());
+        let (operation, rows) = match action {
+            Action::Insert | Action::Track => (bulk::Operation::Insert, parsed),
+            Action::Upsert | Action::Add => (bulk::Operation::Upsert(field.clone()), parsed),
+            Action::Update => {
+                let (rows, missing) = self.with_ids(&parsed, &field, false).await?;
+                for row in missing {
+                    results[row.0] = Err(row.1);
+                }
+                (bulk::Operation::Update, rows)
+            }
+            Action::ClearFields | Action::Delete | Action::Archive | Action::Remove => {
+                let (rows, _gone) = self.with_ids(&parsed, &field, true).await?;
+                (bulk::Operation::Delete, rows)
+            }
+        };
+        if rows.is_empty() {
+            return Ok(results);
+        }
+        let benign = |error: &str| match operation {
+            // A record that exists already is what insert leaves alone.
+            bulk::Operation::Insert => {
+                error.starts_with("DUPLICATE_VALUE") && self.matching.as_deref().is_some_and(|f| error.contains(f))
+            }
+            bulk::Operation::Delete => error.starts_with("ENTITY_IS_DELETED"),
+            _ => false,
+        };
+        let answered = bulk::run(&self.client, &self.object, &operation, &rows, jobs, polling, benign).await?;
+        // A row deleted by several records fails if any of them did.
+        for (row, result) in answered {
+            if results[row].is_ok() {
+                results[row] = result;
+            }
+        }
+        Ok(results)
+    }
+}
+
+impl SalesforceDestination {
+    /// The records as field maps; those without the value they are matched
+    /// on fail alone.
+    #[allow(clippy::type_complexity)]
+    fn parse(
+        &self,
+        action: Action,
+        records: &[Record<'_>],
+    ) -> Result<(RowResults, Vec<(usize, Map<String, Value>)>), DeliveryError> {
         let mut results: RowResults = vec![Ok(()); records.len()];
         let matching = self.matching.as_deref();
         // Records without the value they are matched on fail alone.
@@ -513,19 +635,56 @@ impl Destination for SalesforceDestination {
             }
             parsed.push((row, fields));
         }
-        if parsed.is_empty() {
-            return Ok(results);
+        Ok((results, parsed))
+    }
+
+    /// Bulk rows that name their records by `Id`, looked up by the matching
+    /// field. For update, each row needs exactly one record (the others are
+    /// returned with the reason); for delete, a row becomes a row per
+    /// record it names, and one naming none is done already.
+    #[allow(clippy::type_complexity)]
+    async fn with_ids(
+        &self,
+        rows: &[(usize, Map<String, Value>)],
+        field: &str,
+        delete: bool,
+    ) -> Result<(Vec<(usize, Map<String, Value>)>, Vec<(usize, String)>), DeliveryError> {
+        let values: Vec<String> = rows.iter().map(|(_, fields)| matching_value(fields, field)).collect();
+        let lookup: Vec<&str> = values.iter().map(String::as_str).collect();
+        let ids = self.record_ids(&lookup).await?;
+        let mut out = Vec::new();
+        let mut refused = Vec::new();
+        for ((row, fields), value) in rows.iter().zip(&values) {
+            let found = ids.get(&value.to_lowercase()).map(Vec::as_slice).unwrap_or_default();
+            if delete {
+                for id in found {
+                    let mut only_id = Map::new();
+                    only_id.insert("Id".into(), Value::String(id.clone()));
+                    out.push((*row, only_id));
+                }
+                continue;
+            }
+            match found {
+                [id] => {
+                    let mut fields = fields.clone();
+                    fields.retain(|name, _| !is_record_id(name));
+                    fields.insert("Id".into(), Value::String(id.clone()));
+                    out.push((*row, fields));
+                }
+                [] => refused.push((
+                    *row,
+                    format!("no {} record has {field} = {value:?} to update", self.object),
+                )),
+                many => refused.push((
+                    *row,
+                    format!(
+                        "{} {} records have {field} = {value:?}; match on a unique field",
+                        many.len(),
+                        self.object
+                    ),
+                )),
+            }
         }
-        let answered = match action {
-            Action::Insert | Action::Track => self.create(&parsed).await?,
-            Action::Upsert | Action::Add => self.upsert(&parsed).await?,
-            Action::Update => self.update(&parsed, false).await?,
-            Action::ClearFields => self.update(&parsed, true).await?,
-            Action::Delete | Action::Archive | Action::Remove => self.delete(&parsed).await?,
-        };
-        for (row, result) in answered {
-            results[row] = result;
-        }
-        Ok(results)
+        Ok((out, refused))
     }
 }

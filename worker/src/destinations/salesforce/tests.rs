@@ -355,3 +355,192 @@ async fn configs_that_cannot_work_are_refused_before_a_run() {
     let error = load("    object: Contact/x\n    instance_url: https://x\n    access_token: x\n");
     assert!(error.contains("API name"), "{error}");
 }
+
+/// Sends `values` as one bulk job through `jobs`.
+async fn send_bulk(
+    destination: &dyn crate::destinations::Destination,
+    action: Action,
+    values: &[Value],
+    jobs: &crate::jobs::JobLog,
+) -> Result<Vec<Result<(), String>>, DeliveryError> {
+    let owned: Vec<(String, String)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i.to_string(), v.to_string()))
+        .collect();
+    let batch: Vec<crate::destinations::Record<'_>> = owned
+        .iter()
+        .map(|(key, json)| crate::destinations::Record::new(key, json))
+        .collect();
+    destination.send_bulk(action, &batch, jobs).await
+}
+
+fn job_log(dir: &tempfile::TempDir, first: usize, len: usize) -> crate::jobs::JobLog {
+    let storage = ebb_shared::storage::Storage::from_url(dir.path().to_str().unwrap()).unwrap();
+    crate::jobs::JobLog::new(storage, "syncs/s/runs/r/checkpoints/0-ff/", &(first..first + len))
+}
+
+const BULK: &str = "    bulk_api: { threshold: 2, poll_interval: 20ms, job_timeout: 5s }\n";
+
+#[tokio::test]
+async fn bulk_jobs_upsert_update_insert_and_delete_and_answer_per_row() {
+    let fake = FakeSalesforce::start(SESSION).await;
+    fake.job_polls(2);
+    fake.refuse_value("blocked");
+    let dir = tempfile::tempdir().unwrap();
+    let crm = open(&fake, SyncMode::Upsert, &token_settings(&fake, BULK)).await;
+    let limits = crm.bulk().expect("Salesforce declares bulk jobs");
+    assert_eq!((limits.threshold, limits.records), (2, 10_000));
+    let rows = [
+        json!({"Customer_Id__c": "c-1", "LastName": "Lovelace", "Plan__c": "pro", "Seats__c": 3}),
+        json!({"Customer_Id__c": "c-2", "LastName": "Hopper", "Plan__c": "blocked"}),
+        json!({"Customer_Id__c": "c-3", "LastName": "Liskov", "Plan__c": null}),
+    ];
+    let results = send_bulk(crm.as_ref(), Action::Upsert, &rows, &job_log(&dir, 0, 3))
+        .await
+        .unwrap();
+    assert_eq!(results[0], Ok(()));
+    assert!(
+        results[1]
+            .as_ref()
+            .unwrap_err()
+            .contains("FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+        "{results:?}"
+    );
+    assert_eq!(results[2], Ok(()));
+    let held = by_key(&fake);
+    assert_eq!(held["c-1"]["Plan__c"], "pro");
+    assert_eq!(held["c-1"]["Seats__c"], 3.0);
+    assert!(!held.contains_key("c-2"));
+    assert!(!held["c-3"].contains_key("Plan__c"), "#N/A leaves the field null");
+
+    // Update looks the records up by the matching field first.
+    let crm = open(&fake, SyncMode::Update, &token_settings(&fake, BULK)).await;
+    let rows = [
+        json!({"Customer_Id__c": "c-1", "Plan__c": "team"}),
+        json!({"Customer_Id__c": "c-9", "Plan__c": "team"}),
+    ];
+    let results = send_bulk(crm.as_ref(), Action::Update, &rows, &job_log(&dir, 3, 2))
+        .await
+        .unwrap();
+    assert_eq!(results[0], Ok(()));
+    assert!(
+        results[1].as_ref().unwrap_err().contains("no Contact record"),
+        "{results:?}"
+    );
+    assert_eq!(by_key(&fake)["c-1"]["Plan__c"], "team");
+
+    // Insert leaves a record whose External ID is taken alone.
+    let crm = open(&fake, SyncMode::Insert, &token_settings(&fake, BULK)).await;
+    let rows = [
+        json!({"Customer_Id__c": "c-1", "LastName": "Again"}),
+        json!({"Customer_Id__c": "c-4", "LastName": "Goldberg"}),
+    ];
+    let results = send_bulk(crm.as_ref(), Action::Insert, &rows, &job_log(&dir, 5, 2))
+        .await
+        .unwrap();
+    assert_eq!(results, vec![Ok(()), Ok(())]);
+    assert_eq!(by_key(&fake)["c-1"]["LastName"], "Lovelace");
+
+    // Delete: gone records and records never there are done.
+    let crm = open(&fake, SyncMode::Mirror, &token_settings(&fake, BULK)).await;
+    let rows = [
+        json!({"Customer_Id__c": "c-1"}),
+        json!({"Customer_Id__c": "c-4"}),
+        json!({"Customer_Id__c": "c-404"}),
+    ];
+    let results = send_bulk(crm.as_ref(), Action::Delete, &rows, &job_log(&dir, 7, 3))
+        .await
+        .unwrap();
+    assert_eq!(results, vec![Ok(()), Ok(()), Ok(())]);
+    let left: Vec<String> = by_key(&fake).into_keys().collect();
+    assert_eq!(left, vec!["c-3"]);
+    assert_eq!(fake.jobs_created(), 4, "one job per batch");
+}
+
+/// A worker dies while its job runs: the attempt that takes over polls the
+/// same job and reads its results; nothing is submitted twice (an insert
+/// sent twice would create every record twice).
+#[tokio::test]
+async fn a_resumed_attempt_polls_the_job_in_flight_instead_of_resubmitting() {
+    let fake = FakeSalesforce::start(SESSION).await;
+    fake.job_polls(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let crm = open(&fake, SyncMode::Insert, &token_settings(&fake, BULK)).await;
+    let rows: Vec<Value> = (0..50)
+        .map(|i| json!({"Customer_Id__c": format!("k-{i}"), "LastName": format!("Row {i}")}))
+        .collect();
+    let log = job_log(&dir, 0, 50);
+    let first = send_bulk(crm.as_ref(), Action::Insert, &rows, &log);
+    // The first attempt is dropped mid-poll, as a killed worker's would be.
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), first)
+        .await
+        .is_err());
+    assert_eq!(fake.jobs_created(), 1);
+    fake.job_polls(3);
+    let again = open(&fake, SyncMode::Insert, &token_settings(&fake, BULK)).await;
+    let results = send_bulk(again.as_ref(), Action::Insert, &rows, &job_log(&dir, 0, 50))
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(
+        fake.jobs_created(),
+        1,
+        "the job in flight was resumed, not submitted again"
+    );
+    assert_eq!(fake.records("Contact").len(), 50, "every record created once");
+    // A recorded job the org does not know (deleted since) is no job.
+    let other = job_log(&dir, 50, 2);
+    other.record("750000000000000999").await;
+    let rows = [
+        json!({"Customer_Id__c": "k-x", "LastName": "X"}),
+        json!({"Customer_Id__c": "k-y", "LastName": "Y"}),
+    ];
+    let results = send_bulk(again.as_ref(), Action::Insert, &rows, &other).await.unwrap();
+    assert_eq!(
+        results,
+        vec![Ok(()), Ok(())],
+        "an unknown job is no job: the batch is submitted"
+    );
+    assert_eq!(fake.jobs_created(), 2);
+    // A job left Open (the upload may be partial) is aborted and the batch
+    // submitted anew; an aborted job is never resumed.
+    let open = fake.open_job("Contact");
+    let log = job_log(&dir, 52, 1);
+    log.record(&open).await;
+    let row = [json!({"Customer_Id__c": "k-z", "LastName": "Z"})];
+    assert_eq!(
+        send_bulk(again.as_ref(), Action::Insert, &row, &log).await.unwrap(),
+        vec![Ok(())]
+    );
+    assert_eq!(fake.job_state(&open).as_deref(), Some("Aborted"));
+    assert_eq!(fake.jobs_created(), 4);
+    log.record(&open).await;
+    assert_eq!(
+        send_bulk(again.as_ref(), Action::Insert, &row, &log).await.unwrap(),
+        vec![Ok(())]
+    );
+    assert_eq!(fake.jobs_created(), 5, "the aborted job was not resumed");
+    assert_eq!(fake.records("Contact").len(), 53);
+}
+
+#[test]
+fn bulk_settings_out_of_bounds_are_refused_at_their_field() {
+    for (settings, field) in [
+        ("    bulk_api: { threshold: 0 }\n", "threshold"),
+        ("    bulk_api: { records_per_job: 0 }\n", "records_per_job"),
+        ("    bulk_api: { poll_interval: 0s }\n", "poll_interval"),
+        ("    bulk_api: { thresold: 5 }\n", "thresold"),
+    ] {
+        let text = format!(
+            "sources:\n  files: {{ type: csv, path: . }}\nmodels:\n  people: {{ source: files, file: p.csv, primary_key: id }}\n\
+             destinations:\n  crm:\n    type: salesforce\n    object: Contact\n    instance_url: https://x.my.salesforce.com\n    \
+             access_token: \"${{T}}\"\n{settings}syncs:\n  s: {{ model: people, destination: crm, mode: upsert, record_matching: {{ from: id, to: Customer_Id__c }} }}\n"
+        );
+        let error = crate::config::from_yaml_str(std::path::Path::new("t.yaml"), &text, std::path::Path::new("."))
+            .err()
+            .unwrap_or_else(|| panic!("{settings} accepted"))
+            .to_string();
+        assert!(error.contains(field), "{settings}: {error}");
+    }
+}
