@@ -213,3 +213,102 @@ async fn a_fleet_converges_on_salesforce_in_every_mode_through_limits_and_outage
         fake.tokens_issued()
     );
 }
+
+/// A worker is killed while its bulk insert jobs run. The attempt that takes
+/// over its shard finds the jobs it recorded and polls them instead of
+/// submitting the rows again: with no External ID to catch a second insert,
+/// a resubmission would create records twice, and none is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_bulk_job_leaves_the_job_to_its_successor() {
+    const ORDERS: i64 = 12_000;
+    let source = fresh_postgres_database("salesforce_bulk_kill").await;
+    let pool = PgPool::connect(&source.url).await.unwrap();
+    create_people(&pool, ORDERS).await;
+    let fake = FakeSalesforce::start("00D000000000001!AQ-unused-fixed-session").await;
+    let mut order_fields = fields("Email__c", "Name__c", false);
+    // A plain text field: nothing in the org stops a record being inserted twice.
+    order_fields[1].external_id = false;
+    fake.define("Order__c", order_fields);
+    // Each job answers InProgress for its first dozen polls (about 5 s).
+    fake.job_polls(12);
+    let config = format!(
+        "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+         models:\n  people: {{ source: warehouse, query: \"SELECT id, email FROM people\", primary_key: id }}\n\
+         destinations:\n  orders:\n    type: salesforce\n    object: Order__c\n    oauth2:\n      \
+         token_url: {}/services/oauth2/token\n      client_id: {}\n      client_secret: \"${{EBB_TEST_SF_SECRET}}\"\n      \
+         refresh_token: \"${{EBB_TEST_SF_REFRESH}}\"\n    \
+         bulk_api: {{ threshold: 100, records_per_job: 2000, poll_interval: 20ms }}\n\
+         syncs:\n  to-orders:\n    model: people\n    destination: orders\n    mode: insert\n    mappings:\n      \
+         - {{ from: id, to: Ebb_Id__c }}\n      - {{ from: email, to: Email__c }}\n    max_rows_per_shard: 4000\n",
+        source.url, fake.url, fake.client_id
+    );
+    let mut fleet = Fleet::start_with_env(
+        &config,
+        2,
+        &[
+            ("EBB_TEST_SF_SECRET", fake.client_secret.clone()),
+            ("EBB_TEST_SF_REFRESH", fake.refresh_token.clone()),
+        ],
+    )
+    .await;
+    let run_id = fleet.trigger("to-orders").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The victim is the worker that created a job Salesforce is running
+    // (uploaded and complete, polled at least once).
+    let victim = loop {
+        let running = fake.jobs_in_state("InProgress");
+        let creator = fleet.workers.iter().position(|worker| {
+            let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
+            log.lines().any(|line| {
+                line.contains("Salesforce bulk job created") && running.iter().any(|id| line.contains(id.as_str()))
+            })
+        });
+        if let Some(victim) = creator {
+            break victim;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no bulk job ran within 60 s\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    fleet.workers[victim].kill().await;
+    let created_before = fake.jobs_created();
+    let run = fleet.wait_run(&run_id, std::time::Duration::from_secs(300)).await;
+    assert_eq!(run["status"], "success", "{run}\n{}", fleet.logs());
+    let mut held: BTreeMap<String, u32> = BTreeMap::new();
+    for record in fake.records("Order__c").values() {
+        // Text from a bulk job's CSV, a number from Collections (a shard
+        // under the bulk threshold).
+        let id = match &record["Ebb_Id__c"] {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        *held.entry(id).or_default() += 1;
+    }
+    let missing: Vec<i64> = (1..=ORDERS).filter(|id| !held.contains_key(&id.to_string())).collect();
+    assert!(
+        missing.is_empty(),
+        "rows that became no record: {missing:?}\n{run}\n{}",
+        fleet.events()
+    );
+    let twice: Vec<&String> = held.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
+    assert!(twice.is_empty(), "records inserted twice: {twice:?}");
+    let resumed = fleet
+        .workers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .any(|(_, w)| {
+            std::fs::read_to_string(&w.log)
+                .unwrap_or_default()
+                .contains("resuming the Salesforce bulk job")
+        });
+    assert!(
+        resumed,
+        "the survivor resumed the killed worker's job ({created_before} jobs created before the kill, {} after)\n{}",
+        fake.jobs_created(),
+        fleet.events()
+    );
+}

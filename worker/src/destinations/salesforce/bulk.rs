@@ -237,6 +237,7 @@ async fn submit(
         .ok_or_else(|| DeliveryError::Transient("Salesforce created a bulk job without an id".into()))?
         .to_string();
     jobs.record(&id).await;
+    tracing::info!(job = %id, rows = upload.rows_by_cells.values().map(VecDeque::len).sum::<usize>(), "Salesforce bulk job created");
     let path = client.data(&format!("/jobs/ingest/{id}/batches/"));
     client
         .call_with(Method::PUT, &path, Some(("text/csv", upload.csv.clone())))

@@ -296,6 +296,16 @@ impl FakeSalesforce {
         self.org.lock().unwrap().jobs.get(id).map(|job| job.state.clone())
     }
 
+    /// The ids of the jobs in `state` now.
+    pub fn jobs_in_state(&self, state: &str) -> Vec<String> {
+        let org = self.org.lock().unwrap();
+        org.jobs
+            .iter()
+            .filter(|(_, job)| job.state == state)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Bulk ingest jobs created so far.
     pub fn jobs_created(&self) -> u64 {
         self.org.lock().unwrap().jobs_created
