@@ -38,6 +38,49 @@ pub enum Fault {
     AppliedThenSlow(Duration),
 }
 
+/// Faults a fake mixes into its answers at given shares of requests.
+///
+/// The shares are spread evenly rather than drawn at random, so a test that
+/// asks for 10% rate-limited answers over 43 requests gets 4 of them on
+/// every run (a random draw gave none one run in a hundred, and fewer than
+/// half the share one run in five). Which batch meets a fault still depends
+/// on how the fleet's requests interleave.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Chaos {
+    rate_limited: f64,
+    unavailable: f64,
+    /// Shares accrued but not yet answered with their fault.
+    owed_rate_limited: f64,
+    owed_unavailable: f64,
+}
+
+impl Chaos {
+    pub fn new(rate_limited: f64, unavailable: f64) -> Self {
+        Chaos {
+            rate_limited,
+            unavailable,
+            ..Chaos::default()
+        }
+    }
+
+    /// The fault the next request meets, if any.
+    pub fn next(&mut self) -> Option<Fault> {
+        // Ten additions of 0.1 fall short of 1.0 by a rounding error.
+        const WHOLE: f64 = 1.0 - 1e-9;
+        self.owed_rate_limited += self.rate_limited;
+        self.owed_unavailable += self.unavailable;
+        if self.owed_rate_limited >= WHOLE {
+            self.owed_rate_limited -= 1.0;
+            Some(Fault::RateLimited)
+        } else if self.owed_unavailable >= WHOLE {
+            self.owed_unavailable -= 1.0;
+            Some(Fault::Unavailable)
+        } else {
+            None
+        }
+    }
+}
+
 /// What the contract needs of a connector's fake.
 pub trait ContractFake: Sized + Send + Sync + 'static {
     /// The field records are matched on: unique in the vendor.
@@ -324,4 +367,22 @@ macro_rules! contract_tests {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod chaos_tests {
+    use super::{Chaos, Fault};
+
+    #[test]
+    fn chaos_answers_its_shares_on_every_run() {
+        let mut chaos = Chaos::new(0.10, 0.05);
+        let faults: Vec<Option<Fault>> = (0..100).map(|_| chaos.next()).collect();
+        let count = |fault| faults.iter().filter(|f| **f == Some(fault)).count();
+        assert_eq!(count(Fault::RateLimited), 10);
+        // The fifth is owed: it met request 100 together with a rate limit,
+        // and waits for request 101.
+        assert_eq!(count(Fault::Unavailable), 4);
+        assert_eq!(chaos.next(), Some(Fault::Unavailable));
+        assert_eq!(Chaos::default().next(), None, "no chaos asked, none given");
+    }
 }

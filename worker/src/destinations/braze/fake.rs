@@ -13,6 +13,7 @@
 
 #![allow(clippy::result_large_err)]
 
+use crate::destinations::contract::Chaos;
 pub use crate::destinations::contract::Fault;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -54,7 +55,7 @@ struct Workspace {
     events: Vec<Event>,
     purchases: Vec<Purchase>,
     faults: VecDeque<Fault>,
-    chaos: (f64, f64),
+    chaos: Chaos,
     /// The current three-second window: when it started (monotonic and
     /// wall-clock, for `X-RateLimit-Reset`) and the requests it took.
     window: Option<(Instant, SystemTime, u64)>,
@@ -109,8 +110,10 @@ impl FakeBraze {
         self.workspace.lock().unwrap().limit = limit;
     }
 
+    /// From now on answer these shares of requests rate-limited and
+    /// unavailable, spread evenly.
     pub fn chaos(&self, rate_limited: f64, unavailable: f64) {
-        self.workspace.lock().unwrap().chaos = (rate_limited, unavailable);
+        self.workspace.lock().unwrap().chaos = Chaos::new(rate_limited, unavailable);
     }
 
     /// Any attribute with this value is "not valid" (a non-fatal error).
@@ -182,17 +185,7 @@ impl FakeBraze {
             }
             _ => (now, SystemTime::now(), 0),
         };
-        let fault = workspace.faults.pop_front().or_else(|| {
-            let (rate_limited, unavailable) = workspace.chaos;
-            let draw: f64 = rand::random();
-            if draw < rate_limited {
-                Some(Fault::RateLimited)
-            } else if draw < rate_limited + unavailable {
-                Some(Fault::Unavailable)
-            } else {
-                None
-            }
-        });
+        let fault = workspace.faults.pop_front().or_else(|| workspace.chaos.next());
         let limit = workspace.limit;
         if used >= limit || fault == Some(Fault::RateLimited) {
             workspace.rate_limited += 1;

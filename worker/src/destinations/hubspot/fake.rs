@@ -13,6 +13,7 @@
 // its size does not matter.
 #![allow(clippy::result_large_err)]
 
+use crate::destinations::contract::Chaos;
 pub use crate::destinations::contract::Fault;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -39,8 +40,8 @@ struct Store {
     rate_limited: u64,
     /// Values of `email` the server refuses as invalid.
     invalid_emails: BTreeSet<String>,
-    /// Shares of requests answered 429 and 502 at random.
-    chaos: (f64, f64),
+    /// Shares of requests answered 429 and 502, spread evenly.
+    chaos: Chaos,
     /// When the first and the last request the limit let through came.
     admitted: Option<(Instant, Instant)>,
     /// (object, property, lowercased value) → record id, for lookups by a
@@ -136,9 +137,9 @@ impl FakeHubSpot {
     }
 
     /// Answers a share of all requests 429 (`TEN_SECONDLY_ROLLING`) and
-    /// another 502, at random, from now on.
+    /// another 502, spread evenly, from now on.
     pub fn chaos(&self, rate_limited: f64, bad_gateway: f64) {
-        self.store.lock().unwrap().chaos = (rate_limited, bad_gateway);
+        self.store.lock().unwrap().chaos = Chaos::new(rate_limited, bad_gateway);
     }
 
     pub fn refuse_email(&self, email: &str) {
@@ -203,17 +204,7 @@ impl FakeHubSpot {
                 "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
             ));
         }
-        let fault = store.faults.pop_front().or_else(|| {
-            let (rate_limited, bad_gateway) = store.chaos;
-            let draw: f64 = rand::random();
-            if draw < rate_limited {
-                Some(Fault::RateLimited)
-            } else if draw < rate_limited + bad_gateway {
-                Some(Fault::Unavailable)
-            } else {
-                None
-            }
-        });
+        let fault = store.faults.pop_front().or_else(|| store.chaos.next());
         if fault == Some(Fault::RateLimited) {
             store.rate_limited += 1;
             return Err(rate_limited(self.limit.unwrap_or(100), 0));

@@ -15,6 +15,7 @@
 
 #![allow(clippy::result_large_err)]
 
+use crate::destinations::contract::Chaos;
 pub use crate::destinations::contract::Fault;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -33,7 +34,7 @@ pub type Member = BTreeMap<String, String>;
 struct Account {
     audiences: BTreeMap<String, BTreeSet<Member>>,
     faults: VecDeque<Fault>,
-    chaos: (f64, f64),
+    chaos: Chaos,
     requests: u64,
     throttled: u64,
     /// Every session id a request carried.
@@ -129,8 +130,10 @@ impl FakeMeta {
             .extend(std::iter::repeat_n(fault, times));
     }
 
+    /// From now on answer these shares of requests rate-limited and
+    /// unavailable, spread evenly.
     pub fn chaos(&self, throttled: f64, unavailable: f64) {
-        self.account.lock().unwrap().chaos = (throttled, unavailable);
+        self.account.lock().unwrap().chaos = Chaos::new(throttled, unavailable);
     }
 
     pub fn sessions(&self) -> Vec<u64> {
@@ -168,17 +171,7 @@ impl FakeMeta {
                 &format!("Unsupported post request. Object with ID '{audience}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."),
             ));
         }
-        let fault = account.faults.pop_front().or_else(|| {
-            let (throttled, unavailable) = account.chaos;
-            let draw: f64 = rand::random();
-            if draw < throttled {
-                Some(Fault::RateLimited)
-            } else if draw < throttled + unavailable {
-                Some(Fault::Unavailable)
-            } else {
-                None
-            }
-        });
+        let fault = account.faults.pop_front().or_else(|| account.chaos.next());
         match fault {
             Some(Fault::RateLimited) => {
                 account.throttled += 1;

@@ -23,6 +23,7 @@
 
 #![allow(clippy::result_large_err)]
 
+use crate::destinations::contract::Chaos;
 pub use crate::destinations::contract::Fault;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -94,7 +95,7 @@ struct Org {
     sessions: BTreeSet<String>,
     issued: u64,
     faults: VecDeque<Fault>,
-    chaos: (f64, f64),
+    chaos: Chaos,
     used: u64,
     daily_limit: u64,
     requests: u64,
@@ -210,9 +211,9 @@ impl FakeSalesforce {
     }
 
     /// Answers a share of all requests with the concurrent-request limit and
-    /// another with 503, at random, from now on.
+    /// another with 503, spread evenly, from now on.
     pub fn chaos(&self, rate_limited: f64, unavailable: f64) {
-        self.org.lock().unwrap().chaos = (rate_limited, unavailable);
+        self.org.lock().unwrap().chaos = Chaos::new(rate_limited, unavailable);
     }
 
     /// Ends every session: the next request with one gets `401
@@ -350,17 +351,7 @@ impl FakeSalesforce {
             return Err(org.with_usage(answer));
         }
         org.used += 1;
-        let fault = org.faults.pop_front().or_else(|| {
-            let (rate_limited, unavailable) = org.chaos;
-            let draw: f64 = rand::random();
-            if draw < rate_limited {
-                Some(Fault::RateLimited)
-            } else if draw < rate_limited + unavailable {
-                Some(Fault::Unavailable)
-            } else {
-                None
-            }
-        });
+        let fault = org.faults.pop_front().or_else(|| org.chaos.next());
         match fault {
             Some(Fault::RateLimited) => {
                 org.rate_limited += 1;
