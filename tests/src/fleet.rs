@@ -281,14 +281,11 @@ impl Fleet {
         body["id"].as_str().unwrap().to_string()
     }
 
-    /// A few of a run's rejected rows with their reasons, for a failure message.
+    /// A few of a run's failed rows with their reasons, for a failure message.
     pub async fn rejected_sample(&self, run_id: &str) -> Value {
         let answer = self
             .http
-            .get(format!(
-                "{}/api/v1/runs/{run_id}/rows?outcome=rejected&limit=5",
-                self.api
-            ))
+            .get(format!("{}/api/v1/runs/{run_id}/rows?outcome=failed&limit=5", self.api))
             .send()
             .await;
         match answer {

@@ -40,40 +40,73 @@ pub enum Fault {
 
 /// Faults a fake mixes into its answers at given shares of requests.
 ///
-/// The shares are spread evenly rather than drawn at random, so a test that
-/// asks for 10% rate-limited answers over 43 requests gets 4 of them on
-/// every run (a random draw gave none one run in a hundred, and fewer than
-/// half the share one run in five). Which batch meets a fault still depends
-/// on how the fleet's requests interleave.
+/// Each share is kept to within one request of exact, at random places: a
+/// test that asks for 10% rate-limited answers over 43 requests gets 4 or 5
+/// of them on every run (independent draws gave none one run in a hundred,
+/// and fewer than half the share one run in five). Evenly spaced faults
+/// would be exact too, but a fleet sending round-robin can phase-lock with
+/// them, so that one batch meets every fault and exhausts its retries.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Chaos {
-    rate_limited: f64,
-    unavailable: f64,
-    /// Shares accrued but not yet answered with their fault.
-    owed_rate_limited: f64,
-    owed_unavailable: f64,
+    rate_limited: Share,
+    unavailable: Share,
+}
+
+/// One fault's share: it accrues by the share each request and is answered
+/// once it passes a threshold drawn anew after every answer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Share {
+    share: f64,
+    owed: f64,
+    threshold: f64,
+}
+
+impl Share {
+    fn new(share: f64) -> Self {
+        Share {
+            share,
+            owed: 0.0,
+            threshold: Self::random_threshold(),
+        }
+    }
+
+    /// In (0, 1]: a zero share never reaches it.
+    fn random_threshold() -> f64 {
+        1.0 - rand::random::<f64>()
+    }
+
+    fn accrue(&mut self) {
+        self.owed += self.share;
+    }
+
+    fn due(&self) -> bool {
+        self.share > 0.0 && self.owed >= self.threshold
+    }
+
+    fn answer(&mut self) {
+        self.owed -= 1.0;
+        self.threshold = Self::random_threshold();
+    }
 }
 
 impl Chaos {
     pub fn new(rate_limited: f64, unavailable: f64) -> Self {
         Chaos {
-            rate_limited,
-            unavailable,
-            ..Chaos::default()
+            rate_limited: Share::new(rate_limited),
+            unavailable: Share::new(unavailable),
         }
     }
 
-    /// The fault the next request meets, if any.
-    pub fn next(&mut self) -> Option<Fault> {
-        // Ten additions of 0.1 fall short of 1.0 by a rounding error.
-        const WHOLE: f64 = 1.0 - 1e-9;
-        self.owed_rate_limited += self.rate_limited;
-        self.owed_unavailable += self.unavailable;
-        if self.owed_rate_limited >= WHOLE {
-            self.owed_rate_limited -= 1.0;
+    /// The fault the next request meets, if any. When both are due, the
+    /// unavailable answer waits for the next request.
+    pub fn draw(&mut self) -> Option<Fault> {
+        self.rate_limited.accrue();
+        self.unavailable.accrue();
+        if self.rate_limited.due() {
+            self.rate_limited.answer();
             Some(Fault::RateLimited)
-        } else if self.owed_unavailable >= WHOLE {
-            self.owed_unavailable -= 1.0;
+        } else if self.unavailable.due() {
+            self.unavailable.answer();
             Some(Fault::Unavailable)
         } else {
             None
@@ -144,13 +177,31 @@ pub async fn send(
     action: Action,
     values: &[Value],
 ) -> Result<Vec<Result<(), String>>, DeliveryError> {
-    let owned: Vec<(String, String)> = values
+    let owned = keyed(values);
+    let batch: Vec<Record<'_>> = owned.iter().map(|(key, json)| Record::new(key, json)).collect();
+    destination.send(action, &batch).await
+}
+
+/// Sends `values` as one batch by the destination's bulk path, as [`send`]
+/// does by its request path.
+pub async fn send_bulk(
+    destination: &dyn Destination,
+    action: Action,
+    values: &[Value],
+    jobs: &crate::jobs::JobLog,
+) -> Result<Vec<Result<(), String>>, DeliveryError> {
+    let owned = keyed(values);
+    let batch: Vec<Record<'_>> = owned.iter().map(|(key, json)| Record::new(key, json)).collect();
+    destination.send_bulk(action, &batch, jobs).await
+}
+
+/// Each value as a record's JSON, keyed by its position.
+fn keyed(values: &[Value]) -> Vec<(String, String)> {
+    values
         .iter()
         .enumerate()
         .map(|(i, v)| (i.to_string(), v.to_string()))
-        .collect();
-    let batch: Vec<Record<'_>> = owned.iter().map(|(key, json)| Record::new(key, json)).collect();
-    destination.send(action, &batch).await
+        .collect()
 }
 
 /// Fails when any secret of the fake appears in `text`.
@@ -374,15 +425,30 @@ mod chaos_tests {
     use super::{Chaos, Fault};
 
     #[test]
-    fn chaos_answers_its_shares_on_every_run() {
-        let mut chaos = Chaos::new(0.10, 0.05);
-        let faults: Vec<Option<Fault>> = (0..100).map(|_| chaos.next()).collect();
-        let count = |fault| faults.iter().filter(|f| **f == Some(fault)).count();
-        assert_eq!(count(Fault::RateLimited), 10);
-        // The fifth is owed: it met request 100 together with a rate limit,
-        // and waits for request 101.
-        assert_eq!(count(Fault::Unavailable), 4);
-        assert_eq!(chaos.next(), Some(Fault::Unavailable));
-        assert_eq!(Chaos::default().next(), None, "no chaos asked, none given");
+    fn chaos_answers_its_shares_within_a_request_on_every_run() {
+        for _ in 0..1000 {
+            let mut chaos = Chaos::new(0.10, 0.05);
+            let faults: Vec<Option<Fault>> = (0..100).map(|_| chaos.draw()).collect();
+            let count = |fault| faults.iter().filter(|f| **f == Some(fault)).count();
+            assert!((9..=11).contains(&count(Fault::RateLimited)), "{faults:?}");
+            // One more may wait behind a rate-limited answer.
+            assert!((3..=6).contains(&count(Fault::Unavailable)), "{faults:?}");
+        }
+        assert_eq!(Chaos::default().draw(), None, "no chaos asked, none given");
+        let mut none = Chaos::new(0.0, 0.0);
+        assert!((0..1000).all(|_| none.draw().is_none()));
+    }
+
+    #[test]
+    fn chaos_falls_at_different_places_each_run() {
+        let places = || {
+            let mut chaos = Chaos::new(0.10, 0.0);
+            (0..200).filter(|_| chaos.draw().is_some()).collect::<Vec<_>>()
+        };
+        let first = places();
+        assert!(
+            (0..20).any(|_| places() != first),
+            "the same places every run: {first:?}"
+        );
     }
 }

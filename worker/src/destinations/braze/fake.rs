@@ -185,7 +185,7 @@ impl FakeBraze {
             }
             _ => (now, SystemTime::now(), 0),
         };
-        let fault = workspace.faults.pop_front().or_else(|| workspace.chaos.next());
+        let fault = workspace.faults.pop_front().or_else(|| workspace.chaos.draw());
         let limit = workspace.limit;
         if used >= limit || fault == Some(Fault::RateLimited) {
             workspace.rate_limited += 1;

@@ -204,7 +204,7 @@ impl FakeHubSpot {
                 "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
             ));
         }
-        let fault = store.faults.pop_front().or_else(|| store.chaos.next());
+        let fault = store.faults.pop_front().or_else(|| store.chaos.draw());
         if fault == Some(Fault::RateLimited) {
             store.rate_limited += 1;
             return Err(rate_limited(self.limit.unwrap_or(100), 0));

@@ -171,7 +171,7 @@ impl FakeMeta {
                 &format!("Unsupported post request. Object with ID '{audience}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."),
             ));
         }
-        let fault = account.faults.pop_front().or_else(|| account.chaos.next());
+        let fault = account.faults.pop_front().or_else(|| account.chaos.draw());
         match fault {
             Some(Fault::RateLimited) => {
                 account.throttled += 1;

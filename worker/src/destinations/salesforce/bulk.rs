@@ -145,7 +145,7 @@ pub(super) async fn run(
     let mut answered: Answered = Vec::with_capacity(rows.len());
     for results in ["successfulResults", "failedResults"] {
         let path = client.data(&format!("/jobs/ingest/{id}/{results}/"));
-        let body = client.call(Method::GET, &path, None).await?.body;
+        let body = client.read(&path).await?.body;
         for (cells, error) in result_rows(&body, &upload.header)? {
             let Some(row) = remaining.get_mut(&cells).and_then(VecDeque::pop_front) else {
                 continue;
@@ -250,9 +250,7 @@ async fn submit(
 }
 
 async fn info(client: &Client, id: &str) -> Result<Value, DeliveryError> {
-    let answer = client
-        .call(Method::GET, &client.data(&format!("/jobs/ingest/{id}/")), None)
-        .await?;
+    let answer = client.read(&client.data(&format!("/jobs/ingest/{id}/"))).await?;
     serde_json::from_slice(&answer.body)
         .map_err(|e| DeliveryError::Transient(format!("Salesforce's bulk job info: {e}")))
 }

@@ -31,6 +31,13 @@ pub(super) struct Client {
     max_usage_percent: Option<f64>,
 }
 
+/// Tries at one read before its error goes back to the engine.
+const READ_TRIES: u32 = 5;
+const READ_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest a read waits in place; a longer `Retry-After` goes back to
+/// the engine, which pauses the fleet.
+const MAX_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A 2xx answer.
 pub(super) struct Answer {
     pub body: Vec<u8>,
@@ -106,6 +113,31 @@ impl Client {
             )
         });
         self.call_with(method, path, body).await
+    }
+
+    /// A read (a GET: a query, a job's state or results), sent again in place after a
+    /// transient or rate-limited answer, a few times with backoff. A bulk
+    /// job's lookups are dozens of queries before anything is written:
+    /// failing the batch on one of them would run them all again, and at a
+    /// few percent of faults a 10,000-row job would seldom get through. What
+    /// still fails after the last try goes back to the engine, whose retry
+    /// and fleet pause take over.
+    pub async fn read(&self, path: &str) -> Result<Answer, DeliveryError> {
+        let mut backoff = READ_BACKOFF;
+        for _ in 1..READ_TRIES {
+            match self.call(reqwest::Method::GET, path, None).await {
+                Err(DeliveryError::Transient(_)) => {}
+                Err(DeliveryError::RateLimited { retry_after }) => match retry_after {
+                    Some(wait) if wait > MAX_READ_WAIT => return Err(DeliveryError::RateLimited { retry_after }),
+                    Some(wait) => backoff = backoff.max(wait),
+                    None => {}
+                },
+                answer => return answer,
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_READ_WAIT);
+        }
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     /// `call` with a body of any type: (content type, bytes).

@@ -351,7 +351,7 @@ impl FakeSalesforce {
             return Err(org.with_usage(answer));
         }
         org.used += 1;
-        let fault = org.faults.pop_front().or_else(|| org.chaos.next());
+        let fault = org.faults.pop_front().or_else(|| org.chaos.draw());
         match fault {
             Some(Fault::RateLimited) => {
                 org.rate_limited += 1;
@@ -861,13 +861,7 @@ async fn create(State(fake): State<FakeSalesforce>, headers: HeaderMap, body: By
                 ));
                 continue;
             }
-            if let Some(error) = org.validate(&object, record, true, None) {
-                results.push(failed(None, error));
-                continue;
-            }
-            let id = org.new_id(&object);
-            org.write(&object, &id, record);
-            results.push(saved(&id));
+            results.push(answered(org.insert_record(&object, record)));
         }
         Ok(Value::Array(results))
     })();
@@ -889,33 +883,8 @@ async fn update(State(fake): State<FakeSalesforce>, headers: HeaderMap, body: By
         let mut results = Vec::new();
         for record in &records {
             let object = record_type(record)?;
-            let Some(id) = record.get("id").and_then(Value::as_str).map(str::to_string) else {
-                results.push(failed(
-                    None,
-                    record_error("MISSING_ARGUMENT", "Id not specified in an update call", &[]),
-                ));
-                continue;
-            };
-            if org.deleted.contains(&id) {
-                results.push(failed(
-                    Some(&id),
-                    record_error("ENTITY_IS_DELETED", "entity is deleted", &[]),
-                ));
-                continue;
-            }
-            if !org.records.get(&object).is_some_and(|r| r.contains_key(&id)) {
-                results.push(failed(
-                    Some(&id),
-                    record_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &[]),
-                ));
-                continue;
-            }
-            if let Some(error) = org.validate(&object, record, false, Some(&id)) {
-                results.push(failed(Some(&id), error));
-                continue;
-            }
-            org.write(&object, &id, record);
-            results.push(saved(&id));
+            let id = record.get("id").and_then(Value::as_str);
+            results.push(answered(org.update_record(&object, id, record)));
         }
         Ok(Value::Array(results))
     })();
@@ -955,50 +924,10 @@ async fn upsert(
             }
             org.check_fields(&object, record)?;
         }
-        let mut results = Vec::new();
-        for record in &records {
-            let key = record
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(external))
-                .map(|(_, v)| text_of(v))
-                .filter(|v| !v.is_empty() && v != "null");
-            let Some(key) = key else {
-                results.push(failed(
-                    None,
-                    record_error("MISSING_ARGUMENT", &format!("{external} not specified"), &[]),
-                ));
-                continue;
-            };
-            let existing = org.find(&object, external, &key);
-            match existing.as_slice() {
-                [] => {
-                    if let Some(error) = org.validate(&object, record, true, None) {
-                        results.push(failed(None, error));
-                        continue;
-                    }
-                    let id = org.new_id(&object);
-                    org.write(&object, &id, record);
-                    results.push(json!({ "id": id, "success": true, "errors": [], "created": true }));
-                }
-                [id] => {
-                    let id = id.clone();
-                    if let Some(error) = org.validate(&object, record, false, Some(&id)) {
-                        results.push(failed(Some(&id), error));
-                        continue;
-                    }
-                    org.write(&object, &id, record);
-                    results.push(json!({ "id": id, "success": true, "errors": [], "created": false }));
-                }
-                _ => results.push(failed(
-                    None,
-                    record_error(
-                        "DUPLICATE_EXTERNAL_ID",
-                        "more than one record found for external id field",
-                        &[external],
-                    ),
-                )),
-            }
-        }
+        let results = records
+            .iter()
+            .map(|record| answered(org.upsert_record(&object, external, record)))
+            .collect();
         Ok(Value::Array(results))
     })();
     fake.answer(fault, result).await
@@ -1025,29 +954,7 @@ async fn delete(
         ))
     } else {
         let mut org = fake.org.lock().unwrap();
-        let results = ids
-            .iter()
-            .map(|id| {
-                let holder = org
-                    .records
-                    .iter()
-                    .find(|(_, records)| records.contains_key(id))
-                    .map(|(object, _)| object.clone());
-                match holder {
-                    Some(object) => {
-                        org.remove(&object, id);
-                        saved(id)
-                    }
-                    None if org.deleted.contains(id) => {
-                        failed(Some(id), record_error("ENTITY_IS_DELETED", "entity is deleted", &[]))
-                    }
-                    None => failed(
-                        Some(id),
-                        record_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &[]),
-                    ),
-                }
-            })
-            .collect();
+        let results = ids.iter().map(|id| answered(org.delete_record(None, id))).collect();
         Ok(Value::Array(results))
     };
     fake.answer(fault, result).await
@@ -1302,7 +1209,112 @@ async fn job_results(
     org.with_usage(([("content-type", "text/csv")], body).into_response())
 }
 
+/// What one record's write came to: its id and whether it was created, or
+/// the id it named (if any) and the error.
+type Outcome = Result<(String, bool), (Option<String>, Value)>;
+
+/// A collection route's result entry for an outcome.
+fn answered(outcome: Outcome) -> Value {
+    match outcome {
+        Ok((id, _)) => saved(&id),
+        Err((id, error)) => failed(id.as_deref(), error),
+    }
+}
+
+/// One record's write, as every route applies it: the collection routes
+/// and ingest jobs differ only in how records arrive and results return.
 impl Org {
+    fn insert_record(&mut self, object: &str, fields: &Map<String, Value>) -> Outcome {
+        if let Some(error) = self.validate(object, fields, true, None) {
+            return Err((None, error));
+        }
+        let id = self.new_id(object);
+        self.write(object, &id, fields);
+        Ok((id, true))
+    }
+
+    /// Creates or updates the record whose `external` field (the schema's
+    /// spelling) has the record's value.
+    fn upsert_record(&mut self, object: &str, external: &str, fields: &Map<String, Value>) -> Outcome {
+        let key = fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(external))
+            .map(|(_, v)| text_of(v))
+            .filter(|v| !v.is_empty() && v != "null");
+        let Some(key) = key else {
+            return Err((
+                None,
+                record_error("MISSING_ARGUMENT", &format!("{external} not specified"), &[]),
+            ));
+        };
+        match self.find(object, external, &key).as_slice() {
+            [] => self.insert_record(object, fields),
+            [id] => {
+                let id = id.clone();
+                if let Some(error) = self.validate(object, fields, false, Some(&id)) {
+                    return Err((Some(id), error));
+                }
+                self.write(object, &id, fields);
+                Ok((id, false))
+            }
+            _ => Err((
+                None,
+                record_error(
+                    "DUPLICATE_EXTERNAL_ID",
+                    "more than one record found for external id field",
+                    &[external],
+                ),
+            )),
+        }
+    }
+
+    fn update_record(&mut self, object: &str, id: Option<&str>, fields: &Map<String, Value>) -> Outcome {
+        let Some(id) = id.map(str::to_string) else {
+            return Err((
+                None,
+                record_error("MISSING_ARGUMENT", "Id not specified in an update call", &[]),
+            ));
+        };
+        if self.deleted.contains(&id) {
+            return Err((Some(id), record_error("ENTITY_IS_DELETED", "entity is deleted", &[])));
+        }
+        if !self.records.get(object).is_some_and(|r| r.contains_key(&id)) {
+            return Err((
+                Some(id),
+                record_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &[]),
+            ));
+        }
+        if let Some(error) = self.validate(object, fields, false, Some(&id)) {
+            return Err((Some(id), error));
+        }
+        self.write(object, &id, fields);
+        Ok((id, false))
+    }
+
+    /// Deletes a record of `object`, or of any object when the route does
+    /// not name one (Collections delete by id alone).
+    fn delete_record(&mut self, object: Option<&str>, id: &str) -> Outcome {
+        let holder = self
+            .records
+            .iter()
+            .find(|(name, records)| object.is_none_or(|o| o == name.as_str()) && records.contains_key(id))
+            .map(|(name, _)| name.clone());
+        match holder {
+            Some(holder) => {
+                self.remove(&holder, id);
+                Ok((id.to_string(), false))
+            }
+            None if self.deleted.contains(id) => Err((
+                Some(id.to_string()),
+                record_error("ENTITY_IS_DELETED", "entity is deleted", &[]),
+            )),
+            None => Err((
+                Some(id.to_string()),
+                record_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &[]),
+            )),
+        }
+    }
+
     /// Applies a job's uploaded rows, as the collection routes would one by
     /// one, and keeps a result row for each.
     fn process(&mut self, job: &mut IngestJob) {
@@ -1347,105 +1359,25 @@ impl Org {
                 fields.insert(name.clone(), value);
             }
             let id_cell = fields.get("Id").and_then(Value::as_str).map(str::to_string);
-            let outcome: Result<(String, bool), Value> =
-                match job.operation.as_str() {
-                    "insert" => match self.validate(&object, &fields, true, None) {
-                        Some(error) => Err(error),
-                        None => {
-                            let id = self.new_id(&object);
-                            self.write(&object, &id, &fields);
-                            Ok((id, true))
-                        }
-                    },
-                    "upsert" => {
-                        let external = job.external_id.clone().unwrap_or_default();
-                        let key = fields
-                            .iter()
-                            .find(|(n, _)| n.eq_ignore_ascii_case(&external))
-                            .map(|(_, v)| text_of(v));
-                        match key.map(|key| {
-                            self.find(
-                                &object,
-                                &self
-                                    .field(&object, &external)
-                                    .map_or(external.clone(), |f| f.name.to_string()),
-                                &key,
-                            )
-                        }) {
-                            None => Err(record_error(
-                                "MISSING_ARGUMENT",
-                                &format!("{external} not specified"),
-                                &[],
-                            )),
-                            Some(found) => match found.as_slice() {
-                                [] => match self.validate(&object, &fields, true, None) {
-                                    Some(error) => Err(error),
-                                    None => {
-                                        let id = self.new_id(&object);
-                                        self.write(&object, &id, &fields);
-                                        Ok((id, true))
-                                    }
-                                },
-                                [id] => {
-                                    let id = id.clone();
-                                    match self.validate(&object, &fields, false, Some(&id)) {
-                                        Some(error) => Err(error),
-                                        None => {
-                                            self.write(&object, &id, &fields);
-                                            Ok((id, false))
-                                        }
-                                    }
-                                }
-                                _ => Err(record_error(
-                                    "DUPLICATE_EXTERNAL_ID",
-                                    "more than one record found for external id field",
-                                    &[],
-                                )),
-                            },
-                        }
-                    }
-                    "update" => match id_cell {
-                        None => Err(record_error(
-                            "MISSING_ARGUMENT",
-                            "Id not specified in an update call",
-                            &[],
-                        )),
-                        Some(id) if self.deleted.contains(&id) => {
-                            Err(record_error("ENTITY_IS_DELETED", "entity is deleted", &[]))
-                        }
-                        Some(id) if !self.records.get(&object).is_some_and(|r| r.contains_key(&id)) => Err(
-                            record_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &[]),
-                        ),
-                        Some(id) => match self.validate(&object, &fields, false, Some(&id)) {
-                            Some(error) => Err(error),
-                            None => {
-                                self.write(&object, &id, &fields);
-                                Ok((id, false))
-                            }
-                        },
-                    },
-                    _ => match id_cell {
-                        Some(id) if self.records.get(&object).is_some_and(|r| r.contains_key(&id)) => {
-                            self.remove(&object, &id);
-                            Ok((id, false))
-                        }
-                        Some(id) if self.deleted.contains(&id) => {
-                            Err(record_error("ENTITY_IS_DELETED", "entity is deleted", &[]))
-                        }
-                        _ => Err(record_error(
-                            "INVALID_CROSS_REFERENCE_KEY",
-                            "invalid cross reference id",
-                            &[],
-                        )),
-                    },
-                };
+            let outcome = match job.operation.as_str() {
+                "insert" => self.insert_record(&object, &fields),
+                "upsert" => {
+                    let external = job.external_id.clone().unwrap_or_default();
+                    let external = self
+                        .field(&object, &external)
+                        .map_or(external.clone(), |f| f.name.to_string());
+                    self.upsert_record(&object, &external, &fields)
+                }
+                "update" => self.update_record(&object, id_cell.as_deref(), &fields),
+                _ => self.delete_record(Some(&object), id_cell.as_deref().unwrap_or_default()),
+            };
             match outcome {
                 Ok((id, created)) => {
                     let mut row = vec![id, created.to_string()];
                     row.extend(cells);
                     job.successful.push(row);
                 }
-                Err(error) => {
+                Err((_, error)) => {
                     let code = error["statusCode"].as_str().unwrap_or("UNKNOWN_EXCEPTION");
                     let message = error["message"].as_str().unwrap_or_default();
                     let fields: Vec<&str> = error["fields"]

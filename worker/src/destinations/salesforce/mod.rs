@@ -315,7 +315,7 @@ impl SalesforceDestination {
         for query in request::lookups(&self.object, field, values) {
             let mut path = self.client.data(&format!("/query?{query}"));
             loop {
-                let answer = self.client.call(Method::GET, &path, None).await?;
+                let answer = self.client.read(&path).await?;
                 let page: Value = serde_json::from_slice(&answer.body)
                     .map_err(|e| DeliveryError::Transient(format!("Salesforce's query answer: {e}")))?;
                 for record in page["records"].as_array().into_iter().flatten() {
@@ -413,14 +413,12 @@ impl SalesforceDestination {
         clear: bool,
     ) -> Result<Vec<(usize, Result<(), String>)>, DeliveryError> {
         let field = self.matching.as_deref().unwrap_or("Id");
-        let values: Vec<String> = rows.iter().map(|(_, fields)| matching_value(fields, field)).collect();
-        let lookup: Vec<&str> = values.iter().map(String::as_str).collect();
-        let ids = self.record_ids(&lookup).await?;
+        let found = self.looked_up(rows, field).await?;
         let mut results = Vec::with_capacity(rows.len());
         let mut sent: Vec<(usize, Value)> = Vec::new();
-        for ((row, fields), value) in rows.iter().zip(&values) {
-            match ids.get(&value.to_lowercase()).map(Vec::as_slice) {
-                Some([id]) => {
+        for ((row, fields), (value, ids)) in rows.iter().zip(&found) {
+            match self.only_record(field, value, ids) {
+                Ok(Some(id)) => {
                     let mut fields = fields.clone();
                     if clear {
                         let required = self.required_fields().await?;
@@ -434,20 +432,10 @@ impl SalesforceDestination {
                     let leave_out = is_record_id(field).then_some(field);
                     sent.push((*row, request::record(&self.object, &fields, Some(id), leave_out)));
                 }
-                Some(many) if many.len() > 1 => results.push((
-                    *row,
-                    Err(format!(
-                        "{} {} records have {field} = {value:?}; match on a unique field",
-                        many.len(),
-                        self.object
-                    )),
-                )),
                 // Clearing a record that is not there leaves nothing to clear.
-                _ if clear => results.push((*row, Ok(()))),
-                _ => results.push((
-                    *row,
-                    Err(format!("no {} record has {field} = {value:?} to update", self.object)),
-                )),
+                Ok(None) if clear => results.push((*row, Ok(()))),
+                Ok(None) => results.push((*row, Err(self.not_found(field, value)))),
+                Err(reason) => results.push((*row, Err(reason))),
             }
         }
         if !sent.is_empty() {
@@ -467,16 +455,14 @@ impl SalesforceDestination {
         rows: &[(usize, Map<String, Value>)],
     ) -> Result<Vec<(usize, Result<(), String>)>, DeliveryError> {
         let field = self.matching.as_deref().unwrap_or("Id");
-        let values: Vec<String> = rows.iter().map(|(_, fields)| matching_value(fields, field)).collect();
-        let lookup: Vec<&str> = values.iter().map(String::as_str).collect();
-        let ids = self.record_ids(&lookup).await?;
+        let found = self.looked_up(rows, field).await?;
         let mut results = Vec::with_capacity(rows.len());
         let mut doomed: Vec<(usize, String)> = Vec::new();
-        for ((row, _), value) in rows.iter().zip(&values) {
-            match ids.get(&value.to_lowercase()) {
-                Some(found) => doomed.extend(found.iter().map(|id| (*row, id.clone()))),
-                None => results.push((*row, Ok(()))),
+        for ((row, _), (_, ids)) in rows.iter().zip(found) {
+            if ids.is_empty() {
+                results.push((*row, Ok(())));
             }
+            doomed.extend(ids.into_iter().map(|id| (*row, id)));
         }
         let mut failed: HashMap<usize, String> = HashMap::new();
         for chunk in doomed.chunks(COLLECTION_RECORDS) {
@@ -649,42 +635,66 @@ impl SalesforceDestination {
         field: &str,
         delete: bool,
     ) -> Result<(Vec<(usize, Map<String, Value>)>, Vec<(usize, String)>), DeliveryError> {
-        let values: Vec<String> = rows.iter().map(|(_, fields)| matching_value(fields, field)).collect();
-        let lookup: Vec<&str> = values.iter().map(String::as_str).collect();
-        let ids = self.record_ids(&lookup).await?;
+        let found = self.looked_up(rows, field).await?;
         let mut out = Vec::new();
         let mut refused = Vec::new();
-        for ((row, fields), value) in rows.iter().zip(&values) {
-            let found = ids.get(&value.to_lowercase()).map(Vec::as_slice).unwrap_or_default();
+        for ((row, fields), (value, ids)) in rows.iter().zip(found) {
             if delete {
-                for id in found {
+                for id in ids {
                     let mut only_id = Map::new();
-                    only_id.insert("Id".into(), Value::String(id.clone()));
+                    only_id.insert("Id".into(), Value::String(id));
                     out.push((*row, only_id));
                 }
                 continue;
             }
-            match found {
-                [id] => {
+            match self.only_record(field, &value, &ids) {
+                Ok(Some(id)) => {
                     let mut fields = fields.clone();
                     fields.retain(|name, _| !is_record_id(name));
-                    fields.insert("Id".into(), Value::String(id.clone()));
+                    fields.insert("Id".into(), Value::String(id.to_string()));
                     out.push((*row, fields));
                 }
-                [] => refused.push((
-                    *row,
-                    format!("no {} record has {field} = {value:?} to update", self.object),
-                )),
-                many => refused.push((
-                    *row,
-                    format!(
-                        "{} {} records have {field} = {value:?}; match on a unique field",
-                        many.len(),
-                        self.object
-                    ),
-                )),
+                Ok(None) => refused.push((*row, self.not_found(field, &value))),
+                Err(reason) => refused.push((*row, reason)),
             }
         }
         Ok((out, refused))
+    }
+
+    /// Each row's value for the field records are matched on, with the ids
+    /// of the records that have it (one query per batch).
+    async fn looked_up(
+        &self,
+        rows: &[(usize, Map<String, Value>)],
+        field: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, DeliveryError> {
+        let values: Vec<String> = rows.iter().map(|(_, fields)| matching_value(fields, field)).collect();
+        let lookup: Vec<&str> = values.iter().map(String::as_str).collect();
+        let ids = self.record_ids(&lookup).await?;
+        Ok(values
+            .into_iter()
+            .map(|value| {
+                let found = ids.get(&value.to_lowercase()).cloned().unwrap_or_default();
+                (value, found)
+            })
+            .collect())
+    }
+
+    /// The one record a row updates: none when no record has its value, an
+    /// error when several do (Salesforce would not know which is meant).
+    fn only_record<'a>(&self, field: &str, value: &str, ids: &'a [String]) -> Result<Option<&'a str>, String> {
+        match ids {
+            [] => Ok(None),
+            [id] => Ok(Some(id)),
+            many => Err(format!(
+                "{} {} records have {field} = {value:?}; match on a unique field",
+                many.len(),
+                self.object
+            )),
+        }
+    }
+
+    fn not_found(&self, field: &str, value: &str) -> String {
+        format!("no {} record has {field} = {value:?} to update", self.object)
     }
 }

@@ -5,7 +5,7 @@
 
 use super::fake::{FakeSalesforce, Fault};
 use crate::behaviour::Action;
-use crate::destinations::contract::{self, send, ContractFake};
+use crate::destinations::contract::{self, send, send_bulk, ContractFake};
 use crate::destinations::{build, DeliveryError, REGISTRY};
 use ebb_shared::config::SyncMode;
 use serde_json::{json, Value};
@@ -357,24 +357,6 @@ async fn configs_that_cannot_work_are_refused_before_a_run() {
 }
 
 /// Sends `values` as one bulk job through `jobs`.
-async fn send_bulk(
-    destination: &dyn crate::destinations::Destination,
-    action: Action,
-    values: &[Value],
-    jobs: &crate::jobs::JobLog,
-) -> Result<Vec<Result<(), String>>, DeliveryError> {
-    let owned: Vec<(String, String)> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (i.to_string(), v.to_string()))
-        .collect();
-    let batch: Vec<crate::destinations::Record<'_>> = owned
-        .iter()
-        .map(|(key, json)| crate::destinations::Record::new(key, json))
-        .collect();
-    destination.send_bulk(action, &batch, jobs).await
-}
-
 fn job_log(dir: &tempfile::TempDir, first: usize, len: usize) -> crate::jobs::JobLog {
     let storage = ebb_shared::storage::Storage::from_url(dir.path().to_str().unwrap()).unwrap();
     crate::jobs::JobLog::new(storage, "syncs/s/runs/r/checkpoints/0-ff/", &(first..first + len))
