@@ -259,7 +259,7 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
                     Some(described) if !described.writable && Some(field) != matching => problems.push(locations.error(
                         &at,
                         format!(
-                            "sync {name:?} maps to field {field:?}, which destination {:?} does not let anyone write                              (read-only, calculated or set by the system); map to another field",
+                            "sync {name:?} maps to field {field:?}, which destination {:?} does not let anyone write (read-only, calculated or set by the system); map to another field",
                             spec.destination_name
                         ),
                     )),

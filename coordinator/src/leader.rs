@@ -54,6 +54,19 @@ pub async fn until_leader(role: &mut watch::Receiver<Role>) -> bool {
     }
 }
 
+/// How long a new leader of `epoch` grants no lease. A previous leader's
+/// leases may still be in use for one TTL: nothing is granted until they
+/// have expired, so no destination sees more than its limit across the
+/// takeover. A single-process store, and the first leader a state DB ever
+/// had (epoch 1), have no predecessor: their first run delivers at once.
+pub fn lease_hold(shared_store: bool, epoch: i64) -> Duration {
+    if shared_store && epoch > 1 {
+        LEASE_TTL
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Campaigns for the lead until `shutdown`, then holds it; publishes each
 /// change of role. `url` is where this replica's API answers, for workers
 /// that reach a standby.
@@ -92,11 +105,7 @@ pub async fn campaign(
             return;
         }
     };
-    // A previous leader's leases may still be in use for one TTL: grant
-    // nothing until they have expired, so no destination sees more than its
-    // limit across the takeover. A single-process store has no predecessor.
-    let hold_leases_for = if store.is_postgres() { LEASE_TTL } else { Duration::ZERO };
-    leases.lead(hold_leases_for);
+    leases.lead(lease_hold(store.is_postgres(), record.epoch));
     tracing::info!(epoch = record.epoch, holder = %record.holder, "this coordinator leads");
     let _ = role.send(Role::Leader(record));
     let mut last_answer = tokio::time::Instant::now();
@@ -121,5 +130,26 @@ pub async fn campaign(
             let _ = role.send(Role::Deposed(format!("{reason}; another coordinator may lead now")));
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_leader_with_a_predecessor_holds_its_leases_back() {
+        assert_eq!(
+            lease_hold(true, 1),
+            Duration::ZERO,
+            "the first leader has no predecessor"
+        );
+        assert_eq!(lease_hold(true, 2), LEASE_TTL, "a takeover waits out the old leases");
+        assert_eq!(lease_hold(true, 40), LEASE_TTL);
+        assert_eq!(
+            lease_hold(false, 3),
+            Duration::ZERO,
+            "a single-process store has one coordinator"
+        );
     }
 }

@@ -17,18 +17,74 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
-/// Shares add up to this part of a rate limit: the margin absorbs each
-/// worker's one-request burst and the jitter between a worker's limiter and
-/// the moment its request reaches the server (HubSpot's 100 requests per
-/// rolling 10 s, shared by four workers, draws no 429 at 97%:
-/// docs/benchmarks.md).
+/// Shares of a rate limit without a documented window add up to this part of
+/// it: the margin absorbs each worker's one-request burst and the jitter
+/// between a worker's limiter and the moment its request reaches the server.
 pub const RATE_HEADROOM: f64 = 0.97;
+/// Where the vendor counts its limit over a window (HubSpot: 100 requests per
+/// rolling 10 s), each worker is granted whole requests of the window and
+/// paces them over the window and this margin: its next request after its
+/// share comes this long after a window from its first, so transport jitter
+/// below it never puts one more of its requests into any window.
+pub const WINDOW_MARGIN: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 struct Holder {
     rate: f64,
+    /// Requests of the vendor's window granted, where the limit has one.
+    window_requests: u32,
     concurrency: u32,
     expires: Instant,
+}
+
+/// A holder's part of a rate limit: requests per second and, where the
+/// vendor counts over a window, the whole requests of the window they come
+/// from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RateShare {
+    per_second: f64,
+    window_requests: u32,
+}
+
+/// The rate share of the holder at `position` among `holders`, never more
+/// than the others leave of the limit. A newcomer may get nothing until the
+/// others renew down to their fair part.
+fn rate_share(limit: f64, window: Option<Duration>, holders: usize, position: usize, others: &[&Holder]) -> RateShare {
+    // Whole requests of the window; a limit below one per window (a user's
+    // lowered rate) is kept as a rate.
+    let window_budget = window
+        .map(|window| {
+            (
+                (limit * window.as_secs_f64()).floor().min(f64::from(u32::MAX)) as u32,
+                window,
+            )
+        })
+        .filter(|(budget, _)| *budget >= 1);
+    match window_budget {
+        Some((budget, window)) => {
+            // A worker granted n requests of the window sends one every
+            // (window + margin) / n: any window then holds at most n of its
+            // requests, its first one included, and the n add up to the
+            // vendor's count.
+            let holders = holders as u32;
+            let fair = budget / holders + u32::from((position as u32) < budget % holders);
+            let taken: u32 = others.iter().map(|h| h.window_requests).sum();
+            let window_requests = fair.min(budget.saturating_sub(taken));
+            RateShare {
+                per_second: f64::from(window_requests) / (window + WINDOW_MARGIN).as_secs_f64(),
+                window_requests,
+            }
+        }
+        _ => {
+            let budget = limit * RATE_HEADROOM;
+            let fair = budget / holders as f64;
+            let taken: f64 = others.iter().map(|h| h.rate).sum();
+            RateShare {
+                per_second: fair.min((budget - taken).max(0.0)),
+                window_requests: 0,
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,14 +143,13 @@ impl LeaseTable {
         let previous = leases.holders.remove(&request.holder);
         let holders = leases.holders.len() + 1;
         let position = leases.holders.keys().filter(|k| **k < request.holder).count();
-        let others_rate: f64 = leases.holders.values().map(|h| h.rate).sum();
-        let others_concurrency: u32 = leases.holders.values().map(|h| h.concurrency).sum();
+        let others: Vec<&Holder> = leases.holders.values().collect();
+        let others_concurrency: u32 = others.iter().map(|h| h.concurrency).sum();
 
-        let rate = configured.limits.rate_limit.map(|limit| {
-            let budget = limit * RATE_HEADROOM;
-            let fair = budget / holders as f64;
-            fair.min((budget - others_rate).max(0.0))
-        });
+        let rate = configured
+            .limits
+            .rate_limit
+            .map(|limit| rate_share(limit, configured.limits.rate_window, holders, position, &others));
         let concurrency = configured.limits.max_concurrency.map(|limit| {
             let fair = limit / holders as u32 + u32::from((position as u32) < limit % holders as u32);
             fair.min(limit.saturating_sub(others_concurrency))
@@ -103,7 +158,8 @@ impl LeaseTable {
         leases.holders.insert(
             request.holder.clone(),
             Holder {
-                rate: rate.unwrap_or(0.0),
+                rate: rate.map_or(0.0, |r| r.per_second),
+                window_requests: rate.map_or(0, |r| r.window_requests),
                 concurrency: concurrency.unwrap_or(0),
                 expires: now + LEASE_TTL,
             },
@@ -114,7 +170,7 @@ impl LeaseTable {
             .map(|until| until - now)
             .unwrap_or_default();
         Ok(LeaseGrant {
-            rate,
+            rate: rate.map(|r| r.per_second),
             concurrency,
             paused_for_ms: paused_for.as_millis() as u64,
             ttl_ms: LEASE_TTL.as_millis() as u64,
@@ -271,6 +327,7 @@ mod tests {
             destination: "crm".to_string(),
             limits: DeliveryLimits {
                 rate_limit: Some(20.0),
+                rate_window: None,
                 max_concurrency: Some(4),
             },
         }
@@ -299,6 +356,75 @@ mod tests {
         }
         let concurrency: Vec<u32> = grants.values().map(|g| g.concurrency.unwrap()).collect();
         assert_eq!(concurrency, vec![2, 1, 1]);
+    }
+
+    /// A table whose destination `crm` takes 100 requests per rolling 10 s
+    /// (HubSpot's Starter limit).
+    fn windowed_table() -> LeaseTable {
+        let limits = ConfiguredLimits {
+            limits: DeliveryLimits {
+                rate_limit: Some(10.0),
+                rate_window: Some(Duration::from_secs(10)),
+                max_concurrency: None,
+            },
+            max_pause: Duration::from_secs(60),
+        };
+        LeaseTable {
+            destinations: HashMap::new(),
+            configured: HashMap::from([("crm".to_string(), limits)]),
+        }
+    }
+
+    /// The most requests a worker pacing at `rate`, its first sent at once,
+    /// puts into any stretch of `span`.
+    fn most_in(span: Duration, rate: f64) -> u32 {
+        if rate <= 0.0 {
+            return 0;
+        }
+        (span.as_secs_f64() * rate).floor() as u32 + 1
+    }
+
+    #[test]
+    fn a_windowed_limit_is_split_in_whole_requests_no_window_can_exceed() {
+        let window = Duration::from_secs(10);
+        // Jitter below the margin may stretch the window a request is
+        // counted in; it must not let one more in.
+        let stretched = window + WINDOW_MARGIN - Duration::from_millis(1);
+        for workers in 1..=12 {
+            let mut table = windowed_table();
+            let now = Instant::now();
+            let names: Vec<String> = (0..workers).map(|i| format!("w{i:02}")).collect();
+            let mut grants: BTreeMap<String, LeaseGrant> = BTreeMap::new();
+            // Newcomers take what the others leave, then all renew to fair.
+            for round in 0..3 {
+                for name in &names {
+                    grants.insert(name.clone(), granted(&mut table, &request(name), now));
+                    let in_window: u32 = grants.values().map(|g| most_in(stretched, g.rate.unwrap())).sum();
+                    assert!(
+                        in_window <= 100,
+                        "{workers} workers, round {round}: {in_window} in a window"
+                    );
+                }
+            }
+            let rates: Vec<f64> = grants.values().map(|g| g.rate.unwrap()).collect();
+            let total: f64 = rates.iter().sum();
+            assert!(
+                (total - 100.0 / (window + WINDOW_MARGIN).as_secs_f64()).abs() < 1e-9,
+                "{workers} workers use the whole window: {total}/s"
+            );
+            let spread = rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
+            assert!(
+                spread * 10.1 < 1.0 + 1e-9,
+                "{workers} workers: shares differ by one request at most"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rate_below_one_request_per_window_stays_a_rate() {
+        let share = rate_share(0.05, Some(Duration::from_secs(10)), 1, 0, &[]);
+        assert_eq!(share.window_requests, 0);
+        assert!((share.per_second - 0.05 * RATE_HEADROOM).abs() < 1e-12, "{share:?}");
     }
 
     #[test]
@@ -350,6 +476,7 @@ mod tests {
         let mut greedy = request("w1");
         greedy.limits = DeliveryLimits {
             rate_limit: Some(10_000.0),
+            rate_window: None,
             max_concurrency: Some(1_000),
         };
         let grant = granted(&mut table, &greedy, Instant::now());

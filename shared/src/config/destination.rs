@@ -37,6 +37,12 @@ impl DestinationConfig {
 pub struct DeliveryLimits {
     /// Requests per second across every worker of the fleet.
     pub rate_limit: Option<f64>,
+    /// The window the vendor counts `rate_limit` over (HubSpot: 100 requests
+    /// per rolling 10 s), when it documents one: the fleet then splits the
+    /// window's whole requests among its workers instead of keeping a share
+    /// of the rate in reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_window: Option<Duration>,
     /// Requests in flight across every worker of the fleet.
     pub max_concurrency: Option<u32>,
 }
@@ -108,6 +114,13 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// The same problem, for a field inside the block `parent` (a setting
+    /// checked on its own, like a URL, that lives in a nested block).
+    pub fn under(mut self, parent: &str) -> FieldError {
+        self.path.insert(0, Segment::key(parent));
+        self
+    }
+
     /// A problem with the field at `path` (`&["batch_size"]`), worded for the user.
     pub fn at(path: &[&str], message: impl Into<String>) -> FieldError {
         FieldError {

@@ -69,6 +69,12 @@ struct ErrorAnswer {
     error: Option<String>,
     #[serde(default)]
     error_description: Option<String>,
+    /// Older HubSpot endpoints name the error `status` and describe it in
+    /// `message` instead.
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// A token is renewed this long before the server said it expires.
@@ -76,6 +82,11 @@ const RENEW_BEFORE: Duration = Duration::from_secs(60);
 
 pub struct OAuth2 {
     token_url: String,
+    /// Asked instead once `token_url` answers 404: a vendor's older token
+    /// endpoint, for servers that do not have its newest one.
+    fallback_token_url: std::sync::Mutex<Option<String>>,
+    /// The endpoint that answered last.
+    answering_url: std::sync::Mutex<Option<String>>,
     client_id: String,
     client_secret: String,
     /// The latest refresh token: servers may rotate it with every grant.
@@ -109,6 +120,8 @@ impl OAuth2 {
             .collect();
         Ok(OAuth2 {
             token_url,
+            fallback_token_url: std::sync::Mutex::new(None),
+            answering_url: std::sync::Mutex::new(None),
             client_id: config.client_id.clone(),
             client_secret,
             refresh_token: Mutex::new(refresh_token),
@@ -117,6 +130,12 @@ impl OAuth2 {
             current: Mutex::new(None),
             secrets: std::sync::Mutex::new(secrets),
         })
+    }
+
+    /// Asks `url` for tokens when the configured endpoint answers 404.
+    pub fn with_fallback(self, url: String) -> OAuth2 {
+        *self.fallback_token_url.lock().expect("fallback lock") = Some(url);
+        self
     }
 
     /// Every secret of this grant so far, to redact from texts.
@@ -154,6 +173,31 @@ impl OAuth2 {
     }
 
     async fn grant(&self) -> Result<Token, DeliveryError> {
+        loop {
+            let url = self
+                .answering_url
+                .lock()
+                .expect("url lock")
+                .clone()
+                .unwrap_or_else(|| self.token_url.clone());
+            match self.grant_at(&url).await {
+                Err(GrantError::NotFound(error)) => {
+                    let fallback = self.fallback_token_url.lock().expect("fallback lock").take();
+                    match fallback {
+                        Some(fallback) => {
+                            tracing::info!("the token endpoint answered 404; asking the vendor's older endpoint");
+                            *self.answering_url.lock().expect("url lock") = Some(fallback);
+                        }
+                        None => return Err(error),
+                    }
+                }
+                Err(GrantError::Other(error)) => return Err(error),
+                Ok(token) => return Ok(token),
+            }
+        }
+    }
+
+    async fn grant_at(&self, token_url: &str) -> Result<Token, GrantError> {
         let refresh_token = self.refresh_token.lock().await.clone();
         let mut form: Vec<(&str, &str)> = vec![("client_id", &self.client_id), ("client_secret", &self.client_secret)];
         match &refresh_token {
@@ -163,7 +207,7 @@ impl OAuth2 {
         if let Some(scope) = &self.scope {
             form.push(("scope", scope));
         }
-        let answer = self.http.post(&self.token_url).form(&form).send().await.map_err(|e| {
+        let answer = self.http.post(token_url).form(&form).send().await.map_err(|e| {
             DeliveryError::Transient(self.redact(&format!("token request failed: {}", e.without_url())))
         })?;
         let status = answer.status().as_u16();
@@ -177,18 +221,23 @@ impl OAuth2 {
             .await
             .map_err(|e| DeliveryError::Transient(self.redact(&format!("token answer: {}", e.without_url()))))?;
         if !(200..300).contains(&status) {
-            let said: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
+            let mut said: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
+            said.error = said.error.or(said.status.take());
+            said.error_description = said.error_description.or(said.message.take());
             let text = self.redact(&format!(
                 "the token endpoint answered {status}: {}{}",
                 said.error.as_deref().unwrap_or("no error code"),
                 said.error_description.map(|d| format!(" ({d})")).unwrap_or_default()
             ));
             return Err(match status {
-                429 => DeliveryError::RateLimited { retry_after },
-                408 | 500..=599 => DeliveryError::Transient(text),
+                404 => GrantError::NotFound(DeliveryError::Permanent(format!(
+                    "{text}; check the destination's token endpoint"
+                ))),
+                429 => DeliveryError::RateLimited { retry_after }.into(),
+                408 | 500..=599 => DeliveryError::Transient(text).into(),
                 // invalid_client, invalid_grant, unauthorized_client: the
                 // credentials must be fixed (or the app re-authorized).
-                _ => DeliveryError::Permanent(format!("{text}; check the destination's oauth2 credentials")),
+                _ => DeliveryError::Permanent(format!("{text}; check the destination's oauth2 credentials")).into(),
             });
         }
         let granted: TokenAnswer = serde_json::from_slice(&body)
@@ -206,6 +255,59 @@ impl OAuth2 {
             instance_url: granted.instance_url,
             expires_at: granted.expires_in.map(|s| Instant::now() + Duration::from_secs(s)),
         })
+    }
+}
+
+/// Why a grant failed: a missing endpoint may have an older one to ask.
+enum GrantError {
+    NotFound(DeliveryError),
+    Other(DeliveryError),
+}
+
+impl From<DeliveryError> for GrantError {
+    fn from(error: DeliveryError) -> Self {
+        GrantError::Other(error)
+    }
+}
+
+/// How a destination authenticates: a token given in the config, or an
+/// OAuth 2.0 grant that renews it.
+pub enum Credentials {
+    Fixed(String),
+    OAuth2(Box<OAuth2>),
+}
+
+impl Credentials {
+    /// The token to send now.
+    pub async fn token(&self) -> Result<Token, DeliveryError> {
+        match self {
+            Credentials::Fixed(token) => Ok(Token::fixed(token)),
+            Credentials::OAuth2(oauth2) => oauth2.token().await,
+        }
+    }
+
+    /// After a `401` for `used`: whether a renewed token may be tried (once
+    /// per request, by the caller); a fixed token cannot be renewed.
+    pub async fn renew_after_refusal(&self, used: &Token) -> bool {
+        match self {
+            Credentials::Fixed(_) => false,
+            Credentials::OAuth2(oauth2) => {
+                oauth2.refused(used).await;
+                true
+            }
+        }
+    }
+
+    /// Every secret to remove from texts.
+    pub fn secrets(&self) -> Vec<String> {
+        match self {
+            Credentials::Fixed(token) => vec![token.clone()],
+            Credentials::OAuth2(oauth2) => oauth2.secrets(),
+        }
+    }
+
+    pub fn is_fixed(&self) -> bool {
+        matches!(self, Credentials::Fixed(_))
     }
 }
 

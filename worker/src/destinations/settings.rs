@@ -15,6 +15,8 @@ pub const MAX_CONCURRENCY: u32 = 10_000;
 pub struct Documented {
     /// The vendor's request limit, fleet-wide; `None` where there is none.
     pub rate_limit: Option<f64>,
+    /// The window the vendor counts that limit over, when it documents one.
+    pub rate_window: Option<std::time::Duration>,
     /// The vendor's limit on requests in flight.
     pub max_concurrency: Option<u32>,
     /// The most a request may carry.
@@ -94,6 +96,8 @@ pub fn apply(documented: &Documented, requested: Requested) -> Result<(DeliveryL
     }
     let limits = DeliveryLimits {
         rate_limit: requested.rate_limit.or(documented.rate_limit),
+        // A lowered rate is counted over the vendor's window all the same.
+        rate_window: documented.rate_window,
         max_concurrency: requested.max_concurrency.or(documented.max_concurrency),
     };
     let batch = BatchLimits {
@@ -109,6 +113,7 @@ mod tests {
 
     const VENDOR: Documented = Documented {
         rate_limit: Some(10.0),
+        rate_window: None,
         max_concurrency: None,
         batch: BatchLimits {
             records: 100,

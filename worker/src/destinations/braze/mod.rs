@@ -38,6 +38,7 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const DOCUMENTED: Documented = Documented {
     // `/users/track`: 3,000 requests per three seconds per workspace.
     rate_limit: Some(1000.0),
+    rate_window: Some(std::time::Duration::from_secs(3)),
     max_concurrency: None,
     batch: BatchLimits {
         records: TRACK_OBJECTS,

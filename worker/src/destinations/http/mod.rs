@@ -32,6 +32,7 @@ pub struct Http;
 /// The generic contract has no vendor limits: the user's hold.
 const DOCUMENTED: Documented = Documented {
     rate_limit: None,
+    rate_window: None,
     max_concurrency: None,
     batch: BatchLimits::records(usize::MAX),
     default_batch_size: 100,

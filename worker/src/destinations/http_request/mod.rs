@@ -57,6 +57,7 @@ impl Connector for HttpRequest {
         }
         let documented = Documented {
             rate_limit: None,
+            rate_window: None,
             max_concurrency: None,
             batch: BatchLimits {
                 records: if batched { MAX_BATCH } else { 1 },

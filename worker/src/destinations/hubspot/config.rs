@@ -6,8 +6,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpotConfig {
-    /// A private app's access token, as a `${VAR}` reference.
-    pub access_token: String,
+    /// A private app's access token, as a `${VAR}` reference; or `oauth2`.
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// A public (OAuth) app's grant: Ebb renews its 30-minute access tokens
+    /// with the refresh token the account's install gave.
+    #[serde(default)]
+    pub oauth2: Option<HubSpotOAuth2>,
     /// The CRM object records are written to: `contacts`, `companies`,
     /// `deals`, another standard object, or a custom object's type id
     /// (`2-1234567`). Audience syncs add contacts to `list_id`.
@@ -19,7 +24,8 @@ pub struct HubSpotConfig {
     pub list_id: Option<String>,
     /// The account's subscription, which sets HubSpot's request limit for a
     /// private app: `starter` (100 per 10 s, also Free), `professional` and
-    /// `enterprise` (190), `api_limit_increase` (250).
+    /// `enterprise` (190), `api_limit_increase` (250). An OAuth app has 110
+    /// per 10 s in every account whatever its tier.
     #[serde(default)]
     pub tier: Tier,
     /// Where the API is; changed only to point Ebb at a test server.
@@ -39,6 +45,28 @@ pub struct HubSpotConfig {
     pub max_retry_after: Duration,
 }
 
+/// `oauth2:` of a HubSpot destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSpotOAuth2 {
+    /// The app's client id.
+    pub client_id: String,
+    /// The app's client secret, as a `${VAR}` reference.
+    pub client_secret: String,
+    /// The refresh token of the account's install, as a `${VAR}` reference.
+    pub refresh_token: String,
+    /// The token endpoint; by default HubSpot's current one under
+    /// `api_base_url` ([`TOKEN_PATH`]), or its older v1 endpoint
+    /// ([`V1_TOKEN_PATH`]) on a server that does not have it.
+    #[serde(default)]
+    pub token_url: Option<String>,
+}
+
+/// HubSpot's dated OAuth token endpoint (API version 2026-03).
+pub const TOKEN_PATH: &str = "/oauth/2026-03/token";
+/// The v1 token endpoint HubSpot retires on 2027-02-16.
+pub const V1_TOKEN_PATH: &str = "/oauth/v1/token";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
@@ -48,6 +76,10 @@ pub enum Tier {
     Enterprise,
     ApiLimitIncrease,
 }
+
+/// Requests a public (OAuth) app may make per rolling ten seconds in each
+/// account that installed it.
+pub const OAUTH_APP_REQUESTS_PER_TEN_SECONDS: u32 = 110;
 
 impl Tier {
     /// Requests a private app may make per rolling ten seconds (HubSpot's

@@ -2,7 +2,10 @@
 //! the connector uses (developers.hubspot.com/docs/api-reference): the batch
 //! object endpoints (100 inputs at most, 207 multi-status with
 //! `context.objectWriteTraceId` or `context.ids`), list memberships (manual
-//! lists only), Bearer private-app tokens (401 `INVALID_AUTHENTICATION`), and
+//! lists only), Bearer private-app tokens (401 `INVALID_AUTHENTICATION`),
+//! public apps' OAuth tokens from `POST /oauth/2026-03/token` or
+//! `/oauth/v1/token` (refresh-token grant, 30-minute tokens; 401
+//! `EXPIRED_AUTHENTICATION` once one expires), and
 //! the ten-secondly rolling limit (429 `TEN_SECONDLY_ROLLING` with the
 //! `X-HubSpot-RateLimit-*` headers, no `Retry-After`, as documented).
 //!
@@ -44,6 +47,8 @@ struct Store {
     chaos: Chaos,
     /// When the first and the last request the limit let through came.
     admitted: Option<(Instant, Instant)>,
+    /// A public app installed in the account, when one is.
+    app: Option<OAuthApp>,
     /// (object, property, lowercased value) → record id, for lookups by a
     /// property (`idProperty`) in constant time.
     index: HashMap<(String, String, String), u64>,
@@ -84,6 +89,21 @@ impl Store {
     }
 }
 
+/// A public app's credentials and the access tokens granted to it.
+#[derive(Default)]
+struct OAuthApp {
+    client_id: String,
+    client_secret: String,
+    refresh_token: String,
+    /// Access tokens still valid.
+    valid: BTreeSet<String>,
+    /// Access tokens that were valid once.
+    expired: BTreeSet<String>,
+    grants: u64,
+    /// Only the v1 token endpoint answers (a server from before 2026-03).
+    v1_only: bool,
+}
+
 #[derive(Clone)]
 pub struct FakeHubSpot {
     pub url: String,
@@ -116,11 +136,56 @@ impl FakeHubSpot {
             .route("/crm/v3/properties/{object}", get(properties))
             .route("/crm/v3/lists/{list}", get(show_list))
             .route("/crm/v3/lists/{list}/memberships/{operation}", put(memberships))
+            .route("/oauth/2026-03/token", post(dated_token))
+            .route("/oauth/v1/token", post(v1_token))
             .with_state(fake.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         fake
+    }
+
+    /// Installs a public app: its tokens come from the token endpoints.
+    pub fn install_app(&self, client_id: &str, client_secret: &str, refresh_token: &str) {
+        self.store.lock().unwrap().app = Some(OAuthApp {
+            client_id: client_id.to_string(),
+            client_secret: client_secret.to_string(),
+            refresh_token: refresh_token.to_string(),
+            ..OAuthApp::default()
+        });
+    }
+
+    /// Only `/oauth/v1/token` answers; the dated endpoint is a 404.
+    pub fn token_endpoint_v1_only(&self) {
+        if let Some(app) = self.store.lock().unwrap().app.as_mut() {
+            app.v1_only = true;
+        }
+    }
+
+    /// Every access token granted so far expires now.
+    pub fn expire_tokens(&self) {
+        if let Some(app) = self.store.lock().unwrap().app.as_mut() {
+            let valid = std::mem::take(&mut app.valid);
+            app.expired.extend(valid);
+        }
+    }
+
+    /// Access tokens the app was granted.
+    pub fn grants(&self) -> u64 {
+        self.store.lock().unwrap().app.as_ref().map_or(0, |app| app.grants)
+    }
+
+    /// The app's secrets and every access token granted to it.
+    pub fn app_secrets(&self) -> Vec<String> {
+        let store = self.store.lock().unwrap();
+        let Some(app) = store.app.as_ref() else {
+            return Vec::new();
+        };
+        [app.client_secret.clone(), app.refresh_token.clone()]
+            .into_iter()
+            .chain(app.valid.iter().cloned())
+            .chain(app.expired.iter().cloned())
+            .collect()
     }
 
     pub fn fault(&self, fault: Fault, times: usize) {
@@ -197,7 +262,16 @@ impl FakeHubSpot {
             .and_then(|v| v.strip_prefix("Bearer "));
         let mut store = self.store.lock().unwrap();
         store.requests += 1;
-        if token != Some(self.token.as_str()) {
+        let app = store.app.as_ref();
+        if token.is_some_and(|t| app.is_some_and(|app| app.expired.contains(t))) {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "EXPIRED_AUTHENTICATION",
+                "The OAuth token used to make this call expired 1 second(s) ago.",
+            ));
+        }
+        let granted = token.is_some_and(|t| app.is_some_and(|app| app.valid.contains(t)));
+        if token != Some(self.token.as_str()) && !granted {
             return Err(error(
                 StatusCode::UNAUTHORIZED,
                 "INVALID_AUTHENTICATION",
@@ -214,7 +288,8 @@ impl FakeHubSpot {
         }
         if let Some(limit) = self.limit {
             let now = Instant::now();
-            let window = store.window.entry(self.token.clone()).or_default();
+            // The limit is the account's, whichever app's token is used.
+            let window = store.window.entry("account".to_string()).or_default();
             while window
                 .front()
                 .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(10))
@@ -231,6 +306,63 @@ impl FakeHubSpot {
         store.admitted = Some(store.admitted.map_or((now, now), |(first, _)| (first, now)));
         Ok(fault)
     }
+}
+
+async fn dated_token(State(fake): State<FakeHubSpot>, body: Bytes) -> Response {
+    if fake.store.lock().unwrap().app.as_ref().is_some_and(|app| app.v1_only) {
+        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+    }
+    grant(&fake, &body)
+}
+
+async fn v1_token(State(fake): State<FakeHubSpot>, body: Bytes) -> Response {
+    grant(&fake, &body)
+}
+
+/// The refresh-token grant, form-encoded as HubSpot documents it; errors
+/// carry RFC 6749's `error` and HubSpot's `status` and `message`.
+fn grant(fake: &FakeHubSpot, body: &[u8]) -> Response {
+    let form: HashMap<String, String> = reqwest::Url::parse(&format!("http://x/?{}", String::from_utf8_lossy(body)))
+        .map(|url| url.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    let refuse = |error: &str, status: &str, message: &str| {
+        let body = json!({"error": error, "error_description": message, "status": status, "message": message});
+        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    };
+    let mut store = fake.store.lock().unwrap();
+    let Some(app) = store.app.as_mut() else {
+        return refuse("invalid_client", "BAD_CLIENT_ID", "missing or unknown client id");
+    };
+    if form.get("client_id") != Some(&app.client_id) {
+        return refuse("invalid_client", "BAD_CLIENT_ID", "missing or unknown client id");
+    }
+    if form.get("client_secret") != Some(&app.client_secret) {
+        return refuse(
+            "invalid_client",
+            "BAD_CLIENT_SECRET",
+            "missing or invalid client secret",
+        );
+    }
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return refuse("unsupported_grant_type", "BAD_GRANT_TYPE", "unsupported grant type");
+    }
+    if form.get("refresh_token") != Some(&app.refresh_token) {
+        return refuse(
+            "invalid_grant",
+            "BAD_REFRESH_TOKEN",
+            "refresh token is invalid, expired or revoked",
+        );
+    }
+    app.grants += 1;
+    let access_token = format!("CKDZ-access-{}-{:08x}", app.grants, rand::random::<u32>());
+    app.valid.insert(access_token.clone());
+    axum::Json(json!({
+        "token_type": "bearer",
+        "refresh_token": app.refresh_token,
+        "access_token": access_token,
+        "expires_in": 1800,
+    }))
+    .into_response()
 }
 
 fn error(status: StatusCode, category: &str, message: &str) -> Response {

@@ -22,7 +22,7 @@ use crate::behaviour::Action;
 use crate::error::TaskError;
 use async_trait::async_trait;
 use client::Client;
-pub use config::{HubSpotConfig, Tier};
+pub use config::{HubSpotConfig, HubSpotOAuth2, Tier};
 use ebb_shared::config::{
     BatchLimits, Capabilities, DeleteBehavior, DestinationProfile, FieldError, SyncMode, SyncSpec, SyncType,
 };
@@ -42,14 +42,19 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Record ids per list-membership request (v3 documents none; v1 took 500).
 const MEMBERSHIP_IDS: usize = 500;
 
-fn documented(tier: Tier) -> Documented {
-    // The limit is per rolling ten seconds, declared as its average: the
-    // fleet's leases keep their own headroom under any declared limit (for
-    // the workers' one-request bursts and transport jitter), so counting one
-    // here as well would only slow every sync down.
-    let per_second = f64::from(tier.requests_per_ten_seconds()) / 10.0;
+fn documented(config: &HubSpotConfig) -> Documented {
+    // The limit is per rolling ten seconds, declared as its average and its
+    // window: the fleet's leases split the window's requests among the
+    // workers and keep the margin for transport jitter themselves, so
+    // counting one here as well would only slow every sync down.
+    let per_ten_seconds = match config.oauth2 {
+        Some(_) => config::OAUTH_APP_REQUESTS_PER_TEN_SECONDS,
+        None => config.tier.requests_per_ten_seconds(),
+    };
+    let per_second = f64::from(per_ten_seconds) / 10.0;
     Documented {
         rate_limit: Some(per_second),
+        rate_window: Some(std::time::Duration::from_secs(10)),
         max_concurrency: None,
         batch: BatchLimits {
             records: BATCH_INPUTS,
@@ -57,6 +62,23 @@ fn documented(tier: Tier) -> Documented {
         },
         default_batch_size: BATCH_INPUTS,
     }
+}
+
+/// The settings holding `${VAR}` references, each at its path.
+fn expanded_settings(config: &HubSpotConfig) -> Vec<(Vec<String>, String)> {
+    let mut settings = vec![(vec!["api_base_url".into()], config.api_base_url.clone())];
+    if let Some(token) = &config.access_token {
+        settings.push((vec!["access_token".into()], token.clone()));
+    }
+    if let Some(oauth2) = &config.oauth2 {
+        let at = |field: &str| vec!["oauth2".to_string(), field.to_string()];
+        settings.push((at("client_secret"), oauth2.client_secret.clone()));
+        settings.push((at("refresh_token"), oauth2.refresh_token.clone()));
+        if let Some(url) = &oauth2.token_url {
+            settings.push((at("token_url"), url.clone()));
+        }
+    }
+    settings
 }
 
 impl Connector for HubSpot {
@@ -69,7 +91,26 @@ impl Connector for HubSpot {
             rate_limit: config.rate_limit,
             max_concurrency: config.max_concurrency,
         };
-        let (limits, batch) = settings::apply(&documented(config.tier), requested)?;
+        let (limits, batch) = settings::apply(&documented(config), requested)?;
+        match (&config.access_token, &config.oauth2) {
+            (Some(_), None) | (None, Some(_)) => {}
+            (Some(_), Some(_)) => {
+                return Err(FieldError::at(
+                    &["oauth2"],
+                    "set `access_token` (a private app) or `oauth2` (a public app), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(FieldError::at(
+                    &["access_token"],
+                    "HubSpot needs credentials: `access_token` (a private app's token as a ${VAR} reference) \
+                     or an `oauth2` block (a public app's client_id, client_secret and refresh_token)",
+                ))
+            }
+        }
+        if let Some(url) = config.oauth2.as_ref().and_then(|o| o.token_url.as_deref()) {
+            settings::check_url(url, "token_url").map_err(|e| e.under("oauth2"))?;
+        }
         if config.object.trim().is_empty() || config.object.contains('/') {
             return Err(FieldError::at(
                 &["object"],
@@ -94,10 +135,7 @@ impl Connector for HubSpot {
             limits,
             batch,
             max_retry_after: config.max_retry_after,
-            expanded_settings: vec![
-                (vec!["access_token".into()], config.access_token.clone()),
-                (vec!["api_base_url".into()], config.api_base_url.clone()),
-            ],
+            expanded_settings: expanded_settings(config),
         })
     }
 

@@ -140,6 +140,157 @@ impl ContractFake for FakeHubSpot {
 
 crate::contract_tests!(super::FakeHubSpot);
 
+/// The same HubSpot reached by a public app: OAuth tokens that expire and
+/// are renewed by the refresh-token grant.
+struct PublicApp(FakeHubSpot);
+
+const CLIENT_ID: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+const CLIENT_SECRET: &str = "cs-11112222-3333-4444-5555-666677778888";
+const REFRESH_TOKEN: &str = "na1-rt-9999aaaa-bbbb-cccc-dddd-eeeeffff0000";
+
+impl PublicApp {
+    /// The `oauth2` block, its secrets as per-fake variables.
+    fn oauth2_settings(&self, refresh_token: &str) -> String {
+        let secret = token_variable(&self.0, "CLIENT_SECRET");
+        let refresh = token_variable(&self.0, &format!("REFRESH_{}", refresh_token.len()));
+        std::env::set_var(&secret, CLIENT_SECRET);
+        std::env::set_var(&refresh, refresh_token);
+        format!(
+            "    oauth2:\n      client_id: {CLIENT_ID}\n      client_secret: \"${{{secret}}}\"\n      \
+             refresh_token: \"${{{refresh}}}\"\n    api_base_url: {}\n",
+            self.0.url
+        )
+    }
+}
+
+impl ContractFake for PublicApp {
+    const MATCHING: &'static str = "email";
+
+    async fn start() -> Self {
+        let fake = FakeHubSpot::start(TOKEN, None).await;
+        fake.install_app(CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN);
+        PublicApp(fake)
+    }
+
+    fn settings(&self, timeout: &str) -> String {
+        format!("{}    timeout: {timeout}\n", self.oauth2_settings(REFRESH_TOKEN))
+    }
+
+    fn refused_settings(&self) -> String {
+        self.oauth2_settings("na1-rt-revoked")
+    }
+
+    fn kind(&self) -> &'static str {
+        "hubspot"
+    }
+
+    fn record(&self, key: &str, plan: &str) -> Value {
+        self.0.record(key, plan)
+    }
+
+    fn refuse(&self, key: &str) {
+        self.0.refuse(key);
+    }
+
+    fn fault(&self, fault: Fault, times: usize) {
+        FakeHubSpot::fault(&self.0, fault, times);
+    }
+
+    fn create(&self, key: &str, plan: &str) {
+        self.0.create(key, plan);
+    }
+
+    fn held(&self) -> std::collections::BTreeMap<String, Option<String>> {
+        self.0.held()
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        let mut secrets = self.0.app_secrets();
+        secrets.push("na1-rt-revoked".into());
+        secrets
+    }
+
+    fn expire_sessions(&self) -> bool {
+        self.0.expire_tokens();
+        true
+    }
+}
+
+mod public_app {
+    crate::contract_tests!(crate::destinations::hubspot::tests::PublicApp);
+}
+
+#[tokio::test]
+async fn a_public_app_renews_its_token_once_per_expiry_and_never_shows_it() {
+    let app = PublicApp::start().await;
+    let spec_text = |settings: String| {
+        format!(
+            "sources:\n  files: {{ type: csv, path: . }}\nmodels:\n  people: {{ source: files, file: p.csv, primary_key: id }}\n\
+             destinations:\n  crm:\n    type: hubspot\n{settings}syncs:\n  s: {{ model: people, destination: crm, mode: upsert, \
+             record_matching: {{ from: email, to: email }} }}\n"
+        )
+    };
+    let text = spec_text(app.settings("5s"));
+    let config = crate::config::from_yaml_str(std::path::Path::new("t.yaml"), &text, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let crm = build(&config.sync_spec("s").unwrap()).await.unwrap();
+    // One grant serves every request until its token expires (after the
+    // first here); then one more grant, however many requests follow.
+    for (email, grants) in [("a@x.com", 1), ("b@x.com", 2), ("c@x.com", 2)] {
+        let rows = [json!({"email": email, "plan": "pro"})];
+        assert_eq!(send(crm.as_ref(), Action::Upsert, &rows).await.unwrap(), vec![Ok(())]);
+        assert_eq!(app.0.grants(), grants, "after {email}");
+        if email == "a@x.com" {
+            app.0.expire_tokens();
+        }
+    }
+    assert_eq!(app.0.held().len(), 3);
+    // The app's limit is 110 requests per 10 s in every account, whatever
+    // the tier says.
+    let limits = crate::destinations::profile(&config.destinations["crm"])
+        .unwrap()
+        .limits;
+    assert_eq!(limits.rate_limit, Some(11.0));
+    assert_eq!(limits.rate_window, Some(std::time::Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn a_server_without_the_dated_token_endpoint_is_asked_at_v1() {
+    let app = PublicApp::start().await;
+    app.0.token_endpoint_v1_only();
+    let crm = crate::destinations::contract::open(&app, SyncMode::Upsert, "5s").await;
+    let rows = [json!({"email": "a@x.com", "plan": "pro"})];
+    assert_eq!(send(crm.as_ref(), Action::Upsert, &rows).await.unwrap(), vec![Ok(())]);
+    assert_eq!(app.0.grants(), 1);
+}
+
+#[test]
+fn credentials_are_one_of_a_token_and_an_oauth2_block() {
+    for (settings, says) in [
+        ("", "HubSpot needs credentials"),
+        (
+            "    access_token: \"${T}\"\n    oauth2: { client_id: c, client_secret: \"${S}\", refresh_token: \"${R}\" }\n",
+            "not both",
+        ),
+        (
+            "    oauth2: { client_id: c, client_secret: \"${S}\", refresh_token: \"${R}\", token_url: \"ftp://x\" }\n",
+            "token_url",
+        ),
+        ("    oauth2: { client_id: c, client_secret: \"${S}\" }\n", "refresh_token"),
+    ] {
+        let text = format!(
+            "sources:\n  files: {{ type: csv, path: . }}\nmodels:\n  people: {{ source: files, file: p.csv, primary_key: id }}\n\
+             destinations:\n  crm:\n    type: hubspot\n{settings}syncs:\n  s: {{ model: people, destination: crm, mode: upsert, \
+             record_matching: {{ from: email, to: email }} }}\n"
+        );
+        let error = crate::config::from_yaml_str(std::path::Path::new("t.yaml"), &text, std::path::Path::new("."))
+            .err()
+            .unwrap_or_else(|| panic!("{settings} accepted"))
+            .to_string();
+        assert!(error.contains(says), "{settings}: {error}");
+    }
+}
+
 #[tokio::test]
 async fn upsert_update_clear_and_delete_by_a_unique_property() {
     let fake = FakeHubSpot::start(TOKEN, None).await;

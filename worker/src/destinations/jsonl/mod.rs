@@ -22,6 +22,7 @@ pub struct Jsonl;
 
 const DOCUMENTED: Documented = Documented {
     rate_limit: None,
+    rate_window: None,
     // One file, appended to by one writer at a time.
     max_concurrency: Some(1),
     batch: BatchLimits::records(usize::MAX),

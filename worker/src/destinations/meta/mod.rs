@@ -42,6 +42,7 @@ const DOCUMENTED: Documented = Documented {
     // Meta throttles by its business-use-case scores, not a fixed rate: the
     // throttling answers pause the fleet for as long as they say.
     rate_limit: None,
+    rate_window: None,
     max_concurrency: None,
     batch: BatchLimits {
         records: ROWS_PER_REQUEST,

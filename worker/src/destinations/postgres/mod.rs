@@ -34,6 +34,7 @@ pub struct Postgres;
 /// one JSON parameter, which PostgreSQL caps at 1 GB.
 const DOCUMENTED: Documented = Documented {
     rate_limit: None,
+    rate_window: None,
     max_concurrency: None,
     batch: BatchLimits {
         records: 100_000,

@@ -6,21 +6,16 @@
 use super::response;
 use super::SalesforceConfig;
 use crate::debugger;
-use crate::destinations::oauth::{OAuth2, Token};
+use crate::destinations::oauth::{Credentials, OAuth2};
 use crate::destinations::DeliveryError;
 use crate::error::TaskError;
 use ebb_shared::config::expand_env;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-enum Auth {
-    Fixed(String),
-    OAuth2(Box<OAuth2>),
-}
-
 pub(super) struct Client {
     http: reqwest::Client,
-    auth: Auth,
+    auth: Credentials,
     /// Set by the config; otherwise the token answer's `instance_url`.
     instance_url: Option<String>,
     /// `/services/data/vNN.N`.
@@ -50,8 +45,10 @@ impl Client {
             reason,
         };
         let auth = match (&config.access_token, &config.oauth2) {
-            (Some(token), None) => Auth::Fixed(expand_env(token, &format!("destination {name:?} access_token"))?),
-            (None, Some(oauth2)) => Auth::OAuth2(Box::new(OAuth2::new(oauth2, name, config.timeout)?)),
+            (Some(token), None) => {
+                Credentials::Fixed(expand_env(token, &format!("destination {name:?} access_token"))?)
+            }
+            (None, Some(oauth2)) => Credentials::OAuth2(Box::new(OAuth2::new(oauth2, name, config.timeout)?)),
             _ => return Err(setup("set one of `access_token` and `oauth2`".into())),
         };
         let instance_url = config
@@ -60,7 +57,7 @@ impl Client {
             .map(|url| expand_env(url, &format!("destination {name:?} instance_url")))
             .transpose()?
             .map(|url| url.trim_end_matches('/').to_string());
-        if instance_url.is_none() && matches!(auth, Auth::Fixed(_)) {
+        if instance_url.is_none() && auth.is_fixed() {
             return Err(setup(
                 "with `access_token`, set `instance_url` (https://MyDomain.my.salesforce.com)".into(),
             ));
@@ -81,10 +78,7 @@ impl Client {
     }
 
     pub fn secrets(&self) -> Vec<String> {
-        match &self.auth {
-            Auth::Fixed(token) => vec![token.clone()],
-            Auth::OAuth2(oauth2) => oauth2.secrets(),
-        }
+        self.auth.secrets()
     }
 
     /// A path under the versioned REST root, e.g. `/composite/sobjects`.
@@ -157,10 +151,7 @@ impl Client {
         }
         let mut renewed = false;
         loop {
-            let token = match &self.auth {
-                Auth::Fixed(token) => Token::fixed(token),
-                Auth::OAuth2(oauth2) => oauth2.token().await?,
-            };
+            let token = self.auth.token().await?;
             let base = match (&self.instance_url, &token.instance_url) {
                 (Some(url), _) => url.clone(),
                 (None, Some(url)) => url.trim_end_matches('/').to_string(),
@@ -206,9 +197,8 @@ impl Client {
             if (200..300).contains(&status) {
                 return Ok(Answer { body: bytes.to_vec() });
             }
-            if let (401, Auth::OAuth2(oauth2), false) = (status, &self.auth, renewed) {
-                // INVALID_SESSION_ID: the session expired or was revoked.
-                oauth2.refused(&token).await;
+            // INVALID_SESSION_ID: the session expired or was revoked.
+            if status == 401 && !renewed && self.auth.renew_after_refusal(&token).await {
                 renewed = true;
                 continue;
             }

@@ -49,6 +49,7 @@ const MAX_RECORDS_PER_JOB: usize = 1_000_000;
 const DOCUMENTED: Documented = Documented {
     // Salesforce limits requests per 24 hours (per org), not per second.
     rate_limit: None,
+    rate_window: None,
     max_concurrency: None,
     batch: BatchLimits {
         records: COLLECTION_RECORDS,
