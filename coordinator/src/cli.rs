@@ -359,6 +359,9 @@ struct GcArgs {
     /// How often the janitor sweeps the object store.
     #[arg(long, default_value = "10m", env = "EBB_GC_EVERY", value_parser = humantime::parse_duration, value_name = "DURATION")]
     gc_every: Duration,
+    /// How long the live debugger's request logs (with the rows they carried) are kept after their run; never past --retention.
+    #[arg(long, default_value = "7d", env = "EBB_DEBUGGER_RETENTION", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    debugger_retention: Duration,
 }
 
 impl GcArgs {
@@ -368,6 +371,7 @@ impl GcArgs {
             grace: self.gc_grace,
             run_files_after: self.gc_run_files_after,
             every: self.gc_every,
+            requests_retention: self.debugger_retention,
         }
     }
 }

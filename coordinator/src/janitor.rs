@@ -32,6 +32,10 @@ pub struct GcSettings {
     pub run_files_after: Duration,
     /// How often the janitor sweeps.
     pub every: Duration,
+    /// How long the live debugger's request logs (requests, answers and the
+    /// rows they carried) are kept after their run ended; never longer than
+    /// the run itself.
+    pub requests_retention: Duration,
 }
 
 impl GcSettings {
@@ -39,6 +43,9 @@ impl GcSettings {
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(25 * 3600);
     pub const DEFAULT_RUN_FILES_AFTER: Duration = Duration::from_secs(600);
     pub const DEFAULT_EVERY: Duration = Duration::from_secs(600);
+    /// A week: long enough to debug last week's failures, short for row
+    /// payloads to linger in the object store.
+    pub const DEFAULT_REQUESTS_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
     /// Checks the settings against the run deadline; the error names the
     /// setting to change.
@@ -72,6 +79,7 @@ impl Default for GcSettings {
             grace: Self::DEFAULT_GRACE,
             run_files_after: Self::DEFAULT_RUN_FILES_AFTER,
             every: Self::DEFAULT_EVERY,
+            requests_retention: Self::DEFAULT_REQUESTS_RETENTION,
         }
     }
 }
@@ -118,8 +126,11 @@ pub fn plan_sweep(keys: &[String], references: &SyncReferences, now: i64, settin
             (Some(Some(ended)), ObjectKind::Chunks | ObjectKind::Checkpoint | ObjectKind::Rows) => {
                 now - ended >= ms(settings.run_files_after)
             }
-            // The live debugger's request logs stay as long as their run.
-            (Some(Some(_)), ObjectKind::Requests) => references.expired.contains(object.run_id),
+            // The live debugger's request logs stay for their own retention,
+            // and never outlive their run.
+            (Some(Some(ended)), ObjectKind::Requests) => {
+                references.expired.contains(object.run_id) || now - ended >= ms(settings.requests_retention)
+            }
             // Unreferenced snapshot objects of an ended run, and anything of a
             // run the DB no longer holds: only after a grace since first seen.
             (Some(Some(_)), ObjectKind::Snapshot) | (None, _) => match candidate_since {
@@ -508,7 +519,7 @@ mod tests {
     }
 
     #[test]
-    fn request_logs_stay_as_long_as_their_run() {
+    fn request_logs_stay_for_the_debugger_retention_and_never_outlive_their_run() {
         let settings = GcSettings::default();
         let key = paths::requests("s", "r", &ebb_shared::hashing::HashRange::FULL, "t");
         let mut references = SyncReferences::default();
@@ -517,7 +528,14 @@ mod tests {
         let later = settings.run_files_after.as_millis() as i64 * 10;
         let plan = plan_sweep(std::slice::from_ref(&key), &references, later, &settings);
         assert!(plan.delete.is_empty() && plan.mark.is_empty(), "{plan:?}");
-        // It goes with the run.
+        // It goes once the debugger's retention has passed, the run kept.
+        let retention = settings.requests_retention.as_millis() as i64;
+        let plan = plan_sweep(std::slice::from_ref(&key), &references, retention - 1, &settings);
+        assert!(plan.delete.is_empty(), "{plan:?}");
+        let plan = plan_sweep(std::slice::from_ref(&key), &references, retention, &settings);
+        assert_eq!(plan.delete, vec![key.clone()]);
+        assert!(plan.expire_runs.is_empty(), "the run itself stays: {plan:?}");
+        // And with the run, whichever comes first.
         references.expired.insert("r".into());
         let plan = plan_sweep(std::slice::from_ref(&key), &references, later, &settings);
         assert_eq!(plan.delete, vec![key]);

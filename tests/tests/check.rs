@@ -344,3 +344,44 @@ syncs:
         "{stdout}"
     );
 }
+
+/// With `--connect`, the destination's own field list is read: a mapping to
+/// a field the vendor lets no one write (HubSpot's `hs_object_id`) is named
+/// at its line, and the config passes once that mapping goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_names_a_mapping_to_a_field_no_one_may_write() {
+    use ebb_worker::destinations::hubspot::fake::FakeHubSpot;
+    const TOKEN: &str = "pat-na1-check000-0000-4000-8000-000000000000";
+    let fake = FakeHubSpot::start(TOKEN, None).await;
+    // Read by the `ebb check` process this test starts.
+    std::env::set_var("EBB_TEST_CHECK_HUBSPOT_TOKEN", TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    write_good_data(dir.path());
+    let text = format!(
+        "sources:\n  files: {{ type: csv, path: data }}\n\
+         models:\n  customers: {{ source: files, file: customers.csv, primary_key: id }}\n\
+         destinations:\n  crm: {{ type: hubspot, access_token: \"${{EBB_TEST_CHECK_HUBSPOT_TOKEN}}\", api_base_url: \"{}\" }}\n\
+         syncs:\n  to-crm:\n    model: customers\n    destination: crm\n    mode: upsert\n    \
+         record_matching: {{ from: email, to: email }}\n    mappings:\n      - {{ from: email, to: email }}\n      \
+         - {{ from: id, to: hs_object_id }}\n",
+        fake.url
+    );
+    let file = dir.path().join("ebb.yaml");
+    std::fs::write(&file, &text).unwrap();
+
+    let (code, stdout, stderr) = check(&file, &["--connect"]);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    let line = text.lines().position(|l| l.contains("to: hs_object_id")).unwrap() + 1;
+    let prefix = format!("{}:{line}: ", file.display());
+    let says = "sync \"to-crm\" maps to field \"hs_object_id\", which destination \"crm\" does not let anyone write \
+                (read-only, calculated or set by the system); map to another field";
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(says)),
+        "expected `{prefix}…{says}` in:\n{stderr}"
+    );
+
+    let fixed = text.replace("      - { from: id, to: hs_object_id }\n", "");
+    std::fs::write(&file, &fixed).unwrap();
+    let (code, stdout, stderr) = check(&file, &["--connect"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
