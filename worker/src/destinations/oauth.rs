@@ -81,12 +81,12 @@ struct ErrorAnswer {
 const RENEW_BEFORE: Duration = Duration::from_secs(60);
 
 pub struct OAuth2 {
-    token_url: String,
+    /// The endpoint asked: the configured one, or the fallback after it
+    /// answered 404.
+    token_url: std::sync::Mutex<String>,
     /// Asked instead once `token_url` answers 404: a vendor's older token
     /// endpoint, for servers that do not have its newest one.
-    fallback_token_url: std::sync::Mutex<Option<String>>,
-    /// The endpoint that answered last.
-    answering_url: std::sync::Mutex<Option<String>>,
+    fallback_token_url: Option<String>,
     client_id: String,
     client_secret: String,
     /// The latest refresh token: servers may rotate it with every grant.
@@ -119,9 +119,8 @@ impl OAuth2 {
             .chain(refresh_token.clone())
             .collect();
         Ok(OAuth2 {
-            token_url,
-            fallback_token_url: std::sync::Mutex::new(None),
-            answering_url: std::sync::Mutex::new(None),
+            token_url: std::sync::Mutex::new(token_url),
+            fallback_token_url: None,
             client_id: config.client_id.clone(),
             client_secret,
             refresh_token: Mutex::new(refresh_token),
@@ -133,8 +132,8 @@ impl OAuth2 {
     }
 
     /// Asks `url` for tokens when the configured endpoint answers 404.
-    pub fn with_fallback(self, url: String) -> OAuth2 {
-        *self.fallback_token_url.lock().expect("fallback lock") = Some(url);
+    pub fn with_fallback(mut self, url: String) -> OAuth2 {
+        self.fallback_token_url = Some(url);
         self
     }
 
@@ -173,27 +172,14 @@ impl OAuth2 {
     }
 
     async fn grant(&self) -> Result<Token, DeliveryError> {
-        loop {
-            let url = self
-                .answering_url
-                .lock()
-                .expect("url lock")
-                .clone()
-                .unwrap_or_else(|| self.token_url.clone());
-            match self.grant_at(&url).await {
-                Err(GrantError::NotFound(error)) => {
-                    let fallback = self.fallback_token_url.lock().expect("fallback lock").take();
-                    match fallback {
-                        Some(fallback) => {
-                            tracing::info!("the token endpoint answered 404; asking the vendor's older endpoint");
-                            *self.answering_url.lock().expect("url lock") = Some(fallback);
-                        }
-                        None => return Err(error),
-                    }
-                }
-                Err(GrantError::Other(error)) => return Err(error),
-                Ok(token) => return Ok(token),
+        let url = self.token_url.lock().expect("url lock").clone();
+        match (self.grant_at(&url).await, &self.fallback_token_url) {
+            (Err(GrantError::NotFound(_)), Some(fallback)) if *fallback != url => {
+                tracing::info!("the token endpoint answered 404; asking the vendor's older endpoint from now on");
+                *self.token_url.lock().expect("url lock") = fallback.clone();
+                self.grant_at(fallback).await.map_err(GrantError::into_delivery)
             }
+            (answer, _) => answer.map_err(GrantError::into_delivery),
         }
     }
 
@@ -262,6 +248,14 @@ impl OAuth2 {
 enum GrantError {
     NotFound(DeliveryError),
     Other(DeliveryError),
+}
+
+impl GrantError {
+    fn into_delivery(self) -> DeliveryError {
+        match self {
+            GrantError::NotFound(error) | GrantError::Other(error) => error,
+        }
+    }
 }
 
 impl From<DeliveryError> for GrantError {
