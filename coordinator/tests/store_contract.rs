@@ -6,7 +6,7 @@
 use ebb_coordinator::run::RunStatus;
 use ebb_coordinator::store::{pointer_base, CommitOutcome, NewRun, ShardPlanRow, StateStore};
 use ebb_shared::hashing::{covers_space_exactly_once, HashRange, BUCKET_COUNT};
-use ebb_shared::protocol::{OpCounts, ShardReport};
+use ebb_shared::protocol::{BucketRows, OpCounts, ShardReport};
 use sqlx::{Connection, Executor, PgConnection};
 
 async fn sqlite_store(dir: &tempfile::TempDir) -> StateStore {
@@ -74,7 +74,23 @@ fn report(index: u32, range: HashRange, key: &str, added: u64) -> ShardReport {
         rejected_sample: vec![],
         rows_key: None,
         destination_error: None,
+        snapshot_buckets: vec![],
     }
+}
+
+/// `report` with its snapshot holding `per_bucket` rows in each bucket of its range.
+fn with_buckets(mut report: ShardReport, per_bucket: u64) -> ShardReport {
+    let (first, last) = (
+        HashRange::bucket_of(report.range.start),
+        HashRange::bucket_of(report.range.last),
+    );
+    report.snapshot_buckets = (first..=last)
+        .map(|bucket| BucketRows {
+            bucket: bucket as u32,
+            rows: per_bucket,
+        })
+        .collect();
+    report
 }
 
 fn equal_ranges(n: usize) -> Vec<HashRange> {
@@ -140,7 +156,11 @@ async fn contract(store: StateStore) {
     let ranges = processing_run(&store, "r4", 3).await;
     for (i, range) in ranges.iter().enumerate() {
         let outcome = store
-            .commit_shard("r4", "s", &report(i as u32, *range, &format!("obj-r4-{i}"), 10))
+            .commit_shard(
+                "r4",
+                "s",
+                &with_buckets(report(i as u32, *range, &format!("obj-r4-{i}"), 10), 1),
+            )
             .await
             .unwrap();
         assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");
@@ -175,10 +195,21 @@ async fn contract(store: StateStore) {
     let ranges = processing_run(&store, "r5", 5).await;
     for (i, range) in ranges.iter().enumerate().rev() {
         let outcome = store
-            .commit_shard("r5", "s", &report(i as u32, *range, &format!("obj-r5-{i}"), 1))
+            .commit_shard(
+                "r5",
+                "s",
+                &with_buckets(report(i as u32, *range, &format!("obj-r5-{i}"), 1), 2),
+            )
             .await
             .unwrap();
         assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");
+        // The counts follow the pointers: the committed range's from its
+        // report, the trimmed remainders' kept from the snapshots they were.
+        let counts = store.snapshot_bucket_rows("s").await.unwrap();
+        for (bucket, &rows) in counts.iter().enumerate() {
+            let moved = ranges[i..].iter().any(|r| r.contains(HashRange::bucket(bucket).start));
+            assert_eq!(rows, if moved { 2 } else { 1 }, "after r5 shard {i}, bucket {bucket}");
+        }
         let covered: Vec<HashRange> = store.pointers("s").await.unwrap().iter().map(|p| p.range).collect();
         assert!(covers_space_exactly_once(&covered), "after r5 shard {i}: {covered:?}");
     }

@@ -254,6 +254,17 @@ pub struct ShardReport {
     /// Set when the destination failed for the whole shard (all rows failed with it).
     #[serde(default)]
     pub destination_error: Option<String>,
+    /// The rows `snapshot_key` holds per bucket (buckets without any left
+    /// out): the previous side the next run's shards are sized by. Empty from
+    /// a worker older than it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_buckets: Vec<BucketRows>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRows {
+    pub bucket: u32,
+    pub rows: u64,
 }
 
 /// How many invalid or rejected rows a report lists by key; the full list of

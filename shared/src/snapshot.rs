@@ -8,6 +8,12 @@
 //! `MAPPING_ERROR` flag it is instead why the row could not be mapped — such
 //! entries appear in chunk files only, never in snapshots.
 //! Snapshot files are sorted by `(key_hash, key)`; chunk files are not.
+//!
+//! A snapshot's header also holds a bucket index (`bucket_offsets`), so that a
+//! shard needing a part of a wider snapshot — after a re-shard — reads the
+//! header and then only the bytes of its buckets, never the whole object.
+//! Files written before the index are still read, whole. Header fields are
+//! read by name and unknown ones ignored, so adding one needs no new version.
 
 use crate::hashing::{Fingerprint, HashRange, KeyHash, HASH_ALGORITHM};
 use serde::{Deserialize, Serialize};
@@ -36,6 +42,13 @@ pub struct Header {
     pub run_id: String,
     pub range: HashRange,
     pub entries: u64,
+    /// Snapshots only: where each bucket of `range` starts, in bytes from the
+    /// end of the header, followed by the end of the entries (so bucket `b`'s
+    /// entries are `bucket_offsets[b - first]..bucket_offsets[b - first + 1]`,
+    /// `first` being the bucket of `range.start`). Empty in chunk files and in
+    /// snapshots written before the index existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bucket_offsets: Vec<u64>,
 }
 
 /// One row as CDC sees it.
@@ -75,6 +88,13 @@ pub enum FormatError {
 pub struct EntryWriter {
     body: Vec<u8>,
     entries: u64,
+    /// Where each run of entries of one bucket starts, in push order: the
+    /// bucket index of a snapshot file.
+    bucket_starts: Vec<(usize, u64)>,
+    /// Entries came in `(key_hash, …)` order (as a snapshot's must), so
+    /// `bucket_starts` holds each bucket once, ascending.
+    sorted: bool,
+    last_hash: KeyHash,
 }
 
 impl Default for EntryWriter {
@@ -88,6 +108,9 @@ impl EntryWriter {
         EntryWriter {
             body: Vec::new(),
             entries: 0,
+            bucket_starts: Vec::new(),
+            sorted: true,
+            last_hash: 0,
         }
     }
 
@@ -138,6 +161,7 @@ impl EntryWriter {
 
     /// An entry's fields up to its key; the record's length and bytes follow.
     fn write_head(&mut self, key_hash: KeyHash, key: &str, fingerprint: Fingerprint, flags: u8) {
+        self.note_bucket(key_hash);
         self.body.extend_from_slice(&key_hash.to_le_bytes());
         self.body.extend_from_slice(&fingerprint.to_le_bytes());
         self.body.push(flags);
@@ -155,8 +179,46 @@ impl EntryWriter {
     /// bounding one entry), so entries can be built on several threads and
     /// gathered into per-bucket files by one.
     pub fn push_encoded(&mut self, entry: &[u8]) {
+        let key_hash = entry
+            .get(..8)
+            .map_or(0, |hash| u64::from_le_bytes(hash.try_into().unwrap()));
+        self.note_bucket(key_hash);
         self.body.extend_from_slice(entry);
         self.entries += 1;
+    }
+
+    /// Records where an entry of `key_hash` starts, for the bucket index.
+    fn note_bucket(&mut self, key_hash: KeyHash) {
+        if self.entries > 0 && key_hash < self.last_hash {
+            self.sorted = false;
+        }
+        self.last_hash = key_hash;
+        let bucket = HashRange::bucket_of(key_hash);
+        if self.bucket_starts.last().is_none_or(|&(last, _)| last != bucket) {
+            self.bucket_starts.push((bucket, self.body.len() as u64));
+        }
+    }
+
+    /// The dense bucket index of `range` (see `Header::bucket_offsets`), or
+    /// nothing when the entries were not in order or lie outside `range`.
+    fn bucket_offsets(&self, range: &HashRange) -> Vec<u64> {
+        let (first, last) = (HashRange::bucket_of(range.start), HashRange::bucket_of(range.last));
+        let inside = self.bucket_starts.iter().all(|&(b, _)| (first..=last).contains(&b));
+        if !self.sorted || !inside {
+            return Vec::new();
+        }
+        let end = self.body.len() as u64;
+        let mut offsets = Vec::with_capacity(last - first + 2);
+        let mut starts = self.bucket_starts.iter().peekable();
+        for bucket in first..=last {
+            // A bucket with no entries starts where the next one with some does.
+            while starts.peek().is_some_and(|&&(b, _)| b < bucket) {
+                starts.next();
+            }
+            offsets.push(starts.peek().map_or(end, |&&(_, offset)| offset));
+        }
+        offsets.push(end);
+        offsets
     }
 
     pub fn push_entry(&mut self, entry: &Entry) {
@@ -194,6 +256,10 @@ impl EntryWriter {
             run_id: run_id.to_string(),
             range,
             entries: self.entries,
+            bucket_offsets: match kind {
+                FileKind::Snapshot => self.bucket_offsets(&range),
+                FileKind::Chunk => Vec::new(),
+            },
         };
         let header = rmp_serde::to_vec_named(&header).expect("header serializes");
         out.extend_from_slice(MAGIC);
@@ -205,16 +271,25 @@ impl EntryWriter {
 
 /// Reads the header and entries of one file.
 pub fn read_entries(bytes: &[u8]) -> Result<(Header, EntryIter<'_>), FormatError> {
-    if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        return Err(FormatError::BadMagic);
-    }
-    let header_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
-    let header_end = 8 + header_len;
+    let header_end = header_end(bytes)?;
     if bytes.len() < header_end {
         return Err(FormatError::Truncated(bytes.len()));
     }
-    let header: Header =
-        rmp_serde::from_slice(&bytes[8..header_end]).map_err(|e| FormatError::Header(e.to_string()))?;
+    let header = parse_header(&bytes[8..header_end])?;
+    let iter = EntryIter::run(bytes, header_end, &header, Some(header.entries));
+    Ok((header, iter))
+}
+
+/// Where a file's header ends, from its first 8 bytes.
+fn header_end(bytes: &[u8]) -> Result<usize, FormatError> {
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    Ok(8 + u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize)
+}
+
+fn parse_header(bytes: &[u8]) -> Result<Header, FormatError> {
+    let header: Header = rmp_serde::from_slice(bytes).map_err(|e| FormatError::Header(e.to_string()))?;
     if header.format_version > FORMAT_VERSION {
         return Err(FormatError::UnknownVersion(header.format_version));
     }
@@ -223,17 +298,69 @@ pub fn read_entries(bytes: &[u8]) -> Result<(Header, EntryIter<'_>), FormatError
             found: header.hash_algorithm,
         });
     }
-    let flagged = header.format_version >= 2;
-    let remaining = header.entries;
-    Ok((
-        header,
-        EntryIter {
-            bytes,
-            position: header_end,
-            flagged,
-            remaining,
-        },
-    ))
+    Ok(header)
+}
+
+/// Bytes a reader of part of a snapshot fetches first: the magic, the header
+/// and its bucket index (about 5 KiB for the whole hash space), in one read.
+pub const LAYOUT_READ: u64 = 16 * 1024;
+
+/// What the first bytes of a file say about where its entries lie.
+#[derive(Debug)]
+pub enum Layout {
+    /// The header is longer than the bytes given: read `0..header_end`.
+    NeedBytes {
+        header_end: u64,
+    },
+    Read(FileLayout),
+}
+
+#[derive(Debug, Clone)]
+pub struct FileLayout {
+    pub header: Header,
+    /// Where the entries start in the file.
+    pub body_start: u64,
+}
+
+impl FileLayout {
+    /// The bytes of the file that hold every entry of `part` (and perhaps
+    /// others of the same buckets), or `None` when the file has no bucket
+    /// index and must be read whole.
+    pub fn bytes_of(&self, part: &HashRange) -> Option<std::ops::Range<u64>> {
+        let offsets = &self.header.bucket_offsets;
+        let first = HashRange::bucket_of(self.header.range.start);
+        if offsets.len() != HashRange::bucket_of(self.header.range.last) - first + 2 {
+            return None;
+        }
+        let Some(part) = part.intersect(&self.header.range) else {
+            return Some(self.body_start..self.body_start);
+        };
+        let (from, to) = (
+            HashRange::bucket_of(part.start) - first,
+            HashRange::bucket_of(part.last) - first,
+        );
+        Some(self.body_start + offsets[from]..self.body_start + offsets[to + 1])
+    }
+
+    /// The entries in `bytes`, which are the file's bytes `bytes_of` named.
+    pub fn entries<'a>(&self, bytes: &'a [u8]) -> EntryIter<'a> {
+        EntryIter::run(bytes, 0, &self.header, None)
+    }
+}
+
+/// Reads a file's layout from its first bytes (`LAYOUT_READ` of them, or the
+/// whole file if shorter).
+pub fn read_layout(prefix: &[u8]) -> Result<Layout, FormatError> {
+    let header_end = header_end(prefix)?;
+    if prefix.len() < header_end {
+        return Ok(Layout::NeedBytes {
+            header_end: header_end as u64,
+        });
+    }
+    Ok(Layout::Read(FileLayout {
+        header: parse_header(&prefix[8..header_end])?,
+        body_start: header_end as u64,
+    }))
 }
 
 /// Reads files written back to back into one object (extraction packs one
@@ -285,11 +412,22 @@ pub struct EntryIter<'a> {
     position: usize,
     /// Entries carry a flags byte (format version 2 and later).
     flagged: bool,
-    /// Entries the header announced and not yet read.
-    remaining: u64,
+    /// Entries the header announced and not yet read; `None` reading a run of
+    /// entries cut out of a file, which ends with its bytes.
+    remaining: Option<u64>,
 }
 
-impl EntryIter<'_> {
+impl<'a> EntryIter<'a> {
+    /// Entries from `position` on: `count` of them, or as many as `bytes` holds.
+    fn run(bytes: &'a [u8], position: usize, header: &Header, count: Option<u64>) -> Self {
+        EntryIter {
+            bytes,
+            position,
+            flagged: header.format_version >= 2,
+            remaining: count,
+        }
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8], FormatError> {
         let end = self.position.checked_add(n).filter(|&end| end <= self.bytes.len());
         let end = end.ok_or(FormatError::Truncated(self.position))?;
@@ -335,13 +473,15 @@ impl Iterator for EntryIter<'_> {
     type Item = Result<Entry, FormatError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == 0 {
-            return None;
+        match &mut self.remaining {
+            Some(0) => return None,
+            Some(left) => *left -= 1,
+            None if self.position >= self.bytes.len() => return None,
+            None => {}
         }
-        self.remaining -= 1;
         let entry = self.read_entry();
         if entry.is_err() {
-            self.remaining = 0;
+            self.remaining = Some(0);
         }
         Some(entry)
     }
@@ -563,6 +703,7 @@ mod tests {
             run_id: "r".into(),
             range: HashRange::FULL,
             entries: 1,
+            bucket_offsets: Vec::new(),
         };
         let header = rmp_serde::to_vec_named(&header).unwrap();
         let mut bytes = MAGIC.to_vec();
@@ -590,5 +731,104 @@ mod tests {
         assert!(matches!(entries.next(), Some(Err(FormatError::Truncated(_)))));
         assert!(entries.next().is_none());
         assert!(matches!(read_entries(b"nope"), Err(FormatError::BadMagic)));
+    }
+
+    /// Sorted entries with `per_bucket` rows in every `step`-th bucket.
+    fn wide_snapshot(step: usize, per_bucket: u64) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        for bucket in (0..crate::hashing::BUCKET_COUNT).step_by(step) {
+            let start = HashRange::bucket(bucket).start;
+            for i in 0..per_bucket {
+                entries.push(Entry {
+                    key_hash: start + i * 7,
+                    key: format!("k{bucket}-{i}"),
+                    fingerprint: i as u128,
+                    record: format!(r#"{{"n":{i}}}"#),
+                    mapping_error: None,
+                });
+            }
+        }
+        entries
+    }
+
+    #[test]
+    fn a_snapshot_part_is_read_from_its_buckets_bytes_alone() {
+        let entries = wide_snapshot(3, 4);
+        let mut writer = EntryWriter::new();
+        for entry in &entries {
+            writer.push_entry(entry);
+        }
+        let file = writer.finish(FileKind::Snapshot, "s", "r", HashRange::FULL);
+        let Layout::Read(layout) = read_layout(&file).unwrap() else {
+            panic!("the whole file holds its header")
+        };
+        assert_eq!(layout.header.bucket_offsets.len(), crate::hashing::BUCKET_COUNT + 1);
+        for part in [
+            HashRange::buckets(0, 0),
+            HashRange::buckets(1, 2),
+            HashRange::buckets(10, 99),
+            HashRange::buckets(1000, 1023),
+            HashRange::FULL,
+        ] {
+            let bytes = layout.bytes_of(&part).unwrap();
+            let read: Vec<Entry> = layout
+                .entries(&file[bytes.start as usize..bytes.end as usize])
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let expected: Vec<Entry> = entries.iter().filter(|e| part.contains(e.key_hash)).cloned().collect();
+            assert_eq!(read, expected, "{part:?}");
+            if part != HashRange::FULL {
+                assert!(
+                    bytes.end - bytes.start < (file.len() as u64) / 4,
+                    "{part:?} reads {bytes:?}"
+                );
+            }
+        }
+        // A header longer than the bytes given asks for the rest.
+        assert!(matches!(
+            read_layout(&file[..20]).unwrap(),
+            Layout::NeedBytes { header_end } if header_end == layout.body_start
+        ));
+    }
+
+    #[test]
+    fn only_sorted_snapshots_carry_a_bucket_index() {
+        let entries = wide_snapshot(100, 2);
+        let mut chunk = EntryWriter::new();
+        let mut unsorted = EntryWriter::new();
+        for entry in &entries {
+            chunk.push_entry(entry);
+        }
+        for entry in entries.iter().rev() {
+            unsorted.push_entry(entry);
+        }
+        for (writer, kind) in [(chunk, FileKind::Chunk), (unsorted, FileKind::Snapshot)] {
+            let file = writer.finish(kind, "s", "r", HashRange::FULL);
+            let (header, _) = read_entries(&file).unwrap();
+            assert!(header.bucket_offsets.is_empty(), "{kind:?}");
+            let Layout::Read(layout) = read_layout(&file).unwrap() else {
+                panic!()
+            };
+            assert_eq!(layout.bytes_of(&HashRange::bucket(0)), None, "read whole");
+        }
+        // A snapshot whose range is one part of the hash space indexes that part.
+        let part = HashRange::buckets(100, 299);
+        let mut writer = EntryWriter::new();
+        for entry in entries.iter().filter(|e| part.contains(e.key_hash)) {
+            writer.push_entry(entry);
+        }
+        let file = writer.finish(FileKind::Snapshot, "s", "r", part);
+        let Layout::Read(layout) = read_layout(&file).unwrap() else {
+            panic!()
+        };
+        assert_eq!(layout.header.bucket_offsets.len(), 201);
+        let outside = layout.bytes_of(&HashRange::buckets(500, 600)).unwrap();
+        assert!(outside.is_empty(), "a part outside the file's range reads nothing");
+        let one = layout.bytes_of(&HashRange::bucket(200)).unwrap();
+        let read: Vec<Entry> = layout
+            .entries(&file[one.start as usize..one.end as usize])
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(read.len(), 2);
     }
 }

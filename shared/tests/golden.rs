@@ -15,7 +15,7 @@ use ebb_shared::protocol::{
     self, ChunkRef, OpCounts, ResultMessage, ShardReport, ShardTask, SnapshotPointer, TaskKind, TaskMessage,
     TaskOutcome,
 };
-use ebb_shared::snapshot::{read_entries, Entry, EntryWriter, FileKind};
+use ebb_shared::snapshot::{read_entries, read_layout, Entry, EntryWriter, FileKind, Layout};
 use ebb_shared::value::Value;
 use std::path::{Path, PathBuf};
 
@@ -113,6 +113,15 @@ fn snapshot_and_chunk_files_keep_their_bytes_and_stay_readable() {
         let read: Vec<Entry> = iter.collect::<Result<_, _>>().unwrap();
         assert_eq!(read, entries(), "{name}");
     }
+    // Snapshots written before they carried a bucket index are read whole.
+    let legacy = std::fs::read(golden("snapshot-v2-unindexed.bin")).unwrap();
+    let (header, iter) = read_entries(&legacy).unwrap();
+    assert!(header.bucket_offsets.is_empty());
+    let Layout::Read(layout) = read_layout(&legacy).unwrap() else {
+        panic!("the legacy snapshot's header is complete")
+    };
+    assert_eq!(layout.bytes_of(&HashRange::bucket(0)), None, "no index: read whole");
+    assert_eq!(iter.collect::<Result<Vec<Entry>, _>>().unwrap(), entries());
 }
 
 /// The HTTP destination's settings as version 1 wrote them: every field, its
@@ -218,6 +227,7 @@ fn result() -> ResultMessage {
             rejected_sample: Vec::new(),
             rows_key: Some("syncs/s/runs/run-1/rows/a.jsonl".into()),
             destination_error: None,
+            snapshot_buckets: Vec::new(),
         }),
     }
 }

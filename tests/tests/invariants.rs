@@ -244,6 +244,43 @@ async fn changing_the_shard_count_resends_nothing() {
     }
 }
 
+/// Shards are sized by what they diff on both sides: a model that lost every
+/// row has its removals split as its rows were, not sent by one shard holding
+/// the whole previous snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_model_splits_its_removals_like_its_rows() {
+    let setup = setup(3_000).await;
+    let runtime = setup
+        .runtime(&setup.database_url, PEOPLE, "    max_rows_per_shard: 500")
+        .await;
+    let first = run(&runtime, TriggerOptions::default()).await;
+    assert_eq!(first.succeeded.added, 3_000);
+    assert!(first.shards_total >= 6, "{first:?}");
+    let stored: u64 = runtime
+        .coordinator
+        .as_ref()
+        .unwrap()
+        .store()
+        .snapshot_bucket_rows("s")
+        .await
+        .unwrap()
+        .iter()
+        .sum();
+    assert_eq!(stored, 3_000, "the committed snapshots' rows are counted per bucket");
+    sqlx::query("DELETE FROM people").execute(&setup.pool).await.unwrap();
+    let emptied = run(&runtime, TriggerOptions::default()).await;
+    assert_eq!(emptied.status, RunStatus::Success, "{emptied:?}");
+    assert_eq!(emptied.succeeded.removed, 3_000);
+    assert!(
+        emptied.shards_total >= first.shards_total - 1,
+        "the removals went out in {} shards, the rows in {}",
+        emptied.shards_total,
+        first.shards_total
+    );
+    assert!(setup.sink.records().is_empty());
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Snapshots are immutable, so a shard whose entries all stay as they were
 /// keeps pointing at the object it already has; only a shard that changed
 /// gets a new one.

@@ -2,18 +2,19 @@
 //! backoff, `Retry-After`, per-row results and checkpoints.
 //!
 //! Batches go out concurrently (as far as the fleet limiter and its adaptive
-//! window allow) in the plan's order. The low watermark of finished batches is checkpointed
-//! continuously: whenever it has advanced and no checkpoint write is under way,
-//! a new one starts. An attempt that takes over after a crash skips what was
-//! done and resends at most the batches in flight plus those finished during one
-//! checkpoint write (invariant 5).
+//! window allow), in the plan's order, and answer in any order. Answers are
+//! checkpointed continuously (group commit): whenever some are unrecorded and
+//! no checkpoint write is under way, a new one starts with all of them. A
+//! batch keeps its request slot until a checkpoint holding its answer is
+//! written, so an attempt that takes over after a crash resends only batches
+//! that held a slot: the batches in flight (invariant 5).
 
 use crate::adaptive::Signal;
 use crate::behaviour::Action;
 use crate::destinations::{DeliveryError, Destination, Record, RowResults};
 use crate::diff::{PlannedOp, ShardDiff};
 use crate::jobs::JobLog;
-use crate::limits::FleetLimiter;
+use crate::limits::{FleetLimiter, RequestPermit};
 use crate::metrics::{Answer, WorkerMetrics};
 use ebb_shared::config::BatchLimits;
 use ebb_shared::storage::Storage;
@@ -57,11 +58,54 @@ impl Default for RetryPolicy {
 const MAX_BATCHES_IN_FLIGHT: usize = 32;
 
 /// What a checkpoint records: every op before `done_through` was answered, and
-/// these of them were rejected.
+/// so was every op of the batches in `answered` beyond it (batches answer out
+/// of order); `failures` are those of them that were rejected.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub done_through: usize,
     pub failures: BTreeMap<usize, String>,
+    /// Batches answered beyond `done_through`, by first op: their end.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub answered: BTreeMap<usize, usize>,
+}
+
+impl Checkpoint {
+    /// Records a batch's answers; `done_through` moves over every batch now
+    /// contiguous with it.
+    fn record(&mut self, batch: Range<usize>, rows: &[Result<(), String>]) {
+        for (i, row) in batch.clone().zip(rows) {
+            if let Err(error) = row {
+                self.failures.insert(i, error.clone());
+            }
+        }
+        self.answered.insert(batch.start, batch.end);
+        while let Some(end) = self.answered.remove(&self.done_through) {
+            self.done_through = end;
+        }
+    }
+
+    fn is_answered(&self, op: usize) -> bool {
+        op < self.done_through || self.answered.range(..=op).next_back().is_some_and(|(_, &end)| op < end)
+    }
+
+    /// Ops answered: it names the checkpoint's object and grows with every
+    /// write, so the furthest checkpoint sorts last.
+    fn answered_ops(&self) -> usize {
+        self.done_through + self.answered.iter().map(|(start, end)| end - start).sum::<usize>()
+    }
+
+    /// What this checkpoint says of a plan of `len` ops: the answered ones
+    /// with their outcomes (the rest are `None`).
+    fn outcomes(&self, len: usize) -> Vec<Option<Result<(), String>>> {
+        (0..len)
+            .map(|i| {
+                self.is_answered(i).then(|| match self.failures.get(&i) {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(()),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone)]
@@ -74,8 +118,13 @@ pub struct Checkpoints {
 impl Checkpoints {
     /// The furthest checkpoint any earlier attempt at this shard wrote.
     pub async fn latest(&self) -> Result<Checkpoint, ebb_shared::storage::StorageError> {
+        // The prefix also holds the bulk job log (`jobs/…`), which is no checkpoint.
         let keys = self.storage.list(&self.prefix).await?;
-        let Some(last) = keys.last() else {
+        let Some(last) = keys
+            .iter()
+            .filter(|key| key.ends_with(".ckpt") && !key[self.prefix.len().min(key.len())..].contains('/'))
+            .max()
+        else {
             return Ok(Checkpoint::default());
         };
         let bytes = self.storage.get(last).await?;
@@ -83,7 +132,7 @@ impl Checkpoints {
     }
 
     async fn write(&self, checkpoint: &Checkpoint) {
-        let key = format!("{}{:012}-{}.ckpt", self.prefix, checkpoint.done_through, self.attempt);
+        let key = format!("{}{:012}-{}.ckpt", self.prefix, checkpoint.answered_ops(), self.attempt);
         let bytes = ebb_shared::protocol::encode(checkpoint);
         if let Err(error) = self.storage.create(&key, bytes).await {
             // A lost checkpoint costs resends after a crash, never correctness.
@@ -156,14 +205,8 @@ fn batches(
 
 impl Delivery<'_> {
     pub async fn run(&self, diff: &ShardDiff, plan: &[PlannedOp], resume: Checkpoint) -> Delivered {
-        let mut outcomes: Vec<Option<Result<(), String>>> = vec![None; plan.len()];
+        let mut outcomes = resume.outcomes(plan.len());
         let start = resume.done_through.min(plan.len());
-        for (i, outcome) in outcomes.iter_mut().enumerate().take(start) {
-            *outcome = Some(match resume.failures.get(&i) {
-                Some(error) => Err(error.clone()),
-                None => Ok(()),
-            });
-        }
         let destination_down: OnceLock<String> = OnceLock::new();
         // A plan large enough for the destination's bulk jobs goes by them.
         // Decided on the whole plan, not what is left of it: an attempt that
@@ -174,41 +217,64 @@ impl Delivery<'_> {
             bytes: bulk.bytes,
         });
         let by_jobs = bulk.is_some();
-        let ranges = batches(plan, start, limits, |op| diff.entry(op).record.len());
-        let mut answered = start as u64;
-        let _ = self.progress.send(answered);
-        let mut watermark = Checkpoint {
+        // Cut from the watermark, batches fall where the earlier attempt's
+        // did, so those it recorded as answered are skipped whole.
+        let ranges: Vec<Range<usize>> = batches(plan, start, limits, |op| diff.entry(op).record.len())
+            .into_iter()
+            .filter(|range| resume.answered.get(&range.start) != Some(&range.end))
+            .collect();
+        let mut progress = Checkpoint {
             done_through: start,
-            failures: resume.failures.into_iter().filter(|(i, _)| *i < start).collect(),
+            failures: resume
+                .failures
+                .into_iter()
+                .filter(|(i, _)| *i < plan.len() && outcomes[*i].is_some())
+                .collect(),
+            answered: resume.answered.into_iter().filter(|(i, _)| *i >= start).collect(),
         };
-        let mut checkpoint_write: Option<tokio::task::JoinHandle<()>> = None;
-        let mut written_through = start;
+        let mut answered = outcomes.iter().filter(|o| o.is_some()).count() as u64;
+        let _ = self.progress.send(answered);
         let mut results = futures::stream::iter(ranges.into_iter().map(|range| {
             let down = &destination_down;
             async move {
-                let rows = self.send_batch(diff, plan, range.clone(), by_jobs, down).await;
-                (range, rows)
+                let (rows, slot) = self.send_batch(diff, plan, range.clone(), by_jobs, down).await;
+                (range, rows, slot)
             }
         }))
-        .buffered(MAX_BATCHES_IN_FLIGHT);
-        // `buffered` yields in plan order, so the low watermark is simply the end
-        // of the last batch yielded.
-        while let Some((range, rows)) = results.next().await {
-            answered += range.len() as u64;
-            let _ = self.progress.send(answered);
-            for (i, row) in range.clone().zip(rows) {
-                if let Err(error) = &row {
-                    watermark.failures.insert(i, error.clone());
-                }
-                outcomes[i] = Some(row);
-            }
-            watermark.done_through = range.end;
-            let idle = checkpoint_write.as_ref().is_none_or(|w| w.is_finished());
-            if idle && watermark.done_through > written_through && range.end < plan.len() {
-                written_through = watermark.done_through;
+        .buffer_unordered(MAX_BATCHES_IN_FLIGHT);
+        // Answers not yet in a written checkpoint, and the request slots they hold.
+        let mut unrecorded = false;
+        let mut held: Vec<RequestPermit> = Vec::new();
+        let mut writing: Option<CheckpointWrite> = None;
+        let mut sending = true;
+        loop {
+            if unrecorded && writing.is_none() {
                 let checkpoints = self.checkpoints.clone();
-                let snapshot = watermark.clone();
-                checkpoint_write = Some(tokio::spawn(async move { checkpoints.write(&snapshot).await }));
+                let snapshot = progress.clone();
+                writing = Some(CheckpointWrite {
+                    write: tokio::spawn(async move { checkpoints.write(&snapshot).await }),
+                    releases: std::mem::take(&mut held),
+                });
+                unrecorded = false;
+            }
+            tokio::select! {
+                answer = results.next(), if sending => match answer {
+                    Some((range, rows, slot)) => {
+                        answered += range.len() as u64;
+                        let _ = self.progress.send(answered);
+                        progress.record(range.clone(), &rows);
+                        for (i, row) in range.zip(rows) {
+                            outcomes[i] = Some(row);
+                        }
+                        held.extend(slot);
+                        unrecorded = true;
+                    }
+                    None => sending = false,
+                },
+                // Written (or given up on, which costs resends, never rows):
+                // the slots of the answers it holds are free.
+                () = written(&mut writing), if writing.is_some() => writing = None,
+                else => break,
             }
         }
         Delivered {
@@ -230,7 +296,7 @@ impl Delivery<'_> {
         batch: Range<usize>,
         by_jobs: bool,
         down: &OnceLock<String>,
-    ) -> Vec<Result<(), String>> {
+    ) -> (Vec<Result<(), String>>, Option<RequestPermit>) {
         let ops = &plan[batch.clone()];
         let records: Vec<Record<'_>> = ops
             .iter()
@@ -248,6 +314,10 @@ impl Delivery<'_> {
         // Parts still to send, the next one last.
         let mut parts: Vec<Range<usize>> = Vec::new();
         parts.push(0..ops.len());
+        // The slot of the last answered part, held until the batch's answer
+        // is checkpointed (a bisected batch's earlier parts free theirs: the
+        // next part needs one).
+        let mut slot = None;
         while let Some(part) = parts.pop() {
             let jobs = by_jobs.then(|| {
                 let absolute = batch.start + part.start..batch.start + part.end;
@@ -257,10 +327,11 @@ impl Delivery<'_> {
                 .send_part(action, &records[part.clone()], jobs.as_ref(), down)
                 .await
             {
-                Ok(rows) => {
+                Ok((rows, permit)) => {
                     for (answer, row) in answers[part].iter_mut().zip(rows) {
                         *answer = Some(row);
                     }
+                    slot = permit;
                 }
                 Err(PartRefused::Content(message)) if part.len() > 1 => {
                     let middle = part.start + part.len() / 2;
@@ -275,10 +346,11 @@ impl Delivery<'_> {
                 }
             }
         }
-        answers
+        let answers = answers
             .into_iter()
             .map(|answer| answer.expect("every part is answered"))
-            .collect()
+            .collect();
+        (answers, slot)
     }
 
     /// Sends records until the destination answers, within the retry policy:
@@ -289,7 +361,7 @@ impl Delivery<'_> {
         records: &[Record<'_>],
         jobs: Option<&JobLog>,
         down: &OnceLock<String>,
-    ) -> Result<RowResults, PartRefused> {
+    ) -> Result<(RowResults, Option<RequestPermit>), PartRefused> {
         let mut backoff = self.retry.initial_backoff;
         let mut attempts = 0;
         let mut rate_limited = 0;
@@ -345,16 +417,20 @@ impl Delivery<'_> {
                 Err(DeliveryError::Permanent(_)) => Answer::Permanent,
             };
             match answer {
-                Answer::RateLimited | Answer::Transient => permit.finish(Signal::BackPressure),
+                Answer::RateLimited | Answer::Transient => permit.observe(Signal::BackPressure),
                 // A bulk job's time is the job's, not a sign of queueing.
-                _ if jobs.is_some() => drop(permit),
-                Answer::Answered | Answer::Refused | Answer::Permanent => permit.finish(Signal::Answered(took)),
+                _ if jobs.is_some() => {}
+                Answer::Answered | Answer::Refused | Answer::Permanent => permit.observe(Signal::Answered(took)),
             }
+            // An answer keeps its slot until it is checkpointed; a bulk job is
+            // recorded in its job log, and a retry must not sit on a slot while
+            // it waits.
+            let slot = (answer == Answer::Answered && jobs.is_none()).then_some(permit);
             self.metrics.request(self.destination_name, answer, took);
             self.metrics
                 .concurrency_limit(self.destination_name, self.limiter.concurrency_limit());
             match result {
-                Ok(rows) if rows.len() == records.len() => return Ok(rows),
+                Ok(rows) if rows.len() == records.len() => return Ok((rows, slot)),
                 Ok(rows) => {
                     return Err(PartRefused::Whole(format!(
                         "destination {:?} answered {} results for a batch of {}",
@@ -402,6 +478,24 @@ impl Delivery<'_> {
                 }
             }
         }
+    }
+}
+
+/// A checkpoint being written, and the request slots of the answers it
+/// records: they are freed when it is done.
+struct CheckpointWrite {
+    write: tokio::task::JoinHandle<()>,
+    releases: Vec<RequestPermit>,
+}
+
+/// Resolves once the checkpoint under way is written; never without one.
+async fn written(writing: &mut Option<CheckpointWrite>) {
+    match writing {
+        Some(write) => {
+            let _ = (&mut write.write).await;
+            write.releases.clear();
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -464,5 +558,69 @@ mod tests {
         for (i, batch) in all.iter().enumerate() {
             assert_eq!(batches(&plan, batch.end, limits, size), all[i + 1..].to_vec());
         }
+    }
+
+    fn answers(n: usize, failed: &[usize]) -> Vec<Result<(), String>> {
+        (0..n)
+            .map(|i| {
+                if failed.contains(&i) {
+                    Err(format!("bad {i}"))
+                } else {
+                    Ok(())
+                }
+            })
+            .collect()
+    }
+
+    /// Batches answer out of order: each is recorded at once, and the
+    /// watermark moves only over a contiguous prefix.
+    #[test]
+    fn a_checkpoint_records_batches_answered_out_of_order() {
+        let mut progress = Checkpoint::default();
+        progress.record(20..30, &answers(10, &[3]));
+        progress.record(10..20, &answers(10, &[]));
+        assert_eq!(progress.done_through, 0, "the first batch is still in flight");
+        assert_eq!(progress.answered_ops(), 20);
+        assert!(!progress.is_answered(9) && progress.is_answered(10) && progress.is_answered(29));
+        assert!(!progress.is_answered(30));
+        progress.record(0..10, &answers(10, &[0]));
+        assert_eq!((progress.done_through, progress.answered.len()), (30, 0));
+        progress.record(40..50, &answers(10, &[]));
+        let outcomes = progress.outcomes(60);
+        assert_eq!(outcomes[0], Some(Err("bad 0".into())));
+        assert_eq!(outcomes[23], Some(Err("bad 3".into())));
+        assert_eq!(outcomes[5], Some(Ok(())));
+        assert_eq!(outcomes[35], None, "a batch in flight at the crash is sent again");
+        assert_eq!(outcomes[45], Some(Ok(())), "an answered one beyond it is not");
+        // It survives the trip through the object store.
+        let decoded = rmp_decode(&ebb_shared::protocol::encode(&progress)).unwrap();
+        assert_eq!(decoded, progress);
+    }
+
+    /// The furthest checkpoint wins, whatever the attempt, and the bulk job
+    /// log under the same prefix is never taken for one.
+    #[tokio::test]
+    async fn the_latest_checkpoint_is_the_one_with_the_most_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::from_url(dir.path().to_str().unwrap()).unwrap();
+        let checkpoints = |attempt: &str| Checkpoints {
+            storage: storage.clone(),
+            prefix: "syncs/s/runs/r/checkpoints/0-ff/".into(),
+            attempt: attempt.into(),
+        };
+        assert_eq!(checkpoints("a").latest().await.unwrap(), Checkpoint::default());
+        let mut progress = Checkpoint::default();
+        progress.record(0..100, &answers(100, &[]));
+        checkpoints("b").write(&progress).await;
+        progress.record(200..300, &answers(100, &[7]));
+        checkpoints("a").write(&progress).await;
+        storage
+            .create(
+                "syncs/s/runs/r/checkpoints/0-ff/jobs/000000000100-100/job",
+                b"750X".to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(checkpoints("c").latest().await.unwrap(), progress);
     }
 }

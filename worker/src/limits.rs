@@ -247,8 +247,10 @@ pub struct RequestPermit {
 
 impl RequestPermit {
     /// The request ended like this: the adaptive window learns from it. A
-    /// permit dropped without `finish` teaches nothing.
-    pub fn finish(self, signal: Signal) {
+    /// permit dropped without `observe` teaches nothing. The slot is held
+    /// until the permit is dropped: delivery keeps it until the batch's answer
+    /// is checkpointed, so what a crash resends is what held a slot.
+    pub fn observe(&self, signal: Signal) {
         let decision = self.shared.concurrency.lock().unwrap().adaptive.observe(signal);
         if let Some(decision) = decision {
             tracing::trace!(?decision, "adaptive concurrency epoch ended");

@@ -9,10 +9,13 @@ use crate::limits::{LeaseProvider, Limiters};
 use ebb_shared::config::SyncSpec;
 use ebb_shared::hashing::HashRange;
 use ebb_shared::protocol::{
-    ChunkRef, InvalidReason, InvalidRow, OpCounts, Operation, RowFailure, RowOutcome, RowResult, ShardReport,
-    ShardTask, REPORTED_ROWS_LIMIT,
+    BucketRows, ChunkRef, InvalidReason, InvalidRow, OpCounts, Operation, RowFailure, RowOutcome, RowResult,
+    ShardReport, ShardTask, REPORTED_ROWS_LIMIT,
 };
-use ebb_shared::snapshot::{paths, read_entry_files, Entry, EntryWriter, FileKind};
+use ebb_shared::snapshot::{
+    paths, read_entries, read_entry_files, read_layout, Entry, EntryWriter, FileKind, FileLayout, FormatError, Layout,
+    LAYOUT_READ,
+};
 use ebb_shared::storage::Storage;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +77,60 @@ async fn load_entries(storage: &Storage, objects: Vec<(ChunkRef, HashRange)>) ->
     Ok(entries)
 }
 
+/// Loads the entries of each previous snapshot object that lie in its part of
+/// the shard's range, in the order given. An object wider than its part (the
+/// sync was re-sharded since it was written) is read by its bucket index: the
+/// header first, then only the bytes of the part's buckets, so a shard's
+/// memory and transfer follow its own range, not the objects it reads from.
+async fn load_previous(storage: &Storage, parts: Vec<(String, HashRange)>) -> Result<Vec<Entry>, TaskError> {
+    let mut fetched = futures::stream::iter(
+        parts
+            .into_iter()
+            .map(|(key, part)| async move { previous_part(storage, &key, &part).await }),
+    )
+    .buffered(FETCH_CONCURRENCY);
+    let mut entries = Vec::new();
+    while let Some(part) = fetched.next().await {
+        entries.extend(part?);
+    }
+    Ok(entries)
+}
+
+/// The entries of one snapshot object in `part`.
+async fn previous_part(storage: &Storage, key: &str, part: &HashRange) -> Result<Vec<Entry>, TaskError> {
+    let keep = |entries: &mut dyn Iterator<Item = Result<Entry, FormatError>>| -> Result<Vec<Entry>, TaskError> {
+        let mut kept = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if part.contains(entry.key_hash) {
+                kept.push(entry);
+            }
+        }
+        Ok(kept)
+    };
+    let prefix = storage.get_range(key, 0..LAYOUT_READ).await?;
+    if (prefix.len() as u64) < LAYOUT_READ {
+        // The first read got the whole object.
+        return keep(&mut read_entries(&prefix)?.1);
+    }
+    let layout: FileLayout = match read_layout(&prefix)? {
+        Layout::Read(layout) => layout,
+        Layout::NeedBytes { header_end } => match read_layout(&storage.get_range(key, 0..header_end).await?)? {
+            Layout::Read(layout) => layout,
+            Layout::NeedBytes { .. } => return Err(FormatError::Truncated(header_end as usize).into()),
+        },
+    };
+    match layout.bytes_of(part) {
+        Some(bytes) if bytes.is_empty() => Ok(Vec::new()),
+        Some(bytes) => {
+            let body = storage.get_range(key, bytes).await?;
+            keep(&mut layout.entries(&body))
+        }
+        // Written before snapshots had a bucket index: read whole.
+        None => keep(&mut read_entries(&storage.get(key).await?)?.1),
+    }
+}
+
 /// Joins each byte range to the one before it when it continues it in the
 /// same object and keeps the same hash range.
 fn coalesce(objects: Vec<(ChunkRef, HashRange)>) -> Vec<(ChunkRef, HashRange)> {
@@ -124,24 +181,20 @@ pub async fn process_shard(
     });
     let current = load_entries(ctx.storage, chunks).await?;
     // Pointers are disjoint; read in range order their entries stay sorted.
-    let mut pointers: Vec<(ChunkRef, HashRange)> = task
+    let mut pointers: Vec<(String, HashRange)> = task
         .previous
         .iter()
-        .filter_map(|p| {
-            p.range
-                .intersect(&range)
-                .map(|part| (ChunkRef::whole(p.object_key.clone()), part))
-        })
+        .filter_map(|p| p.range.intersect(&range).map(|part| (p.object_key.clone(), part)))
         .collect();
     pointers.sort_by_key(|(_, part)| part.start);
     // When one previous object holds this whole range, and the run leaves
     // every entry as it was, that object stays current instead of being
     // rewritten: a quiet run then writes nothing but its report.
     let sole_previous = match pointers.as_slice() {
-        [(object, part)] if *part == range => Some(object.key.clone()),
+        [(object, part)] if *part == range => Some(object.clone()),
         _ => None,
     };
-    let previous = load_entries(ctx.storage, pointers).await?;
+    let previous = load_previous(ctx.storage, pointers).await?;
     let loaded = std::time::Instant::now();
     let (current_rows, previous_rows) = (current.len(), previous.len());
     tracing::info!(
@@ -299,11 +352,13 @@ pub async fn process_shard(
     };
 
     let ok: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    let next_snapshot = diff.next_snapshot(&behaviour, &plan, &ok);
+    let snapshot_buckets = bucket_rows(&next_snapshot);
     let snapshot_key = match sole_previous {
         Some(previous) if diff.keeps_previous_snapshot(&behaviour, &plan, &ok) => previous,
         _ => {
             let mut writer = EntryWriter::new();
-            for entry in diff.next_snapshot(&behaviour, &plan, &ok) {
+            for entry in next_snapshot {
                 writer.push_entry(entry);
             }
             let key = paths::snapshot(&spec.name, run_id, &range, attempt);
@@ -331,7 +386,21 @@ pub async fn process_shard(
         rejected_sample,
         rows_key,
         destination_error,
+        snapshot_buckets,
     })
+}
+
+/// How many of `entries` (sorted, as a snapshot's are) fall in each bucket.
+fn bucket_rows(entries: &[&Entry]) -> Vec<BucketRows> {
+    let mut counts: Vec<BucketRows> = Vec::new();
+    for entry in entries {
+        let bucket = HashRange::bucket_of(entry.key_hash) as u32;
+        match counts.last_mut() {
+            Some(last) if last.bucket == bucket => last.rows += 1,
+            _ => counts.push(BucketRows { bucket, rows: 1 }),
+        }
+    }
+    counts
 }
 
 /// A shard's row results as JSON lines.
@@ -390,5 +459,83 @@ mod tests {
                 (ChunkRef::whole("c"), half),
             ]
         );
+    }
+
+    /// Sorted entries, `per_bucket` in every bucket of the hash space.
+    fn every_bucket(per_bucket: u64) -> Vec<Entry> {
+        (0..ebb_shared::hashing::BUCKET_COUNT)
+            .flat_map(|bucket| {
+                (0..per_bucket).map(move |i| Entry {
+                    key_hash: HashRange::bucket(bucket).start + i,
+                    key: format!("{bucket}-{i}"),
+                    fingerprint: 1,
+                    record: format!(r#"{{"id":"{bucket}-{i}"}}"#),
+                    mapping_error: None,
+                })
+            })
+            .collect()
+    }
+
+    fn snapshot_file(entries: &[Entry], kind: FileKind) -> Vec<u8> {
+        let mut writer = EntryWriter::new();
+        for entry in entries {
+            writer.push_entry(entry);
+        }
+        writer.finish(kind, "s", "r", HashRange::FULL)
+    }
+
+    /// A re-sharded sync's shard reads its part of a wide previous snapshot
+    /// from that part's bytes alone: the object's other bytes are garbage
+    /// here, which reading it whole (as shards did) would trip over.
+    #[tokio::test]
+    async fn a_shard_reads_only_its_part_of_a_wider_previous_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::from_url(dir.path().to_str().unwrap()).unwrap();
+        let entries = every_bucket(4);
+        let part = HashRange::buckets(300, 309);
+        let mut file = snapshot_file(&entries, FileKind::Snapshot);
+        assert!(file.len() as u64 > 4 * LAYOUT_READ, "{} bytes", file.len());
+        let Layout::Read(layout) = read_layout(&file).unwrap() else {
+            panic!()
+        };
+        let needed = layout.bytes_of(&part).unwrap();
+        for (i, byte) in file.iter_mut().enumerate().skip(LAYOUT_READ as usize) {
+            if !needed.contains(&(i as u64)) {
+                *byte = 0xff;
+            }
+        }
+        std::fs::write(dir.path().join("wide.ebb"), &file).unwrap();
+        let read = previous_part(&storage, "wide.ebb", &part).await.unwrap();
+        let expected: Vec<Entry> = entries.iter().filter(|e| part.contains(e.key_hash)).cloned().collect();
+        assert_eq!(read.len(), 40);
+        assert_eq!(read, expected);
+        // Reading it whole hits the garbage.
+        let whole = previous_part(&storage, "wide.ebb", &HashRange::FULL).await;
+        assert!(matches!(whole, Err(TaskError::Format(_))), "{whole:?}");
+    }
+
+    /// Objects without a bucket index (snapshots of older versions) and ones
+    /// small enough to come whole with the first read give their part too.
+    #[tokio::test]
+    async fn unindexed_and_small_snapshots_are_read_whole_and_filtered() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::from_url(dir.path().to_str().unwrap()).unwrap();
+        let part = HashRange::buckets(1000, 1023);
+        // A chunk-kind file carries no index: it stands for a legacy snapshot.
+        let big = every_bucket(4);
+        storage
+            .create("legacy.ebb", snapshot_file(&big, FileKind::Chunk))
+            .await
+            .unwrap();
+        let small = every_bucket(1);
+        let small_file = snapshot_file(&small[1000..], FileKind::Snapshot);
+        assert!((small_file.len() as u64) < LAYOUT_READ);
+        storage.create("small.ebb", small_file).await.unwrap();
+        for (key, entries, per_bucket) in [("legacy.ebb", &big, 4), ("small.ebb", &small, 1)] {
+            let read = previous_part(&storage, key, &part).await.unwrap();
+            let expected: Vec<Entry> = entries.iter().filter(|e| part.contains(e.key_hash)).cloned().collect();
+            assert_eq!(read.len(), 24 * per_bucket, "{key}");
+            assert_eq!(read, expected, "{key}");
+        }
     }
 }

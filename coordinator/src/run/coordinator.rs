@@ -3,7 +3,7 @@
 //! and diffing happen on workers, and what comes back is counts, object keys and
 //! capped samples of keys (invariant 1).
 
-use super::planner::{plan_shards, previous_for, rows_per_shard};
+use super::planner::{bucket_work, plan_shards, previous_for, rows_per_shard};
 use super::state::{RunEvent, RunStatus};
 use crate::metrics::Metrics;
 use crate::store::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, ShardPlanRow, StateStore, StoreError};
@@ -490,7 +490,8 @@ impl Coordinator {
             Err(error) => return self.fail_run(run_id, &error.to_string()).await,
         };
         let pointers = self.store.pointers(&run.sync).await?;
-        let tasks = shard_tasks(&spec, &run, &report, &pointers);
+        let previous_rows = self.store.snapshot_bucket_rows(&run.sync).await?;
+        let tasks = shard_tasks(&spec, &run, &report, &pointers, &previous_rows);
         let rows: Vec<ShardPlanRow> = tasks
             .iter()
             .map(|(task, base)| ShardPlanRow {
@@ -836,6 +837,7 @@ fn shard_tasks(
     run: &RunRecord,
     report: &ExtractReport,
     pointers: &[ebb_shared::protocol::SnapshotPointer],
+    previous_rows: &[u64],
 ) -> Vec<(ShardTask, String)> {
     let mut bucket_rows = vec![0u64; BUCKET_COUNT];
     let mut bucket_chunks: Vec<&[protocol::ChunkRef]> = vec![&[]; BUCKET_COUNT];
@@ -853,7 +855,7 @@ fn shard_tasks(
         Err(_) => (None, 1),
     };
     let max_rows = rows_per_shard(spec.max_rows_per_shard, rate_limit, batch_records);
-    plan_shards(&bucket_rows, spec.shards, max_rows)
+    plan_shards(&bucket_work(&bucket_rows, previous_rows), spec.shards, max_rows)
         .into_iter()
         .enumerate()
         .map(|(index, range)| {

@@ -19,6 +19,20 @@ pub fn rows_per_shard(configured: Option<u64>, rate_limit: Option<f64>, batch_si
     }
 }
 
+/// The rows a shard holds per bucket: its current rows and its previous
+/// snapshot's are both loaded and diffed. Sized by the larger side, a shard
+/// stays near its target whether the model grew (adds), shrank (removes: a
+/// model whose rows all went still splits its removals) or held (changes);
+/// sizing by the current side alone put a whole emptied model's removals in one shard.
+pub fn bucket_work(current: &[u64], previous: &[u64]) -> Vec<u64> {
+    (0..BUCKET_COUNT)
+        .map(|b| {
+            let previous = previous.get(b).copied().unwrap_or(0);
+            current.get(b).copied().unwrap_or(0).max(previous)
+        })
+        .collect()
+}
+
 /// Shard ranges covering the whole hash space exactly once.
 pub fn plan_shards(bucket_rows: &[u64], fixed_shards: Option<usize>, max_rows: u64) -> Vec<HashRange> {
     assert_eq!(bucket_rows.len(), BUCKET_COUNT);
@@ -65,6 +79,21 @@ mod tests {
         assert!(covers_space_exactly_once(&shards));
         assert!(shards.len() > 50);
         assert_eq!(plan_shards(&vec![0; BUCKET_COUNT], None, 100), vec![HashRange::FULL]);
+    }
+
+    #[test]
+    fn shards_are_sized_by_the_larger_of_the_current_and_previous_side() {
+        // The model lost every row: the removals are split as its rows were.
+        let emptied = bucket_work(&vec![0; BUCKET_COUNT], &vec![100; BUCKET_COUNT]);
+        let shards = plan_shards(&emptied, None, 10_000);
+        assert!(covers_space_exactly_once(&shards));
+        assert_eq!(shards.len(), (100 * BUCKET_COUNT as u64).div_ceil(10_000) as usize);
+        // A model that kept its rows is not split twice as finely.
+        let steady = bucket_work(&vec![100; BUCKET_COUNT], &vec![100; BUCKET_COUNT]);
+        assert_eq!(plan_shards(&steady, None, 10_000).len(), shards.len());
+        // Without a previous side (a first run) the current rows decide.
+        let first = bucket_work(&vec![100; BUCKET_COUNT], &[]);
+        assert_eq!(first, vec![100; BUCKET_COUNT]);
     }
 
     #[test]

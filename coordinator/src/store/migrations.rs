@@ -106,6 +106,10 @@ const MIGRATIONS: &[&[&str]] = &[
     )",
         "INSERT INTO ebb_leader (id, epoch, holder, url, since) VALUES (1, 0, '', '', 0)",
     ],
+    // How many rows each pointer's part of its snapshot holds per bucket (JSON
+    // `[[bucket, rows], …]`), so the planner sizes shards by the previous side
+    // too. NULL for pointers committed before it: counted as empty.
+    &["ALTER TABLE ebb_snapshot_pointers ADD COLUMN bucket_rows TEXT"],
 ];
 
 pub(super) async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {

@@ -16,8 +16,8 @@ pub use leader::{LeaderRecord, LeadershipLock, LockCheck};
 pub use records::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, RunRow, ShardPlanRow};
 
 use crate::run::state::{RunStatus, ACTIVE};
-use ebb_shared::hashing::HashRange;
-use ebb_shared::protocol::{NullKeyRow, OpCounts, ShardReport, SnapshotPointer};
+use ebb_shared::hashing::{HashRange, BUCKET_COUNT};
+use ebb_shared::protocol::{BucketRows, NullKeyRow, OpCounts, ShardReport, SnapshotPointer};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::time::Duration;
@@ -388,16 +388,30 @@ impl StateStore {
                 != shard.try_get::<String, _>("base")?;
         if !stale {
             for pointer in &overlapping {
+                let counts = pointer_bucket_rows(&mut tx, sync, &pointer.range).await?;
                 sqlx::query("DELETE FROM ebb_snapshot_pointers WHERE sync_name = $1 AND range_start = $2")
                     .bind(sync)
                     .bind(pointer.range.start_hex())
                     .execute(&mut *tx)
                     .await?;
                 for remainder in pointer.range.minus(&report.range) {
-                    insert_pointer(&mut tx, sync, &remainder, &pointer.object_key, "").await?;
+                    let kept: Vec<BucketRows> = counts
+                        .iter()
+                        .filter(|c| remainder.contains(HashRange::bucket(c.bucket as usize).start))
+                        .copied()
+                        .collect();
+                    insert_pointer(&mut tx, sync, &remainder, &pointer.object_key, "", &kept).await?;
                 }
             }
-            insert_pointer(&mut tx, sync, &report.range, &report.snapshot_key, run_id).await?;
+            insert_pointer(
+                &mut tx,
+                sync,
+                &report.range,
+                &report.snapshot_key,
+                run_id,
+                &report.snapshot_buckets,
+            )
+            .await?;
         }
         // Counts move only while the run is in flight; the guard is in the
         // statement, so a run that ends concurrently is never changed after.
@@ -508,6 +522,25 @@ impl StateStore {
                 Ok((range, row.try_get::<String, _>("rows_key")?))
             })
             .collect()
+    }
+
+    /// How many rows the current snapshots of a sync hold in each bucket, as
+    /// far as their commits said (`BUCKET_COUNT` counts).
+    pub async fn snapshot_bucket_rows(&self, sync: &str) -> Result<Vec<u64>, StoreError> {
+        let encoded: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT bucket_rows FROM ebb_snapshot_pointers WHERE sync_name = $1")
+                .bind(sync)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut rows = vec![0u64; BUCKET_COUNT];
+        for counts in encoded.iter().flatten() {
+            for count in decode_bucket_rows(counts)? {
+                if let Some(slot) = rows.get_mut(count.bucket as usize) {
+                    *slot += count.rows;
+                }
+            }
+        }
+        Ok(rows)
     }
 
     /// The current snapshot pointers of a sync, ordered by range.
@@ -630,18 +663,48 @@ async fn insert_pointer(
     range: &HashRange,
     object_key: &str,
     run_id: &str,
+    bucket_rows: &[BucketRows],
 ) -> Result<(), StoreError> {
+    let counts: Vec<(u32, u64)> = bucket_rows.iter().map(|c| (c.bucket, c.rows)).collect();
     sqlx::query(
-        "INSERT INTO ebb_snapshot_pointers (sync_name, range_start, range_last, object_key, run_id) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO ebb_snapshot_pointers (sync_name, range_start, range_last, object_key, run_id, bucket_rows) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(sync)
     .bind(range.start_hex())
     .bind(range.last_hex())
     .bind(object_key)
     .bind(run_id)
+    .bind(serde_json::to_string(&counts).expect("counts serialize"))
     .execute(&mut *connection)
     .await?;
     Ok(())
+}
+
+/// The per-bucket counts recorded with the pointer starting `range`.
+async fn pointer_bucket_rows(
+    connection: &mut sqlx::AnyConnection,
+    sync: &str,
+    range: &HashRange,
+) -> Result<Vec<BucketRows>, StoreError> {
+    let encoded: Option<Option<String>> =
+        sqlx::query_scalar("SELECT bucket_rows FROM ebb_snapshot_pointers WHERE sync_name = $1 AND range_start = $2")
+            .bind(sync)
+            .bind(range.start_hex())
+            .fetch_optional(&mut *connection)
+            .await?;
+    encoded
+        .flatten()
+        .map_or(Ok(Vec::new()), |counts| decode_bucket_rows(&counts))
+}
+
+fn decode_bucket_rows(encoded: &str) -> Result<Vec<BucketRows>, StoreError> {
+    let counts: Vec<(u32, u64)> = serde_json::from_str(encoded)
+        .map_err(|e| StoreError::Corrupt(format!("a snapshot pointer's bucket counts: {e}")))?;
+    Ok(counts
+        .into_iter()
+        .map(|(bucket, rows)| BucketRows { bucket, rows })
+        .collect())
 }
 
 async fn insert_outbox(connection: &mut sqlx::AnyConnection, task: &OutboxTask) -> Result<(), StoreError> {
