@@ -221,6 +221,10 @@ enum SyncCommand {
         no_progress: bool,
         #[command(flatten)]
         target: Target,
+        /// Without --api-url, the run's process sweeps the data directory once
+        /// it ended, as a standalone's janitor would.
+        #[command(flatten)]
+        gc: GcArgs,
     },
     /// List the syncs of a config, or of a running coordinator (--api-url).
     List {
@@ -698,6 +702,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             json,
             no_progress,
             target,
+            gc,
         }) => {
             let backend = target.backend().await?;
             let result = async {
@@ -705,6 +710,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 output::follow(&backend, &run_id, !no_progress && !json).await
             }
             .await;
+            if let Backend::Embedded(runtime) = &backend {
+                // A failed sweep loses nothing: the next one collects it.
+                if let Err(error) = runtime.sweep_once(gc.settings()).await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "the janitor's sweep after the run stopped"
+                    );
+                }
+            }
             backend.close().await;
             let run = result?;
             if json {

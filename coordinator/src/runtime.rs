@@ -170,16 +170,12 @@ impl Runtime {
     /// tenth of that after start). Needs a coordinator that has the store.
     pub fn start_janitor(&mut self, settings: GcSettings) -> anyhow::Result<()> {
         let coordinator = self.coordinator.clone().expect("a coordinator runs here");
-        let settings = settings
-            .validated(crate::run::coordinator::run_deadline())
-            .map_err(anyhow::Error::msg)?;
-        let Some(storage) = coordinator.storage().cloned() else {
+        let Some(janitor) = self.janitor(settings)? else {
             tracing::warn!(
                 "no object store given (--store-url): the janitor does not run and objects are never collected"
             );
             return Ok(());
         };
-        let janitor = Janitor::new(coordinator.store().clone(), storage, settings);
         let mut signal = self.shutdown_signal();
         self.spawn_leading("janitor", async move {
             let mut wait = janitor.settings().every / 10;
@@ -202,6 +198,28 @@ impl Runtime {
             }
         });
         Ok(())
+    }
+
+    /// One sweep, for a process that runs a sync and exits (`ebb sync run`):
+    /// a data directory used only that way is collected too, run after run
+    /// (what a sweep marks goes at a later one, once its grace is over).
+    pub async fn sweep_once(&self, settings: GcSettings) -> anyhow::Result<Option<crate::janitor::SweepReport>> {
+        match self.janitor(settings)? {
+            Some(janitor) => Ok(Some(janitor.sweep().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The janitor of this runtime's coordinator; none without an object store.
+    fn janitor(&self, settings: GcSettings) -> anyhow::Result<Option<Janitor>> {
+        let coordinator = self.coordinator.as_ref().expect("a coordinator runs here");
+        let settings = settings
+            .validated(crate::run::coordinator::run_deadline())
+            .map_err(anyhow::Error::msg)?;
+        Ok(coordinator
+            .storage()
+            .cloned()
+            .map(|storage| Janitor::new(coordinator.store().clone(), storage, settings)))
     }
 
     pub fn start_scheduler(&mut self) {

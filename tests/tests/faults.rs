@@ -810,3 +810,21 @@ async fn a_broker_that_drops_every_connection_for_10s_mid_run_loses_nothing() {
     )
     .await;
 }
+
+/// A broker stopped the way RabbitMQ stops (`rabbitmqctl stop`, a rolling
+/// restart): every connection is told `320 CONNECTION_FORCED` and closed, and
+/// the broker stays away 10 s. Workers and the coordinator reconnect and the
+/// run ends as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_gracefully_for_10s_mid_run_loses_nothing() {
+    converges_through(
+        "broker_stopped",
+        Duration::from_secs(10),
+        |f| {
+            f.broker.refuse_next(u32::MAX);
+            f.broker.shut_down_amqp();
+        },
+        |f| f.broker.refuse_next(0),
+    )
+    .await;
+}

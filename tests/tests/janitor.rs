@@ -1,8 +1,9 @@
-//! The janitor on a live `ebb standalone`: unreferenced snapshot objects,
-//! run files and runs past retention are collected, everything a pointer or
-//! a kept run names stays, and the next run still sends only what changed.
+//! The janitor on a live `ebb standalone`, and after each one-shot `ebb sync
+//! run`: unreferenced snapshot objects, run files and runs past retention are
+//! collected, everything a pointer or a kept run names stays, and the next run
+//! still sends only what changed.
 
-use ebb_tests::process::EbbProcess;
+use ebb_tests::process::{ebb_async_command, EbbProcess};
 use serde_json::Value;
 use sqlx::sqlite::SqlitePool;
 use std::collections::BTreeSet;
@@ -92,14 +93,7 @@ async fn run_to_end(http: &reqwest::Client, api: &str) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_janitor_collects_what_nothing_references_and_keeps_what_does() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    write_users(dir.path(), 0, 0);
-    std::fs::write(
-        dir.path().join("ebb.yaml"),
-        r#"
+const CONFIG: &str = r#"
 sources:
   files: { type: csv, path: data }
 models:
@@ -108,18 +102,25 @@ destinations:
   out: { type: jsonl, path: out/users.jsonl }
 syncs:
   s: { model: users, destination: out, mode: upsert, shards: 4 }
-"#,
-    )
-    .unwrap();
+"#;
+
+/// Short settings, kept consistent: the grace outlives the run deadline.
+const SHORT_GC: [(&str, &str); 5] = [
+    ("EBB_RUN_DEADLINE", "8s"),
+    ("EBB_GC_GRACE", "9s"),
+    ("EBB_GC_EVERY", "1s"),
+    ("EBB_GC_RUN_FILES_AFTER", "1s"),
+    ("EBB_RETENTION", "2s"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_collects_what_nothing_references_and_keeps_what_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    write_users(dir.path(), 0, 0);
+    std::fs::write(dir.path().join("ebb.yaml"), CONFIG).unwrap();
     let config = dir.path().join("ebb.yaml");
-    // Short settings, kept consistent: the grace outlives the run deadline.
-    let env = [
-        ("EBB_RUN_DEADLINE", "8s".to_string()),
-        ("EBB_GC_GRACE", "9s".to_string()),
-        ("EBB_GC_EVERY", "1s".to_string()),
-        ("EBB_GC_RUN_FILES_AFTER", "1s".to_string()),
-        ("EBB_RETENTION", "2s".to_string()),
-    ];
+    let env = SHORT_GC.map(|(name, value)| (name, value.to_string()));
     let (standalone, api) = EbbProcess::standalone(&config, &env, dir.path()).await;
     let http = reqwest::Client::new();
     let object_root = dir.path().join(".ebb/objects");
@@ -207,4 +208,74 @@ syncs:
         "{deleted} deleted, {} garbage",
         garbage.len()
     );
+}
+
+/// One `ebb sync run` on `dir`'s config, with the short GC settings; its run.
+async fn run_once(dir: &Path) -> Value {
+    let output = ebb_async_command()
+        .args(["sync", "run", "s", "--json", "--no-progress", "--config"])
+        .arg(dir.join("ebb.yaml"))
+        .envs(SHORT_GC)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "ebb sync run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A data directory only ever used by one-shot `ebb sync run`s is collected
+/// too: each run's process sweeps once it ended, so what one sweep marks a
+/// later run's sweep deletes after its grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_runs_collect_their_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("ebb.yaml"), CONFIG).unwrap();
+    let mut first = None;
+    for version in 0..3 {
+        write_users(dir.path(), version * 10, version);
+        let run = run_once(dir.path()).await;
+        assert_eq!(run["status"], "success", "{run}");
+        first.get_or_insert(run["id"].as_str().unwrap().to_string());
+    }
+    let object_root = dir.path().join(".ebb/objects");
+    let state = SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        dir.path().join(".ebb/state.db").display()
+    ))
+    .await
+    .unwrap();
+    let garbage: Vec<String> = objects(&object_root)
+        .difference(&referenced(&state).await)
+        .filter(|k| k.contains("/snapshots/"))
+        .cloned()
+        .collect();
+    assert!(!garbage.is_empty(), "no replaced snapshot to collect");
+    // Quiet runs until the grace is over; each sweeps after it ends.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let run = run_once(dir.path()).await;
+        assert_eq!(run["plannedRows"]["addedCount"], 0, "nothing is resent: {run}");
+        assert_eq!(run["plannedRows"]["changedCount"], 0, "nothing is resent: {run}");
+        let now = objects(&object_root);
+        let lost: Vec<String> = referenced(&state).await.difference(&now).cloned().collect();
+        assert!(lost.is_empty(), "referenced objects were deleted: {lost:?}");
+        let left: Vec<&String> = garbage.iter().filter(|k| now.contains(*k)).collect();
+        let first_kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ebb_runs WHERE id = $1")
+            .bind(first.as_deref().unwrap())
+            .fetch_one(&state)
+            .await
+            .unwrap();
+        if left.is_empty() && first_kept == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 90s of one-shot runs {left:?} remain, the first run past retention kept: {first_kept}"
+        );
+    }
 }

@@ -319,6 +319,8 @@ impl Delivery<'_> {
         // next part needs one).
         let mut slot = None;
         while let Some(part) = parts.pop() {
+            // The next part may need the very slot an earlier part holds.
+            slot = None;
             let jobs = by_jobs.then(|| {
                 let absolute = batch.start + part.start..batch.start + part.end;
                 JobLog::new(self.checkpoints.storage.clone(), &self.checkpoints.prefix, &absolute)
