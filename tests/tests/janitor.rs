@@ -43,6 +43,13 @@ fn objects(root: &Path) -> BTreeSet<String> {
 }
 
 /// What the state DB names: snapshot pointers and kept runs' row files.
+/// The data directory's state DB, read-only beside the process that owns it.
+async fn state_db(dir: &Path) -> SqlitePool {
+    SqlitePool::connect(&format!("sqlite://{}?mode=ro", dir.join(".ebb/state.db").display()))
+        .await
+        .unwrap()
+}
+
 async fn referenced(state: &SqlitePool) -> BTreeSet<String> {
     let mut keys: BTreeSet<String> = sqlx::query_scalar("SELECT object_key FROM ebb_snapshot_pointers")
         .fetch_all(state)
@@ -124,12 +131,7 @@ async fn the_janitor_collects_what_nothing_references_and_keeps_what_does() {
     let (standalone, api) = EbbProcess::standalone(&config, &env, dir.path()).await;
     let http = reqwest::Client::new();
     let object_root = dir.path().join(".ebb/objects");
-    let state = SqlitePool::connect(&format!(
-        "sqlite://{}?mode=ro",
-        dir.path().join(".ebb/state.db").display()
-    ))
-    .await
-    .unwrap();
+    let state = state_db(dir.path()).await;
 
     let first = run_to_end(&http, &api).await;
     write_users(dir.path(), 10, 1);
@@ -243,12 +245,7 @@ async fn one_shot_runs_collect_their_data_directory() {
         first.get_or_insert(run["id"].as_str().unwrap().to_string());
     }
     let object_root = dir.path().join(".ebb/objects");
-    let state = SqlitePool::connect(&format!(
-        "sqlite://{}?mode=ro",
-        dir.path().join(".ebb/state.db").display()
-    ))
-    .await
-    .unwrap();
+    let state = state_db(dir.path()).await;
     let garbage: Vec<String> = objects(&object_root)
         .difference(&referenced(&state).await)
         .filter(|k| k.contains("/snapshots/"))
