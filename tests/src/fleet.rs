@@ -42,7 +42,7 @@ pub struct Fleet {
     coordinator_env: Vec<(String, String)>,
     restarts: u32,
     /// The coordinator's state database, dropped with the fleet.
-    _state: TestDatabase,
+    state: TestDatabase,
 }
 
 fn free_port() -> u16 {
@@ -144,7 +144,7 @@ impl Fleet {
             extra_env,
             coordinator_env,
             restarts: 0,
-            _state: state,
+            state,
         };
         fleet.wait_healthy().await;
         if standby {
@@ -279,6 +279,25 @@ impl Fleet {
         let body: Value = response.json().await.unwrap();
         assert!(status.is_success(), "trigger {sync}: {status} {body}");
         body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Cancels a run through the API; answers the run as the cancel left it.
+    pub async fn cancel(&self, run_id: &str) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/runs/{run_id}/cancel", self.api))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "cancel {run_id}: {status} {body}");
+        body
+    }
+
+    /// The coordinator's state database, for a test to read what it recorded.
+    pub fn state_url(&self) -> &str {
+        &self.state.url
     }
 
     /// A few of a run's failed rows with their reasons, for a failure message.

@@ -673,6 +673,183 @@ async fn sigterm_drains_a_worker_quietly_and_loses_nothing() {
     pool.close().await;
 }
 
+/// A worker SIGKILLed while it extracts: the broker hands the unacknowledged
+/// extract task to the other worker, which extracts again; the run ends in
+/// success with exact counts, nothing was sent before the kill so nothing is
+/// sent twice, and the next run finds exactly the mutations made since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_during_extraction_hands_it_over_and_loses_nothing() {
+    use ebb_tests::fleet::{counts, Fleet};
+    use ebb_tests::model::{model_emails, mutate};
+
+    let (database, pool, sink) = people_and_sink("extract_kill", 3_000).await;
+    // Each row costs the source 2 ms, so an extraction lasts seconds.
+    sqlx::query(
+        "CREATE FUNCTION slowly(id BIGINT) RETURNS BIGINT LANGUAGE plpgsql VOLATILE AS \
+         $$ BEGIN PERFORM pg_sleep(0.002); RETURN id; END $$",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let config = people_to_api(&database.url, &sink.url(), "batch_size: 50", "shards: 4").replace(
+        "SELECT id, email FROM people",
+        "SELECT slowly(id) AS id, email FROM people",
+    );
+    let mut fleet = Fleet::start(&config, 2).await;
+    let run_id = fleet.trigger("people-api").await;
+
+    // The victim: the worker whose extraction the source is serving.
+    let extract_task = format!("{run_id}/extract");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let extracting = fleet.workers.iter().position(|worker| {
+            std::fs::read_to_string(&worker.log)
+                .unwrap_or_default()
+                .lines()
+                .any(|line| line.contains("task started") && line.contains(&extract_task))
+        });
+        let reading: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND query LIKE '%slowly(id)%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if let (Some(victim), true) = (extracting, reading > 0) {
+            break victim;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no extraction under way within 60s:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let run = fleet.run(&run_id).await;
+    assert_eq!(run["status"], "querying", "the kill lands during extraction: {run}");
+    fleet.workers[victim].kill().await;
+
+    let run = fleet.wait_run(&run_id, Duration::from_secs(180)).await;
+    assert_eq!(run["status"], "success", "{run}\n{}", fleet.logs());
+    assert_eq!(counts(&run, "plannedRows"), [3_000, 0, 0], "{run}");
+    assert_eq!(counts(&run, "successfulRows"), [3_000, 0, 0], "{run}");
+    assert_eq!(sink_emails(&sink), model_emails(&pool).await, "destination == model");
+    assert_eq!(
+        sink.duplicate_upserts(),
+        0,
+        "nothing was in flight, nothing is sent twice"
+    );
+    let survivor = &fleet.workers[1 - victim];
+    let took_over = std::fs::read_to_string(&survivor.log)
+        .unwrap_or_default()
+        .lines()
+        .any(|line| line.contains("task started") && line.contains(&extract_task));
+    assert!(took_over, "the surviving worker extracted again:\n{}", fleet.logs());
+
+    // The killed attempt left nothing the next run could mistake for state.
+    let mut next_id = 3_001;
+    let expected = mutate(&pool, &mut next_id, 200).await;
+    let run_id = fleet.trigger("people-api").await;
+    let run = fleet.wait_run(&run_id, Duration::from_secs(180)).await;
+    let want = [expected.added, expected.changed, expected.removed];
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(counts(&run, "plannedRows"), want, "{run}");
+    assert_eq!(counts(&run, "successfulRows"), want, "{run}");
+    assert_eq!(sink_emails(&sink), model_emails(&pool).await, "destination == model");
+    drop(fleet);
+    pool.close().await;
+}
+
+/// Cancel a run while its shards send and trigger the next at once: the
+/// cancelled run's shards stop between batches and report late, while the
+/// next run is under way. Their results are recorded as superseded and never
+/// change the cancelled run; the next run is not wedged by them and ends in
+/// success; the destination equals the model after it and after one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_runs_late_shards_neither_change_it_nor_wedge_the_next_run() {
+    use ebb_tests::fleet::{counts, Fleet};
+    use ebb_tests::model::model_emails;
+
+    let (database, pool, sink) = people_and_sink("cancel_retrigger", 4_000).await;
+    sink.set_behavior(Behavior {
+        latency: Duration::from_millis(300),
+        ..Behavior::default()
+    });
+    let config = people_to_api(
+        &database.url,
+        &sink.url(),
+        "batch_size: 50, max_concurrency: 2",
+        "shards: 4",
+    );
+    let fleet = Fleet::start(&config, 2).await;
+    let cancelled_id = fleet.trigger("people-api").await;
+    let shard_prefix = format!("{cancelled_id}/shard-");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fleet
+        .workers
+        .iter()
+        .all(|w| w.delivering_tasks(&shard_prefix).is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shard delivering within 60s:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = fleet.cancel(&cancelled_id).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    // Where each worker's log stood when the next run was triggered.
+    let logged_before: Vec<usize> = fleet
+        .workers
+        .iter()
+        .map(|w| std::fs::read_to_string(&w.log).unwrap_or_default().len())
+        .collect();
+    let next_id = fleet.trigger("people-api").await;
+
+    let next = fleet.wait_run(&next_id, Duration::from_secs(240)).await;
+    assert_eq!(next["status"], "success", "{next}\n{}", fleet.logs());
+    assert_eq!(sink_emails(&sink), model_emails(&pool).await, "destination == model");
+    let late = fleet.workers.iter().zip(&logged_before).any(|(worker, before)| {
+        std::fs::read_to_string(&worker.log).unwrap_or_default()[*before..]
+            .lines()
+            .any(|line| line.contains(&shard_prefix) && line.contains("task done"))
+    });
+    assert!(
+        late,
+        "a cancelled shard reported after the next run began:\n{}",
+        fleet.logs()
+    );
+
+    // The cancelled run is as the cancel left it; its late results were kept
+    // apart from it.
+    let after = fleet.run(&cancelled_id).await;
+    assert_eq!(after["status"], "cancelled", "{after}");
+    assert_eq!(after["finishedAt"], cancelled["finishedAt"], "{after}");
+    for field in ["plannedRows", "successfulRows", "failedRows"] {
+        assert_eq!(counts(&after, field), counts(&cancelled, field), "{field}: {after}");
+    }
+    let state = PgPool::connect(fleet.state_url()).await.unwrap();
+    let superseded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ebb_run_shards WHERE run_id = $1 AND status = 'superseded'")
+            .bind(&cancelled_id)
+            .fetch_one(&state)
+            .await
+            .unwrap();
+    assert!(superseded > 0, "the late shards are recorded as superseded");
+    state.close().await;
+
+    // And the run after converges too.
+    sink.set_behavior(Behavior::default());
+    let last_id = fleet.trigger("people-api").await;
+    let last = fleet.wait_run(&last_id, Duration::from_secs(240)).await;
+    assert_eq!(last["status"], "success", "{last}");
+    assert_eq!(counts(&last, "failedRows"), [0, 0, 0], "{last}");
+    assert_eq!(sink_emails(&sink), model_emails(&pool).await, "destination == model");
+    drop(fleet);
+    pool.close().await;
+}
+
 /// Waits (at most a minute) until the sink holds `rows` records: the run
 /// is delivering.
 async fn until_delivered(sink: &Sink, rows: usize, fleet: &ebb_tests::fleet::Fleet) {
