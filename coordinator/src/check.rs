@@ -9,7 +9,9 @@
 //! the destination's. Every problem names the file and line to fix.
 
 use ebb_shared::config::yaml::Segment;
-use ebb_shared::config::{env_references, Config, ConfigError, ConfigErrors, Locations, SourceConfig};
+use ebb_shared::config::{
+    env_references, Config, ConfigError, ConfigErrors, Locations, SourceConfig, SyncMode, SyncType,
+};
 use ebb_shared::value::Column;
 use ebb_worker::error::TaskError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -219,6 +221,31 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
                         "sync {name:?} matches records on {to:?}, which destination {:?} does not have (its fields: {})",
                         spec.destination_name,
                         fields.join(", ")
+                    ),
+                ));
+            }
+            // Creating-or-updating by a field needs the destination to hold
+            // it unique (HubSpot's idProperty, Salesforce's External ID, a
+            // unique index): upserting by any other field is refused row by
+            // row. Updates and deletes look records up and may match on any.
+            let upserts = matches!(spec.mode, SyncMode::Upsert | SyncMode::Mirror | SyncMode::All)
+                && spec.sync_type == SyncType::Object;
+            let matched = matching.and_then(|to| described.iter().find(|f| f.name == to));
+            if let Some(field) = matched.filter(|field| upserts && !field.unique) {
+                let unique: Vec<&str> = described.iter().filter(|f| f.unique).map(|f| f.name.as_str()).collect();
+                problems.push(locations.error_at(
+                    &["syncs", name, "record_matching", "to"],
+                    format!(
+                        "sync {name:?} upserts records matched on {:?}, which destination {:?} does not hold unique; \
+                         match on a unique field ({}) or make {:?} unique there",
+                        field.name,
+                        spec.destination_name,
+                        if unique.is_empty() {
+                            "it has none".to_string()
+                        } else {
+                            unique.join(", ")
+                        },
+                        field.name
                     ),
                 ));
             }

@@ -384,4 +384,29 @@ async fn check_connect_names_a_mapping_to_a_field_no_one_may_write() {
     std::fs::write(&file, &fixed).unwrap();
     let (code, stdout, stderr) = check(&file, &["--connect"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // An upsert needs a field HubSpot holds unique (a contact's email is
+    // one); `firstname` is not, and the check says which are.
+    let by_name = fixed.replace(
+        "record_matching: { from: email, to: email }",
+        "record_matching: { from: email, to: firstname }",
+    );
+    std::fs::write(&file, &by_name).unwrap();
+    let (code, stdout, stderr) = check(&file, &["--connect"]);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    let line = by_name.lines().position(|l| l.contains("to: firstname")).unwrap() + 1;
+    let prefix = format!("{}:{line}: ", file.display());
+    let says =
+        "sync \"to-crm\" upserts records matched on \"firstname\", which destination \"crm\" does not hold unique; \
+                match on a unique field (";
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(says) && l.contains("email")),
+        "expected `{prefix}…{says}` naming email in:\n{stderr}"
+    );
+    // Updating looks records up, and may match on any field.
+    std::fs::write(&file, by_name.replace("mode: upsert", "mode: update")).unwrap();
+    let (code, stdout, stderr) = check(&file, &["--connect"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
 }

@@ -5,6 +5,8 @@
 //! (code 80003) and fails 2% with a server error. After a first run and
 //! after random inserts, updates and deletes, the audience holds exactly the
 //! model's members plus one added by someone else, which Ebb never removes.
+//! Each shard's batches of an action form one upload session, never out of
+//! step with what Meta holds.
 
 use ebb_tests::fleet::Fleet;
 use ebb_tests::model::{create_people, mutate};
@@ -88,6 +90,19 @@ async fn a_fleet_keeps_a_custom_audience_equal_to_the_model_through_throttling()
             "{round}: the audience holds the model and the outsider"
         );
     }
+    // Each shard's batches of one action went up as one upload session
+    // (10,000 rows a shard, 2,000 a batch), in the order Meta asks: no
+    // request ever found its session out of step.
+    let sessions = fake.sessions();
+    assert_eq!(fake.out_of_step(), 0, "{sessions:?}");
+    assert!(
+        sessions.iter().any(|s| s.batches.len() >= 3),
+        "sessions span batches: {sessions:?}"
+    );
+    assert!(
+        sessions.iter().filter(|s| s.ended).count() >= (ROWS / 10_000) as usize,
+        "every shard's session was ended by its last batch: {sessions:?}"
+    );
     let (requests, throttled) = fake.counts();
     assert!(
         throttled * 20 > requests,

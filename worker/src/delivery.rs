@@ -8,10 +8,16 @@
 //! batch keeps its request slot until a checkpoint holding its answer is
 //! written, so an attempt that takes over after a crash resends only batches
 //! that held a slot: the batches in flight (invariant 5).
+//!
+//! A destination that reads an action's batches as one upload session
+//! (`Destination::sequenced`, Meta's `session`) gets each run of one action's
+//! batches in order: the first alone, the rest once it answered, the last
+//! once all the others did. A batch waits for its turn before it takes a
+//! request slot, so waiting never holds one.
 
 use crate::adaptive::Signal;
 use crate::behaviour::Action;
-use crate::destinations::{DeliveryError, Destination, Record, RowResults};
+use crate::destinations::{DeliveryError, Destination, Record, RowResults, SequencePlace};
 use crate::diff::{PlannedOp, ShardDiff};
 use crate::jobs::JobLog;
 use crate::limits::{FleetLimiter, RequestPermit};
@@ -203,6 +209,65 @@ fn batches(
     out
 }
 
+/// A batch's place in its upload sequence: a run of consecutive batches of one
+/// action (`Destination::sequenced`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InSequence {
+    sequence: usize,
+    position: usize,
+    batches: usize,
+    rows: usize,
+}
+
+impl InSequence {
+    /// Batches of the sequence that must have answered before this one goes:
+    /// the first goes alone, the others after it, the last after all of them.
+    fn waits_for(&self) -> usize {
+        match self.position {
+            0 => 0,
+            p if p + 1 == self.batches => p,
+            _ => 1,
+        }
+    }
+
+    fn is_last(&self) -> bool {
+        self.position + 1 == self.batches
+    }
+}
+
+/// The sequences `ranges` (in plan order) form: one per run of one action.
+fn sequences(plan: &[PlannedOp], ranges: &[Range<usize>]) -> Vec<InSequence> {
+    let mut out: Vec<InSequence> = Vec::with_capacity(ranges.len());
+    let mut sequence = 0;
+    let mut begin = 0;
+    for (i, range) in ranges.iter().enumerate() {
+        if i > 0 && plan[range.start].action != plan[ranges[i - 1].start].action {
+            sequence += 1;
+            begin = i;
+        }
+        out.push(InSequence {
+            sequence,
+            position: i - begin,
+            batches: 0,
+            rows: 0,
+        });
+    }
+    // Each sequence's size, known once it ended.
+    let mut i = 0;
+    while i < out.len() {
+        let end = (i..out.len())
+            .find(|&j| out[j].sequence != out[i].sequence)
+            .unwrap_or(out.len());
+        let rows = ranges[i..end].iter().map(|r| r.len()).sum();
+        for place in &mut out[i..end] {
+            place.batches = end - i;
+            place.rows = rows;
+        }
+        i = end;
+    }
+    out
+}
+
 impl Delivery<'_> {
     pub async fn run(&self, diff: &ShardDiff, plan: &[PlannedOp], resume: Checkpoint) -> Delivered {
         let mut outcomes = resume.outcomes(plan.len());
@@ -234,10 +299,27 @@ impl Delivery<'_> {
         };
         let mut answered = outcomes.iter().filter(|o| o.is_some()).count() as u64;
         let _ = self.progress.send(answered);
-        let mut results = futures::stream::iter(ranges.into_iter().map(|range| {
+        // A destination that sees an action's batches as one upload session
+        // gets them in order: each batch waits (before it takes a request
+        // slot) until enough of its sequence answered.
+        let places: Vec<Option<InSequence>> = if !by_jobs && self.destination.sequenced() {
+            sequences(plan, &ranges).into_iter().map(Some).collect()
+        } else {
+            vec![None; ranges.len()]
+        };
+        let sequence_count = places.iter().flatten().map(|p| p.sequence + 1).max().unwrap_or(0);
+        let gates: Vec<watch::Sender<usize>> = (0..sequence_count).map(|_| watch::channel(0).0).collect();
+        let mut results = futures::stream::iter(ranges.into_iter().zip(places).map(|(range, place)| {
             let down = &destination_down;
+            let gate = place.map(|place| (&gates[place.sequence], place));
             async move {
-                let (rows, slot) = self.send_batch(diff, plan, range.clone(), by_jobs, down).await;
+                if let Some((gate, place)) = gate {
+                    let _ = gate.subscribe().wait_for(|n| *n >= place.waits_for()).await;
+                }
+                let (rows, slot) = self.send_batch(diff, plan, range.clone(), by_jobs, down, place).await;
+                if let Some((gate, _)) = gate {
+                    gate.send_modify(|n| *n += 1);
+                }
                 (range, rows, slot)
             }
         }))
@@ -296,6 +378,7 @@ impl Delivery<'_> {
         batch: Range<usize>,
         by_jobs: bool,
         down: &OnceLock<String>,
+        place: Option<InSequence>,
     ) -> (Vec<Result<(), String>>, Option<RequestPermit>) {
         let ops = &plan[batch.clone()];
         let records: Vec<Record<'_>> = ops
@@ -325,8 +408,14 @@ impl Delivery<'_> {
                 let absolute = batch.start + part.start..batch.start + part.end;
                 JobLog::new(self.checkpoints.storage.clone(), &self.checkpoints.prefix, &absolute)
             });
+            // Only the batch's final part ends its sequence.
+            let in_sequence = place.map(|place| SequencePlace {
+                sequence: place.sequence,
+                last: place.is_last() && parts.is_empty(),
+                rows: place.rows,
+            });
             match self
-                .send_part(action, &records[part.clone()], jobs.as_ref(), down)
+                .send_part(action, &records[part.clone()], jobs.as_ref(), down, in_sequence)
                 .await
             {
                 Ok((rows, permit)) => {
@@ -363,6 +452,7 @@ impl Delivery<'_> {
         records: &[Record<'_>],
         jobs: Option<&JobLog>,
         down: &OnceLock<String>,
+        place: Option<SequencePlace>,
     ) -> Result<(RowResults, Option<RequestPermit>), PartRefused> {
         let mut backoff = self.retry.initial_backoff;
         let mut attempts = 0;
@@ -377,9 +467,10 @@ impl Delivery<'_> {
             }
             let sent_at = std::time::Instant::now();
             let call = async {
-                match jobs {
-                    Some(jobs) => self.destination.send_bulk(action, records, jobs).await,
-                    None => self.destination.send(action, records).await,
+                match (jobs, place) {
+                    (Some(jobs), _) => self.destination.send_bulk(action, records, jobs).await,
+                    (None, Some(place)) => self.destination.send_in_sequence(action, records, place).await,
+                    (None, None) => self.destination.send(action, records).await,
                 }
             };
             let result = match &self.requests {
@@ -542,6 +633,29 @@ mod tests {
         assert_eq!(batches(&plan, 0, bytes, size), vec![0..2, 2..3, 3..5]);
         let tiny = BatchLimits { records: 10, bytes: 5 };
         assert_eq!(batches(&plan, 0, tiny, size), vec![0..1, 1..2, 2..3, 3..4, 4..5]);
+    }
+
+    #[test]
+    fn each_run_of_one_action_is_a_sequence_whose_ends_go_alone() {
+        let plan: Vec<PlannedOp> = [Action::Add; 5]
+            .into_iter()
+            .chain([Action::Remove; 3])
+            .map(op)
+            .collect();
+        let ranges = vec![0..2, 2..4, 4..5, 5..8];
+        let places = sequences(&plan, &ranges);
+        let summary: Vec<(usize, usize, usize, usize)> = places
+            .iter()
+            .map(|p| (p.sequence, p.position, p.batches, p.rows))
+            .collect();
+        assert_eq!(summary, vec![(0, 0, 3, 5), (0, 1, 3, 5), (0, 2, 3, 5), (1, 0, 1, 3)]);
+        // The first waits for nothing, the middle for the first, the last for
+        // both; a sequence of one is first and last at once.
+        let waits: Vec<usize> = places.iter().map(InSequence::waits_for).collect();
+        assert_eq!(waits, vec![0, 1, 2, 0]);
+        let last: Vec<bool> = places.iter().map(InSequence::is_last).collect();
+        assert_eq!(last, vec![false, false, true, true]);
+        assert!(sequences(&plan, &[]).is_empty());
     }
 
     /// An attempt resuming at a checkpoint (always a batch's end) cuts the

@@ -65,6 +65,17 @@ impl<'a> Record<'a> {
     }
 }
 
+/// Where a request stands in its upload sequence (`Destination::sequenced`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequencePlace {
+    /// Which sequence of the shard attempt: one per run of batches of one action.
+    pub sequence: usize,
+    /// Nothing of the sequence is sent after this request.
+    pub last: bool,
+    /// The rows of the whole sequence (what Meta calls `estimated_num_total`).
+    pub rows: usize,
+}
+
 /// One answer per record of the batch, in order: accepted, or rejected with the
 /// destination's reason.
 pub type RowResults = Vec<Result<(), String>>;
@@ -95,6 +106,27 @@ pub trait Destination: Send + Sync {
     /// --connect`). Opening it has already checked what opening checks.
     async fn check_connection(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Whether this destination groups an action's batches into an upload
+    /// session it must see in order (Meta's `session`): then the engine sends
+    /// the first batch of each run of one action alone, the others after it
+    /// answered, and the last alone once every other one answered, each
+    /// through `send_in_sequence`.
+    fn sequenced(&self) -> bool {
+        false
+    }
+
+    /// Sends one batch of a sequence (see `sequenced`): `place` says which
+    /// sequence, whether this request is its last, and how many rows it holds.
+    async fn send_in_sequence(
+        &self,
+        action: Action,
+        records: &[Record<'_>],
+        place: SequencePlace,
+    ) -> Result<RowResults, DeliveryError> {
+        let _ = place;
+        self.send(action, records).await
     }
 
     /// How this destination cuts a large shard into asynchronous bulk jobs;

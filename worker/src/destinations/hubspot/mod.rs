@@ -182,7 +182,11 @@ impl Connector for HubSpot {
                 Some(Field {
                     name: property["name"].as_str()?.to_string(),
                     kind: property["type"].as_str().unwrap_or("string").to_string(),
-                    unique: flag(&property["hasUniqueValue"]) || property["name"] == RECORD_ID,
+                    // HubSpot takes a contact's `email` as an idProperty
+                    // too, though its definition says no unique value.
+                    unique: flag(&property["hasUniqueValue"])
+                        || property["name"] == RECORD_ID
+                        || (object == "contacts" && property["name"] == "email"),
                     writable: !flag(&property["modificationMetadata"]["readOnlyValue"])
                         && !flag(&property["calculated"]),
                 })

@@ -5,6 +5,9 @@
 //! (`{schema, data}`, 10,000 rows at most, hashed keys as 64 lowercase hex
 //! digits, `MADID`/`EXTERN_ID` raw) and `session`; the answer's
 //! `num_received`, `num_invalid_entries` and `invalid_entry_samples`;
+//! upload sessions held to their documented shape (the first batch is
+//! `batch_seq` 1, numbers unique, nothing after `last_batch_flag`; else
+//! code 2650);
 //! `GET /{version}/{audience_id}`; Graph API errors as
 //! `{"error": {message, type, code, error_subcode, fbtrace_id}}` (190 for
 //! a bad token, 100/33 for an unknown audience, 80003 throttling with
@@ -37,8 +40,24 @@ struct Account {
     chaos: Chaos,
     requests: u64,
     throttled: u64,
-    /// Every session id a request carried.
-    sessions: Vec<u64>,
+    /// Every upload session requests named, in order of their first request.
+    sessions: Vec<SessionLog>,
+    /// Requests refused for a session out of step (code 2650).
+    out_of_step: u64,
+}
+
+/// One upload session as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLog {
+    pub id: u64,
+    /// The `batch_seq` of each request it accepted, in arrival order.
+    pub batches: Vec<u64>,
+    /// A request with `last_batch_flag: true` was accepted: the session ended.
+    pub ended: bool,
+    /// Rows received in it.
+    pub rows: usize,
+    /// The largest `estimated_num_total` it was told.
+    pub estimated_total: u64,
 }
 
 #[derive(Clone)]
@@ -136,8 +155,13 @@ impl FakeMeta {
         self.account.lock().unwrap().chaos = Chaos::new(throttled, unavailable);
     }
 
-    pub fn sessions(&self) -> Vec<u64> {
+    pub fn sessions(&self) -> Vec<SessionLog> {
         self.account.lock().unwrap().sessions.clone()
+    }
+
+    /// Requests refused because their session was out of step.
+    pub fn out_of_step(&self) -> u64 {
+        self.account.lock().unwrap().out_of_step
     }
 
     /// (requests answered, of them throttled).
@@ -252,6 +276,31 @@ async fn users(
         .and_then(|s| serde_json::from_str::<Value>(s).ok())
         .unwrap_or(Value::Null);
     let session_id = session["session_id"].as_u64();
+    // A session's batches: the first is `batch_seq` 1, numbers are not
+    // reused, and nothing follows the one flagged last.
+    if !session.is_null() {
+        let (Some(id), Some(seq)) = (session_id, session["batch_seq"].as_u64().filter(|s| *s >= 1)) else {
+            return invalid("(#100) session needs an integer session_id and a batch_seq from 1");
+        };
+        let mut account = fake.account.lock().unwrap();
+        let known = account.sessions.iter().find(|s| s.id == id);
+        let out_of_step = match known {
+            None if seq != 1 => Some("The first batch_seq of the session was not detected"),
+            Some(log) if log.ended => Some("The session has already ended"),
+            Some(log) if log.batches.contains(&seq) => Some("This batch_seq was already received"),
+            _ => None,
+        };
+        if let Some(message) = out_of_step {
+            account.out_of_step += 1;
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                2650,
+                Some(1870147),
+                "OAuthException",
+                &format!("(#2650) {message}"),
+            );
+        }
+    }
     let mut members = Vec::new();
     let mut invalid_samples = Vec::new();
     for row in data {
@@ -285,7 +334,25 @@ async fn users(
     {
         let mut account = fake.account.lock().unwrap();
         if let Some(id) = session_id {
-            account.sessions.push(id);
+            let log = match account.sessions.iter().position(|s| s.id == id) {
+                Some(at) => &mut account.sessions[at],
+                None => {
+                    account.sessions.push(SessionLog {
+                        id,
+                        batches: Vec::new(),
+                        ended: false,
+                        rows: 0,
+                        estimated_total: 0,
+                    });
+                    account.sessions.last_mut().expect("just pushed")
+                }
+            };
+            log.batches.push(session["batch_seq"].as_u64().unwrap_or_default());
+            log.ended |= session["last_batch_flag"] == true;
+            log.rows += received;
+            log.estimated_total = log
+                .estimated_total
+                .max(session["estimated_num_total"].as_u64().unwrap_or(0));
         }
         let audience = account.audiences.entry(audience.clone()).or_default();
         for member in members {

@@ -17,7 +17,7 @@ mod response;
 mod tests;
 
 use super::settings::{self, Documented, Requested};
-use super::{Connector, DeliveryError, Destination, Field, Record, RowResults};
+use super::{Connector, DeliveryError, Destination, Field, Record, RowResults, SequencePlace};
 use crate::behaviour::Action;
 use crate::error::TaskError;
 use async_trait::async_trait;
@@ -27,7 +27,9 @@ use ebb_shared::config::{
 };
 use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The connector.
 pub struct Meta;
@@ -235,6 +237,40 @@ pub struct MetaDestination {
     client: Client,
     /// The schema: mapped fields that name identifier keys, in mapping order.
     schema: Vec<(String, &'static str)>,
+    /// This shard attempt's upload sessions, one per sequence of batches
+    /// the engine sends (`SequencePlace::sequence`).
+    sessions: Mutex<HashMap<usize, Arc<Session>>>,
+}
+
+/// One upload session: the batches of one action in one shard attempt, as
+/// Meta's `session` parameter describes them (`session_id`, `batch_seq`
+/// from 1, `last_batch_flag` on the last, `estimated_num_total`). The
+/// engine sends the first batch alone and the last after all others
+/// answered; within, batches go concurrently, each with its own number.
+struct Session {
+    id: u64,
+    /// Whether Meta took the session's first batch (`batch_seq` 1). Held
+    /// while that request is out, so that no batch overtakes it; if it
+    /// fails, the next request opens the session instead.
+    opened: tokio::sync::Mutex<bool>,
+    /// The next `batch_seq` once the session is open.
+    next_seq: AtomicU64,
+}
+
+impl Session {
+    fn new() -> Session {
+        Session {
+            id: new_session_id(),
+            opened: tokio::sync::Mutex::new(false),
+            next_seq: AtomicU64::new(2),
+        }
+    }
+}
+
+/// A session id unique within the ad account (Meta: "advertiser generated");
+/// below 2^53 so that any JSON reader keeps it exact.
+fn new_session_id() -> u64 {
+    rand::random::<u64>() % (1 << 53) + 1
 }
 
 impl MetaDestination {
@@ -266,6 +302,7 @@ impl MetaDestination {
         Ok(MetaDestination {
             client: Client::new(&config, &spec.destination_name)?,
             schema,
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -282,16 +319,103 @@ impl MetaDestination {
             .collect())
     }
 
-    /// Adds (`POST`) or removes (`DELETE`) members in one request.
-    async fn upload(&self, method: reqwest::Method, rows: &[Vec<String>]) -> Result<(), DeliveryError> {
+    /// Adds (`POST`) or removes (`DELETE`) members in one request: in the
+    /// upload session of `place`'s sequence, or in a session of its own.
+    async fn upload(
+        &self,
+        method: reqwest::Method,
+        rows: &[Vec<String>],
+        place: Option<SequencePlace>,
+    ) -> Result<(), DeliveryError> {
+        let Some(place) = place else {
+            return self
+                .upload_as(method, rows, new_session_id(), 1, true, rows.len())
+                .await;
+        };
+        loop {
+            let session = self.session(place.sequence);
+            let mut opened = session.opened.lock().await;
+            if !self.is_current(place.sequence, &session) {
+                // Retired while this request waited: open its successor.
+                continue;
+            }
+            let seq = if *opened {
+                drop(opened);
+                session.next_seq.fetch_add(1, Ordering::Relaxed)
+            } else {
+                // Sent while `opened` is held: the first request goes alone.
+                let sent = self
+                    .upload_as(method, rows, session.id, 1, place.last, place.rows)
+                    .await;
+                *opened = sent.is_ok();
+                if sent.is_err() {
+                    self.retire(place.sequence, &session);
+                }
+                return sent;
+            };
+            let sent = self
+                .upload_as(method.clone(), rows, session.id, seq, place.last, place.rows)
+                .await;
+            // A middle request that failed is sent again with a new number in
+            // the same session. The last one may have ended the session
+            // before its answer was lost, and an out-of-step session is done.
+            let out_of_step =
+                matches!(&sent, Err(DeliveryError::Transient(m)) if m.contains(response::SESSION_OUT_OF_STEP));
+            if out_of_step || (place.last && matches!(sent, Err(DeliveryError::Transient(_)))) {
+                self.retire(place.sequence, &session);
+            }
+            return sent;
+        }
+    }
+
+    /// The session of `sequence`, opened on first use.
+    fn session(&self, sequence: usize) -> Arc<Session> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .entry(sequence)
+            .or_insert_with(|| Arc::new(Session::new()))
+            .clone()
+    }
+
+    fn is_current(&self, sequence: usize, session: &Arc<Session>) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(&sequence)
+            .is_some_and(|current| Arc::ptr_eq(current, session))
+    }
+
+    /// Replaces a session whose state Meta may no longer share with us: its
+    /// opening request failed, its last one got no sure answer (it may have
+    /// ended the session), or Meta said it is out of step. The sequence goes on in
+    /// a new session, which the next request opens with `batch_seq` 1; Meta
+    /// ends the old one on its own.
+    fn retire(&self, sequence: usize, session: &Arc<Session>) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if sessions
+            .get(&sequence)
+            .is_some_and(|current| Arc::ptr_eq(current, session))
+        {
+            sessions.insert(sequence, Arc::new(Session::new()));
+        }
+    }
+
+    async fn upload_as(
+        &self,
+        method: reqwest::Method,
+        rows: &[Vec<String>],
+        session_id: u64,
+        batch_seq: u64,
+        last: bool,
+        estimated_total: usize,
+    ) -> Result<(), DeliveryError> {
         let schema: Vec<&str> = self.schema.iter().map(|(_, key)| *key).collect();
-        // Each request is a session of its own: batches travel on their
-        // own (other workers, other shards), so one session cannot span them.
         let session = json!({
-            "session_id": rand::random::<u32>() as u64 + 1,
-            "batch_seq": 1,
-            "last_batch_flag": true,
-            "estimated_num_total": rows.len(),
+            "session_id": session_id,
+            "batch_seq": batch_seq,
+            "last_batch_flag": last,
+            "estimated_num_total": estimated_total.max(rows.len()),
         });
         let form = [
             ("payload", request::payload(&schema, rows).to_string()),
@@ -299,19 +423,13 @@ impl MetaDestination {
         ];
         self.client.call(method, "/users", Some(&form)).await.map(|_| ())
     }
-}
 
-#[async_trait]
-impl Destination for MetaDestination {
-    async fn check_connection(&self) -> Result<(), String> {
-        self.client
-            .call(reqwest::Method::GET, "?fields=id,name", None)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
+    async fn send_with(
+        &self,
+        action: Action,
+        records: &[Record<'_>],
+        place: Option<SequencePlace>,
+    ) -> Result<RowResults, DeliveryError> {
         let method = match action {
             Action::Add | Action::Insert | Action::Upsert | Action::Update => reqwest::Method::POST,
             Action::Remove | Action::Delete | Action::Archive => reqwest::Method::DELETE,
@@ -339,12 +457,43 @@ impl Destination for MetaDestination {
             }
             rows.push(values);
         }
+        // The old identifiers of changed members leave in a session of their
+        // own: the sequence's session is the one of its action.
         if !replaced.is_empty() {
-            self.upload(reqwest::Method::DELETE, &replaced).await?;
+            self.upload(reqwest::Method::DELETE, &replaced, None).await?;
         }
         if !rows.is_empty() {
-            self.upload(method, &rows).await?;
+            self.upload(method, &rows, place).await?;
         }
         Ok(results)
+    }
+}
+
+#[async_trait]
+impl Destination for MetaDestination {
+    async fn check_connection(&self) -> Result<(), String> {
+        self.client
+            .call(reqwest::Method::GET, "?fields=id,name", None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn send(&self, action: Action, records: &[Record<'_>]) -> Result<RowResults, DeliveryError> {
+        self.send_with(action, records, None).await
+    }
+
+    /// An action's batches form one upload session per shard attempt.
+    fn sequenced(&self) -> bool {
+        true
+    }
+
+    async fn send_in_sequence(
+        &self,
+        action: Action,
+        records: &[Record<'_>],
+        place: SequencePlace,
+    ) -> Result<RowResults, DeliveryError> {
+        self.send_with(action, records, Some(place)).await
     }
 }

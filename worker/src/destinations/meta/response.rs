@@ -8,6 +8,10 @@ use ebb_shared::redact::redact_secrets;
 use serde_json::Value;
 use std::time::Duration;
 
+/// Said of an upload-session error (2650): the request goes again in a new
+/// session.
+pub(super) const SESSION_OUT_OF_STEP: &str = "Ebb sends it again in a new upload session";
+
 /// Throttling codes: application (4), user (17), page (32), API-specific
 /// (613), and the custom-audience limits (80003, 2446079).
 const THROTTLED: &[i64] = &[4, 17, 32, 613, 80003, 2446079];
@@ -65,6 +69,9 @@ pub(super) fn failure(
         // An unknown or temporary error on Meta's side.
         Some(1 | 2) => DeliveryError::Transient(said),
         // The audience does not exist or this token cannot see it.
+        // The upload session is out of step with what Meta holds (its first
+        // batch not seen, already ended): the connector starts a new one.
+        Some(2650) => DeliveryError::Transient(format!("{said} ({SESSION_OUT_OF_STEP})")),
         Some(100) if subcode == Some(33) => DeliveryError::Permanent(format!("{said} (check `audience_id`)")),
         _ if error["is_transient"] == true => DeliveryError::Transient(said),
         _ if status == 408 || status >= 500 => DeliveryError::Transient(said),

@@ -75,8 +75,10 @@ async fn members_are_added_and_removed_by_hashed_normalised_identifiers() {
         fake.members(AUDIENCE),
         [ada.clone(), bo.clone(), someone_else.clone()].into_iter().collect()
     );
-    // Every request said its session.
-    assert_eq!(fake.sessions().len(), 1);
+    // A batch sent on its own is a session of its own, ended.
+    let sessions = fake.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!((sessions[0].batches.clone(), sessions[0].ended), (vec![1], true));
     // Removing sends the same identifiers: only what Ebb added leaves.
     assert_eq!(
         send(ads.as_ref(), Action::Remove, &rows[1..2]).await.unwrap(),
@@ -206,4 +208,136 @@ async fn a_member_whose_identifiers_changed_leaves_before_the_new_one_joins() {
     let members = fake.members(AUDIENCE);
     let emails: BTreeSet<String> = members.iter().map(|m| m["EMAIL"].clone()).collect();
     assert_eq!(emails, [sha("new@x.com"), sha("same@x.com")].into_iter().collect());
+}
+
+/// What the engine does for a sequenced destination: the first batch alone,
+/// the middle ones at once, the last after them (delivery.rs).
+async fn send_sequence(ads: &dyn Destination, sequence: usize, batches: &[Vec<serde_json::Value>]) {
+    use crate::destinations::{Record, SequencePlace};
+    let texts: Vec<Vec<String>> = batches
+        .iter()
+        .map(|rows| rows.iter().map(|row| row.to_string()).collect())
+        .collect();
+    let keys: Vec<String> = (0..batches.iter().map(Vec::len).sum::<usize>())
+        .map(|i| i.to_string())
+        .collect();
+    let rows = keys.len();
+    let records: Vec<Vec<Record<'_>>> = texts
+        .iter()
+        .enumerate()
+        .map(|(b, batch)| batch.iter().map(|json| Record::new(&keys[b], json)).collect())
+        .collect();
+    let send = |index: usize| {
+        let place = SequencePlace {
+            sequence,
+            last: index + 1 == records.len(),
+            rows,
+        };
+        let batch = &records[index];
+        async move {
+            // Retried as the engine would: throttling and outages pass.
+            for _ in 0..10 {
+                match ads.send_in_sequence(Action::Add, batch, place).await {
+                    Ok(results) => return assert!(results.iter().all(Result::is_ok), "{results:?}"),
+                    Err(DeliveryError::RateLimited { .. } | DeliveryError::Transient(_)) => continue,
+                    Err(error) => panic!("{error}"),
+                }
+            }
+            panic!("batch {index} never went through");
+        }
+    };
+    send(0).await;
+    futures::future::join_all((1..records.len() - 1).map(send)).await;
+    send(records.len() - 1).await;
+}
+
+fn emails(from: usize, count: usize) -> Vec<serde_json::Value> {
+    (from..from + count)
+        .map(|i| json!({"EMAIL": format!("p{i}@x.com"), "PHONE": null, "FN": null}))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_actions_batches_form_one_upload_session_ended_by_the_last() {
+    let fake = FakeMeta::start(TOKEN).await;
+    fake.create_audience(AUDIENCE);
+    let ads = open(&fake, "5s").await;
+    assert!(ads.sequenced());
+    let batches: Vec<_> = (0..5).map(|b| emails(b * 3, 3)).collect();
+    send_sequence(ads.as_ref(), 0, &batches).await;
+    let sessions = fake.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let session = &sessions[0];
+    let mut numbers = session.batches.clone();
+    assert_eq!(
+        (numbers[0], *numbers.last().unwrap()),
+        (1, 5),
+        "first and last go alone: {session:?}"
+    );
+    numbers.sort_unstable();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5]);
+    assert!(session.ended, "{session:?}");
+    assert_eq!((session.rows, session.estimated_total), (15, 15));
+    assert_eq!(fake.members(AUDIENCE).len(), 15);
+    // Another sequence of the attempt (say, its removals) is another session.
+    send_sequence(ads.as_ref(), 1, &[emails(100, 2), emails(102, 2)]).await;
+    assert_eq!(fake.sessions().len(), 2);
+    assert_eq!(fake.out_of_step(), 0);
+}
+
+#[tokio::test]
+async fn a_session_whose_ends_failed_goes_on_in_a_new_one() {
+    let fake = FakeMeta::start(TOKEN).await;
+    fake.create_audience(AUDIENCE);
+    let ads = open(&fake, "300ms").await;
+    // The opening request meets an outage: nothing of the session reached
+    // Meta, and the next request opens a session with batch_seq 1.
+    fake.fault(Fault::Unavailable, 1);
+    send_sequence(ads.as_ref(), 0, &[emails(0, 2), emails(2, 2), emails(4, 2)]).await;
+    // The last request is applied but answered too late: it may have ended
+    // the session, so its retry is a session of its own.
+    let fresh = open(&fake, "300ms").await;
+    let before = fake.sessions().len();
+    let batches = [emails(10, 2), emails(12, 2), emails(14, 2)];
+    {
+        use crate::destinations::{Record, SequencePlace};
+        let texts: Vec<Vec<String>> = batches
+            .iter()
+            .map(|b| b.iter().map(|r| r.to_string()).collect())
+            .collect();
+        let records: Vec<Vec<Record<'_>>> = texts
+            .iter()
+            .map(|b| b.iter().map(|j| Record::new("k", j)).collect())
+            .collect();
+        let place = |last| SequencePlace {
+            sequence: 0,
+            last,
+            rows: 6,
+        };
+        fresh
+            .send_in_sequence(Action::Add, &records[0], place(false))
+            .await
+            .unwrap();
+        fresh
+            .send_in_sequence(Action::Add, &records[1], place(false))
+            .await
+            .unwrap();
+        fake.fault(Fault::AppliedThenSlow(std::time::Duration::from_secs(2)), 1);
+        let late = fresh.send_in_sequence(Action::Add, &records[2], place(true)).await;
+        assert!(matches!(late, Err(DeliveryError::Transient(_))), "{late:?}");
+        fresh
+            .send_in_sequence(Action::Add, &records[2], place(true))
+            .await
+            .unwrap();
+    }
+    let sessions = fake.sessions();
+    assert_eq!(fake.out_of_step(), 0, "{sessions:?}");
+    let ended: Vec<Vec<u64>> = sessions[before..].iter().map(|s| s.batches.clone()).collect();
+    assert_eq!(
+        ended,
+        vec![vec![1, 2, 3], vec![1]],
+        "the retry opened and ended its own: {sessions:?}"
+    );
+    assert!(sessions.iter().all(|s| s.batches[0] == 1), "{sessions:?}");
+    assert_eq!(fake.members(AUDIENCE).len(), 12);
 }
