@@ -315,7 +315,7 @@ fn has_unset_variables(settings: Vec<(Vec<String>, &str)>) -> bool {
 /// Where a source's connection is set: its URL, or its path.
 fn source_setting_path(name: &str, source: &SourceConfig) -> Vec<Segment> {
     let setting = match source {
-        SourceConfig::Postgres(_) => "url",
+        SourceConfig::Postgres(_) | SourceConfig::Mysql(_) => "url",
         SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => "path",
     };
     path_of(&["sources", name, setting])

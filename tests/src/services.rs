@@ -94,3 +94,53 @@ pub async fn require_rabbitmq() -> String {
     }
     url
 }
+
+pub fn mysql_admin_url() -> String {
+    std::env::var("EBB_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// A MariaDB (or MySQL) database of its own for one test; dropped when this
+/// value is.
+pub struct TestMysqlDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl Drop for TestMysqlDatabase {
+    fn drop(&mut self) {
+        let statement = format!("DROP DATABASE IF EXISTS {}", self.name);
+        let dropped = run_blocking(async move {
+            let mut connection = sqlx::MySqlConnection::connect(&mysql_admin_url()).await?;
+            connection.execute(statement.as_str()).await?;
+            Ok::<_, sqlx::Error>(())
+        });
+        if let Err(error) = dropped {
+            eprintln!("warning: could not drop test database {}: {error}", self.name);
+        }
+    }
+}
+
+/// A fresh database on the local MariaDB; fails saying how to start it.
+pub async fn fresh_mysql_database(label: &str) -> TestMysqlDatabase {
+    let admin = mysql_admin_url();
+    let mut connection = sqlx::MySqlConnection::connect(&admin).await.unwrap_or_else(|error| {
+        panic!(
+            "MariaDB is not reachable at {admin} ({error}). Start it with: \
+             start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd \
+             (or point EBB_TEST_MYSQL_URL at a server)"
+        )
+    });
+    let name = format!("ebb_{label}_{}", rand::random::<u32>());
+    connection
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create test database");
+    let base = admin
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_string())
+        .unwrap_or(admin.clone());
+    TestMysqlDatabase {
+        url: format!("{base}/{name}"),
+        name,
+    }
+}

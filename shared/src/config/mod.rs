@@ -43,6 +43,7 @@ pub struct ConfigFile {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
+    Mysql(MysqlSourceConfig),
     Sqlite(SqliteSourceConfig),
     Csv(CsvSourceConfig),
 }
@@ -51,6 +52,14 @@ pub enum SourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
     /// `postgres://user:${PGPASSWORD}@host:5432/db`
+    pub url: String,
+}
+
+/// MySQL or MariaDB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSourceConfig {
+    /// `mysql://user:${MYSQL_PASSWORD}@host:3306/db`
     pub url: String,
 }
 
@@ -93,6 +102,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Mysql(_) => "mysql",
             SourceConfig::Sqlite(_) => "sqlite",
             SourceConfig::Csv(_) => "csv",
         }
@@ -103,6 +113,7 @@ impl SourceConfig {
     pub fn expanded_settings(&self) -> Vec<(Vec<String>, &str)> {
         match self {
             SourceConfig::Postgres(c) => vec![(vec!["url".into()], c.url.as_str())],
+            SourceConfig::Mysql(c) => vec![(vec!["url".into()], c.url.as_str())],
             SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => Vec::new(),
         }
     }

@@ -9,8 +9,8 @@
 use super::destination::{read_settings as typed, FieldError};
 use super::yaml::{display_path, Segment, YamlIndex};
 use super::{
-    ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, DestinationTypes, PostgresSourceConfig, SourceConfig,
-    SqliteSourceConfig,
+    ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, DestinationTypes, MysqlSourceConfig,
+    PostgresSourceConfig, SourceConfig, SqliteSourceConfig,
 };
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -26,6 +26,9 @@ const SOURCE_TYPES: &[Reader<SourceConfig>] = &[
     ("postgres", |v| {
         typed::<PostgresSourceConfig>(v).map(SourceConfig::Postgres)
     }),
+    ("mysql", |v| typed::<MysqlSourceConfig>(v).map(SourceConfig::Mysql)),
+    // MariaDB speaks MySQL's protocol: the same source.
+    ("mariadb", |v| typed::<MysqlSourceConfig>(v).map(SourceConfig::Mysql)),
     ("sqlite", |v| typed::<SqliteSourceConfig>(v).map(SourceConfig::Sqlite)),
     ("csv", |v| typed::<CsvSourceConfig>(v).map(SourceConfig::Csv)),
 ];

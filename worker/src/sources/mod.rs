@@ -3,6 +3,7 @@
 //! channel, so reading overlaps with hashing and uploading.
 
 mod csv;
+mod mysql;
 mod postgres;
 mod sqlite;
 
@@ -70,6 +71,7 @@ pub async fn open(
 ) -> Result<RowStream, TaskError> {
     match source {
         SourceConfig::Postgres(config) => postgres::open(source_name, config, model_name, model).await,
+        SourceConfig::Mysql(config) => mysql::open(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::open(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::open(source_name, config, model_name, model).await,
     }
@@ -84,6 +86,7 @@ pub async fn describe(
 ) -> Result<Vec<Column>, TaskError> {
     match source {
         SourceConfig::Postgres(config) => postgres::describe(source_name, config, model_name, model).await,
+        SourceConfig::Mysql(config) => mysql::describe(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::describe(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::describe(source_name, config, model).await,
     }
