@@ -92,6 +92,70 @@ pub async fn describe(
     }
 }
 
+/// How long a database source may take to accept a connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Connects to a database source within `CONNECT_TIMEOUT`. A login refused or
+/// a database missing is the source's problem, not the query's.
+async fn connect_within<C>(
+    source_name: &str,
+    model_name: &str,
+    connecting: impl std::future::Future<Output = Result<C, sqlx::Error>>,
+) -> Result<C, TaskError> {
+    let unreachable = |reason: String| TaskError::SourceUnreachable {
+        source_name: source_name.to_string(),
+        reason,
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| match classify_sqlx(e, source_name, model_name) {
+            TaskError::Query { reason, .. } => unreachable(reason),
+            other => other,
+        })
+}
+
+/// A model's SQL as it is sent: without surrounding space or a final `;`.
+fn model_query(model: &ModelConfig) -> String {
+    model
+        .query
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .trim_end_matches(';')
+        .trim()
+        .to_string()
+}
+
+/// Hands rows over in batches of `BATCH_ROWS` until the rows end, one fails
+/// (its error is handed over last), or extraction stops listening.
+async fn send_in_batches(
+    rows: impl futures::Stream<Item = Result<Row, TaskError>>,
+    sender: &mpsc::Sender<Result<Batch, TaskError>>,
+) {
+    use futures::StreamExt;
+    let mut rows = std::pin::pin!(rows);
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+    while let Some(row) = rows.next().await {
+        match row {
+            Ok(row) => batch.push(row),
+            Err(error) => {
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+        }
+        if batch.len() >= BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+            if sender.send(Ok(full.into())).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = sender.send(Ok(batch.into())).await;
+    }
+}
+
 /// The result columns of a prepared statement, with the source's type names.
 fn statement_columns<'q, S: sqlx::Statement<'q>>(statement: &S) -> Vec<Column> {
     use sqlx::{Column as _, TypeInfo};

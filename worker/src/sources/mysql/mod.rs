@@ -15,16 +15,13 @@
 //! run. A query that wants bytes for certain says `HEX(col)` or
 //! `TO_BASE64(col)`.
 
-use super::{classify_sqlx, Row, RowStream, BATCH_ROWS};
+use super::{classify_sqlx, send_in_batches, Row, RowStream};
 use crate::error::TaskError;
 use ebb_shared::config::{expand_env, ModelConfig, MysqlSourceConfig};
 use ebb_shared::value::{Column, Value};
 use futures::StreamExt;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow};
 use sqlx::{Column as _, ConnectOptions, Executor, Row as _, TypeInfo, ValueRef};
-use std::time::Duration;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Connects and prepares the model's query: its columns, no row read.
 pub(super) async fn describe(
@@ -56,24 +53,8 @@ async fn prepare(
         ))
     })?;
     let options = options.timezone(Some("+00:00".to_string()));
-    let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
-        .await
-        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| classify_sqlx(e, source_name, model_name))
-        .map_err(|e| match e {
-            // A refused login or an unknown database is the source's
-            // problem, not the query's.
-            TaskError::Query { reason, .. } => unreachable(reason),
-            other => other,
-        })?;
-    let query = model
-        .query
-        .as_deref()
-        .unwrap_or_default()
-        .trim()
-        .trim_end_matches(';')
-        .trim()
-        .to_string();
+    let mut connection = super::connect_within(source_name, model_name, options.connect()).await?;
+    let query = super::model_query(model);
     let statement = connection
         .prepare(query.as_str())
         .await
@@ -95,42 +76,21 @@ pub(super) async fn open(
     let model_name = model_name.to_string();
     tokio::spawn(async move {
         // A `&str` query has no arguments: the text protocol, streamed.
-        let mut rows = connection.fetch(query.as_str());
         let mut types: Option<Vec<MysqlType>> = None;
-        let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
-        while let Some(row) = rows.next().await {
-            let converted = row
-                .map_err(|e| classify_sqlx(e, &source_name, &model_name))
-                .and_then(|row| {
-                    let types = types.get_or_insert_with(|| {
-                        row.columns()
-                            .iter()
-                            .map(|c| MysqlType::from_name(c.type_info().name()))
-                            .collect()
-                    });
-                    convert_row(&row, types).map_err(|reason| TaskError::SourceRead {
-                        source_name: source_name.clone(),
-                        reason,
-                    })
-                });
-            match converted {
-                Ok(row) => batch.push(row),
-                Err(error) => {
-                    let _ = sender.send(Err(error)).await;
-                    return;
-                }
-            }
-            if batch.len() >= BATCH_ROWS {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-                // Extraction stopped (cancelled, failed): stop reading.
-                if sender.send(Ok(full.into())).await.is_err() {
-                    return;
-                }
-            }
-        }
-        if !batch.is_empty() {
-            let _ = sender.send(Ok(batch.into())).await;
-        }
+        let rows = connection.fetch(query.as_str()).map(|row| {
+            let row = row.map_err(|e| classify_sqlx(e, &source_name, &model_name))?;
+            let types = types.get_or_insert_with(|| {
+                row.columns()
+                    .iter()
+                    .map(|c| MysqlType::from_name(c.type_info().name()))
+                    .collect()
+            });
+            convert_row(&row, types).map_err(|reason| TaskError::SourceRead {
+                source_name: source_name.clone(),
+                reason,
+            })
+        });
+        send_in_batches(rows, &sender).await;
     });
     Ok(stream)
 }

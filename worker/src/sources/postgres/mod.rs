@@ -10,9 +10,6 @@ use ebb_shared::value::{Column, Value};
 use futures::StreamExt;
 use sqlx::{Connection, Executor, PgConnection};
 use std::sync::Arc;
-use std::time::Duration;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Connects and prepares the model's query: its columns, no row read.
 pub(super) async fn describe(
@@ -33,27 +30,8 @@ async fn prepare(
     model: &ModelConfig,
 ) -> Result<(PgConnection, String, Vec<Column>), TaskError> {
     let url = expand_env(&config.url, &format!("source {source_name:?} url"))?;
-    let unreachable = |reason: String| TaskError::SourceUnreachable {
-        source_name: source_name.to_string(),
-        reason,
-    };
-    let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(&url))
-        .await
-        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| classify_sqlx(e, source_name, model_name))
-        .map_err(|e| match e {
-            // A refused login is the source's problem, not the query's.
-            TaskError::Query { reason, .. } => unreachable(reason),
-            other => other,
-        })?;
-    let query = model
-        .query
-        .as_deref()
-        .unwrap_or_default()
-        .trim()
-        .trim_end_matches(';')
-        .trim()
-        .to_string();
+    let mut connection = super::connect_within(source_name, model_name, PgConnection::connect(&url)).await?;
+    let query = super::model_query(model);
     let statement = connection
         .prepare(query.as_str())
         .await

@@ -1,7 +1,7 @@
 //! SQLite: values keep the storage class SQLite gives them (integer, real, text,
 //! blob, null), which is what a column's type means there.
 
-use super::{classify_sqlx, Row, RowStream, BATCH_ROWS};
+use super::{classify_sqlx, send_in_batches, Row, RowStream};
 use crate::error::TaskError;
 use ebb_shared::config::{ModelConfig, SqliteSourceConfig};
 use ebb_shared::value::{Column, Value};
@@ -39,7 +39,7 @@ async fn prepare(
         .connect()
         .await
         .map_err(|e| classify_sqlx(e, source_name, model_name))?;
-    let query = model.query.clone().unwrap_or_default();
+    let query = super::model_query(model);
     let statement = connection
         .prepare(query.as_str())
         .await
@@ -60,34 +60,16 @@ pub(super) async fn open(
     let source_name = source_name.to_string();
     let model_name = model_name.to_string();
     tokio::spawn(async move {
-        let mut rows = sqlx::query(&query).fetch(&mut connection);
-        let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
-        while let Some(row) = rows.next().await {
-            let row = match row
-                .map_err(|e| classify_sqlx(e, &source_name, &model_name))
-                .and_then(|r| {
-                    convert_row(&r).map_err(|reason| TaskError::SourceRead {
+        let rows = sqlx::query(&query).fetch(&mut connection).map(|row| {
+            row.map_err(|e| classify_sqlx(e, &source_name, &model_name))
+                .and_then(|row| {
+                    convert_row(&row).map_err(|reason| TaskError::SourceRead {
                         source_name: source_name.clone(),
                         reason,
                     })
-                }) {
-                Ok(row) => row,
-                Err(error) => {
-                    let _ = sender.send(Err(error)).await;
-                    return;
-                }
-            };
-            batch.push(row);
-            if batch.len() >= BATCH_ROWS {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-                if sender.send(Ok(full.into())).await.is_err() {
-                    return;
-                }
-            }
-        }
-        if !batch.is_empty() {
-            let _ = sender.send(Ok(batch.into())).await;
-        }
+                })
+        });
+        send_in_batches(rows, &sender).await;
     });
     Ok(stream)
 }
