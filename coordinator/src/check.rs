@@ -138,7 +138,7 @@ async fn connected_problems(config: &Config, locations: &Locations) -> Vec<Confi
                         unreachable_sources.insert(model.source.as_str());
                         source_setting_path(&model.source, source)
                     }
-                    _ => path_of(&["models", name, if model.file.is_some() { "file" } else { "query" }]),
+                    _ => path_of(&["models", name, model.definition_key()]),
                 };
                 problems.push(locations.error(&at, error.to_string()));
                 columns.insert(name, None);
@@ -315,7 +315,7 @@ fn has_unset_variables(settings: Vec<(Vec<String>, &str)>) -> bool {
 /// Where a source's connection is set: its URL, or its path.
 fn source_setting_path(name: &str, source: &SourceConfig) -> Vec<Segment> {
     let setting = match source {
-        SourceConfig::Postgres(_) | SourceConfig::Mysql(_) => "url",
+        SourceConfig::Postgres(_) | SourceConfig::Redshift(_) | SourceConfig::Mysql(_) => "url",
         SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => "path",
     };
     path_of(&["sources", name, setting])

@@ -144,6 +144,12 @@ enum Command {
     /// Runs of a sync: list them, show one, or look at its rows.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Sources: reach one without reading a model.
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Models: look at the rows a model reads before syncing them.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Destinations: reach one without changing anything, or list the fields its records may have.
     #[command(subcommand)]
     Destination(DestinationCommand),
@@ -171,6 +177,45 @@ enum Command {
         shell: clap_complete::Shell,
     },
 }
+
+#[derive(Subcommand)]
+enum SourceCommand {
+    /// Connect to a source and run `SELECT 1` (a file source: its directory exists). Exit status 1
+    /// when it cannot be reached, with the source's own message.
+    ///
+    /// Runs where you run it, with this environment's variables (the ones the workers need).
+    Test {
+        /// The source's name in the config.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// The first rows of a model and its columns with their source types, as a sync would read
+    /// them: check a query or a table model before a sync sends anything.
+    ///
+    /// Example: `ebb model preview customers --limit 20`. SQL models are asked for no more than
+    /// --limit rows. Runs where you run it, with this environment's variables.
+    Preview {
+        /// The model's name in the config.
+        name: String,
+        /// At most this many rows (1 to 10,000).
+        #[arg(long, default_value_t = 100, env = "EBB_PREVIEW_LIMIT",
+              value_parser = clap::value_parser!(u64).range(1..=MAX_PREVIEW_ROWS))]
+        limit: u64,
+        /// Print {"columns": [{"name", "type"}], "rows": [{column: value}]}, as the API does.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// The most rows a model preview shows (CLI and API).
+pub const MAX_PREVIEW_ROWS: u64 = 10_000;
 
 #[derive(Subcommand)]
 enum DestinationCommand {
@@ -594,6 +639,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Quickstart { dir } => crate::quickstart::run(&dir).await,
         Command::Check { config, connect, json } => check(&config, connect, json).await,
         Command::Destination(command) => destination(command).await,
+        Command::Source(command) => source(command).await,
+        Command::Model(command) => model(command).await,
         Command::Completions { shell } => {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "ebb", &mut text);
@@ -843,6 +890,61 @@ fn run_exit_code(run: &RunView) -> ExitCode {
         "success" | "warning" => ExitCode::SUCCESS,
         _ => ExitCode::from(exit::RUN_NOT_SUCCESSFUL),
     }
+}
+
+/// `ebb source …`: connects from here, with this environment.
+async fn source(command: SourceCommand) -> anyhow::Result<ExitCode> {
+    let SourceCommand::Test { name, config } = &command;
+    let loaded = config.load()?;
+    let Some(source) = loaded.sources.get(name) else {
+        anyhow::bail!(
+            "no source named {name:?} in {} (defined: {})",
+            config.config.display(),
+            loaded.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    match ebb_worker::sources::test(name, source).await {
+        Ok(()) => {
+            output::print(&format!("source {name:?} ({}): reachable\n", source.kind()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            Ok(ExitCode::from(exit::RUN_NOT_SUCCESSFUL))
+        }
+    }
+}
+
+/// `ebb model preview`: reads the model's first rows from here.
+async fn model(command: ModelCommand) -> anyhow::Result<ExitCode> {
+    let ModelCommand::Preview {
+        name,
+        limit,
+        json,
+        config,
+    } = &command;
+    let loaded = config.load()?;
+    let Some(model) = loaded.models.get(name) else {
+        anyhow::bail!(
+            "no model named {name:?} in {} (defined: {})",
+            config.config.display(),
+            loaded.models.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let source = &loaded.sources[&model.source];
+    let preview = match ebb_worker::sources::preview(&model.source, source, name, model, *limit as usize).await {
+        Ok(preview) => preview,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::from(exit::RUN_NOT_SUCCESSFUL));
+        }
+    };
+    if *json {
+        output::print_json(&preview.to_json())?;
+    } else {
+        output::print(&output::preview_table(&preview, &model.primary_key));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `ebb destination …`: runs the connector here, on the config's settings.

@@ -199,6 +199,71 @@ pub fn syncs_table(syncs: &[SyncView]) -> String {
     out
 }
 
+/// A model's first rows as a table: a header of column names over their
+/// source types (the primary key marked), then one line a row, each cell cut
+/// to 40 characters, and how many rows were read.
+pub fn preview_table(preview: &ebb_worker::sources::Preview, primary_key: &str) -> String {
+    const WIDEST: usize = 40;
+    let cut = |text: String| -> String {
+        let text = text.replace(['\n', '\t'], " ");
+        if text.chars().count() > WIDEST {
+            format!("{}…", text.chars().take(WIDEST - 1).collect::<String>())
+        } else {
+            text
+        }
+    };
+    let header: Vec<String> = preview
+        .columns
+        .iter()
+        .map(|c| {
+            if c.name == primary_key {
+                format!("{} (key)", c.name)
+            } else {
+                c.name.clone()
+            }
+        })
+        .collect();
+    let types: Vec<String> = preview.columns.iter().map(|c| c.source_type.to_lowercase()).collect();
+    let cells: Vec<Vec<String>> = preview
+        .rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|value| match value {
+                    ebb_shared::value::Value::Null => "null".to_string(),
+                    ebb_shared::value::Value::Text(text) => cut(text.clone()),
+                    other => cut(other.to_json().to_string()),
+                })
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            let cell_width = cells.iter().map(|row| row[i].chars().count()).max().unwrap_or(0);
+            header[i].chars().count().max(types[i].chars().count()).max(cell_width)
+        })
+        .collect();
+    let line = |cells: &[String]| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(&header);
+    out.push_str(&line(&types));
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out.push_str(&format!(
+        "({} row{})\n",
+        thousands(preview.rows.len() as u64),
+        if preview.rows.len() == 1 { "" } else { "s" }
+    ));
+    out
+}
+
 /// How to run this very `ebb` from the current directory, for hints that are
 /// runnable as printed: `ebb` when that is what the PATH finds, else the
 /// binary's path (relative when it lies below the current directory).

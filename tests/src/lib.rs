@@ -3,6 +3,7 @@
 
 pub mod embedded;
 pub mod fleet;
+pub mod memory;
 pub mod model;
 pub mod process;
 pub mod proxy;
@@ -10,3 +11,4 @@ pub mod s3;
 pub mod scenario;
 pub mod services;
 pub mod sink;
+pub mod source_contract;

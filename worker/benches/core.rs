@@ -26,7 +26,7 @@ fn spec() -> SyncSpec {
             source: "files".into(),
             query: None,
             file: Some("people.csv".into()),
-            primary_key: "id".into(),
+            ..ModelConfig::query("files", "", "id")
         },
         source: SourceConfig::Csv(CsvSourceConfig { path: ".".into() }),
         destination_name: "out".into(),

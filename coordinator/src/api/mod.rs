@@ -36,6 +36,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/runs/{id}/rows", get(run_rows))
         .route("/api/v1/runs/{id}/requests", get(run_requests))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/sources", get(list_sources))
+        .route("/api/v1/sources/{id}/test", post(test_source))
+        .route("/api/v1/models", get(list_models))
+        .route("/api/v1/models/{id}/preview", get(preview_model))
         .route("/api/v1/destinations", get(list_destinations))
         .route("/api/v1/destinations/{id}/test", post(test_destination))
         .route("/api/v1/destinations/{id}/fields", get(destination_fields))
@@ -181,6 +185,99 @@ async fn list_destinations(State(state): State<ApiState>) -> Json<serde_json::Va
         .map(|(name, destination)| serde_json::json!({"id": name, "type": destination.kind}))
         .collect();
     Json(serde_json::json!({ "data": data, "hasMore": false }))
+}
+
+async fn list_sources(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let config = state.coordinator.config();
+    let data: Vec<serde_json::Value> = config
+        .sources
+        .iter()
+        .map(|(name, source)| serde_json::json!({"id": name, "type": source.kind()}))
+        .collect();
+    Json(serde_json::json!({ "data": data, "hasMore": false }))
+}
+
+/// Reaches the source from the coordinator, with its environment:
+/// `{"ok": true}`, or `{"ok": false, "error": …}` with the source's message.
+async fn test_source(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = {
+        let config = state.coordinator.config();
+        config.sources.get(&id).cloned().ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no source named {id:?} (defined: {})",
+                    config.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?
+    };
+    let answer = match ebb_worker::sources::test(&id, &source).await {
+        Ok(()) => serde_json::json!({"ok": true}),
+        Err(error) => serde_json::json!({"ok": false, "error": error.to_string()}),
+    };
+    Ok(Json(answer))
+}
+
+async fn list_models(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let config = state.coordinator.config();
+    let data: Vec<serde_json::Value> = config
+        .models
+        .iter()
+        .map(|(name, model)| {
+            serde_json::json!({
+                "id": name,
+                "source": model.source,
+                "primaryKey": model.primary_key,
+                "queryType": match model.definition_key() { "table" => "table", "file" => "file", _ => "raw_sql" },
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "data": data, "hasMore": false }))
+}
+
+#[derive(Deserialize)]
+struct PreviewQuery {
+    limit: Option<u64>,
+}
+
+/// The model's first rows read from its source by the coordinator:
+/// `{"columns": [{name, type}], "rows": [{column: value}]}`; 502 with the
+/// source's message when it cannot be read.
+async fn preview_model(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<PreviewQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let max = crate::cli::MAX_PREVIEW_ROWS;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {max} (got {limit})"),
+        ));
+    }
+    let (model, source) = {
+        let config = state.coordinator.config();
+        let model = config.models.get(&id).cloned().ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no model named {id:?} (defined: {})",
+                    config.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        let source = config.sources[&model.source].clone();
+        (model, source)
+    };
+    match ebb_worker::sources::preview(&model.source, &source, &id, &model, limit as usize).await {
+        Ok(preview) => Ok(Json(preview.to_json())),
+        Err(error) => Err(ApiError(StatusCode::BAD_GATEWAY, error.to_string())),
+    }
 }
 
 fn configured_destination(state: &ApiState, id: &str) -> Result<ebb_shared::config::DestinationConfig, ApiError> {

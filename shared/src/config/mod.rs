@@ -43,6 +43,8 @@ pub struct ConfigFile {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
+    /// Amazon Redshift: PostgreSQL's wire protocol, read through a cursor.
+    Redshift(RedshiftSourceConfig),
     Mysql(MysqlSourceConfig),
     Sqlite(SqliteSourceConfig),
     Csv(CsvSourceConfig),
@@ -53,6 +55,18 @@ pub enum SourceConfig {
 pub struct PostgresSourceConfig {
     /// `postgres://user:${PGPASSWORD}@host:5432/db`
     pub url: String,
+}
+
+/// Amazon Redshift (or any PostgreSQL-protocol warehouse without
+/// `COPY … TO STDOUT`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedshiftSourceConfig {
+    /// `postgres://user:${REDSHIFT_PASSWORD}@cluster.region.redshift.amazonaws.com:5439/dev`
+    pub url: String,
+    /// Rows fetched from the cursor per round trip (default 10,000).
+    #[serde(default)]
+    pub fetch_rows: Option<u32>,
 }
 
 /// MySQL or MariaDB.
@@ -84,11 +98,47 @@ pub struct ModelConfig {
     /// SQL, for database sources.
     #[serde(default)]
     pub query: Option<String>,
+    /// A table or view of a database source instead of a query:
+    /// `schema.name` or `name`, written as the database spells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// With `table`: the columns to read (default: all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    /// With `table`: a SQL condition rows must meet, as in a `WHERE` clause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
     /// File name inside the source directory, for CSV sources.
     #[serde(default)]
     pub file: Option<String>,
     /// The column whose value identifies a row; unique and non-null.
     pub primary_key: String,
+}
+
+impl ModelConfig {
+    /// A model reading `query` from `source`, keyed by `primary_key`.
+    pub fn query(source: &str, query: &str, primary_key: &str) -> ModelConfig {
+        ModelConfig {
+            source: source.to_string(),
+            query: Some(query.to_string()),
+            table: None,
+            columns: Vec::new(),
+            filter: None,
+            file: None,
+            primary_key: primary_key.to_string(),
+        }
+    }
+
+    /// The config key that says what the model reads: `query`, `table` or `file`.
+    pub fn definition_key(&self) -> &'static str {
+        if self.table.is_some() {
+            "table"
+        } else if self.file.is_some() {
+            "file"
+        } else {
+            "query"
+        }
+    }
 }
 
 /// Default cap on a destination's `Retry-After` and on the fleet pause it causes.
@@ -102,6 +152,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Redshift(_) => "redshift",
             SourceConfig::Mysql(_) => "mysql",
             SourceConfig::Sqlite(_) => "sqlite",
             SourceConfig::Csv(_) => "csv",
@@ -113,6 +164,7 @@ impl SourceConfig {
     pub fn expanded_settings(&self) -> Vec<(Vec<String>, &str)> {
         match self {
             SourceConfig::Postgres(c) => vec![(vec!["url".into()], c.url.as_str())],
+            SourceConfig::Redshift(c) => vec![(vec!["url".into()], c.url.as_str())],
             SourceConfig::Mysql(c) => vec![(vec!["url".into()], c.url.as_str())],
             SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => Vec::new(),
         }
@@ -290,6 +342,104 @@ impl From<ConfigError> for ConfigErrors {
     fn from(error: ConfigError) -> Self {
         ConfigErrors(vec![error])
     }
+}
+
+/// A model reads exactly one thing its source can read: a CSV source a `file`,
+/// a database source a `query` or a `table` (with optional `columns` and
+/// `filter`).
+fn check_model_definition(name: &str, model: &ModelConfig, source: &SourceConfig) -> Vec<Problem> {
+    let at = |field: &str| problem_path(&["models", name, field]);
+    let mut problems = Vec::new();
+    let has_query = model.query.as_deref().is_some_and(|q| !q.trim().is_empty());
+    let table = model.table.as_deref().map(str::trim);
+    if matches!(source, SourceConfig::Csv(_)) {
+        if model.file.is_none() {
+            problems.push(problem(
+                at("source"),
+                format!(
+                    "model {name:?} reads CSV source {:?}: set `file` to the CSV file's name",
+                    model.source
+                ),
+            ));
+        }
+        for (key, set) in [("query", model.query.is_some()), ("table", table.is_some())] {
+            if set {
+                problems.push(problem(
+                    at(key),
+                    format!(
+                        "model {name:?} reads CSV source {:?}: `{key}` is for database sources; set `file` instead",
+                        model.source
+                    ),
+                ));
+            }
+        }
+        return problems;
+    }
+    if model.file.is_some() {
+        problems.push(problem(
+            at("file"),
+            format!(
+                "model {name:?} reads database source {:?}: `file` is for CSV sources; set `query` or `table` instead",
+                model.source
+            ),
+        ));
+    }
+    match (has_query, table) {
+        (true, Some(_)) => problems.push(problem(
+            at("table"),
+            format!("model {name:?} sets both `query` and `table`: keep one"),
+        )),
+        (false, None) => problems.push(problem(
+            at("query"),
+            format!(
+                "model {name:?} reads database source {:?}: set `query` (SQL) or `table` (schema.name)",
+                model.source
+            ),
+        )),
+        (false, Some("")) => problems.push(problem(
+            at("table"),
+            format!("model {name:?}: `table` is empty; write schema.name or name"),
+        )),
+        (false, Some(table)) => {
+            if table.split('.').count() > 3 || table.split('.').any(|part| part.trim().is_empty()) {
+                problems.push(problem(
+                    at("table"),
+                    format!("model {name:?}: table {table:?} is not a table name: write name, schema.name or database.schema.name"),
+                ));
+            }
+            if !model.columns.is_empty() && !model.columns.contains(&model.primary_key) {
+                problems.push(problem(
+                    at("columns"),
+                    format!(
+                        "model {name:?} reads columns {} but not its primary key {:?}: add it to `columns`",
+                        model.columns.join(", "),
+                        model.primary_key
+                    ),
+                ));
+            }
+            if let Some(empty) = model.columns.iter().find(|c| c.trim().is_empty()) {
+                problems.push(problem(
+                    at("columns"),
+                    format!("model {name:?}: a column name in `columns` is empty ({empty:?})"),
+                ));
+            }
+        }
+        (true, None) => {}
+    }
+    if table.is_none() {
+        for (key, set) in [
+            ("columns", !model.columns.is_empty()),
+            ("filter", model.filter.is_some()),
+        ] {
+            if set {
+                problems.push(problem(
+                    at(key),
+                    format!("model {name:?}: `{key}` goes with `table`; with a `query`, write it in the SQL"),
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// A problem found in a loaded config, at the path of the key at fault.
@@ -530,24 +680,7 @@ impl Config {
                 ));
                 continue;
             };
-            match (source, &model.query, &model.file) {
-                (SourceConfig::Csv(_), _, Some(_)) => {}
-                (SourceConfig::Csv(_), _, None) => problems.push(problem(
-                    at("source"),
-                    format!(
-                        "model {name:?} reads CSV source {:?}: set `file` to the CSV file's name",
-                        model.source
-                    ),
-                )),
-                (_, Some(query), None) if !query.trim().is_empty() => {}
-                _ => problems.push(problem(
-                    at(if model.file.is_some() { "file" } else { "query" }),
-                    format!(
-                        "model {name:?} reads database source {:?}: set `query` (and not `file`)",
-                        model.source
-                    ),
-                )),
-            }
+            problems.extend(check_model_definition(name, model, source));
         }
         let mut profiles = BTreeMap::new();
         for (name, destination) in &self.destinations {

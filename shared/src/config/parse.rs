@@ -10,7 +10,7 @@ use super::destination::{read_settings as typed, FieldError};
 use super::yaml::{display_path, Segment, YamlIndex};
 use super::{
     ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, DestinationTypes, MysqlSourceConfig,
-    PostgresSourceConfig, SourceConfig, SqliteSourceConfig,
+    PostgresSourceConfig, RedshiftSourceConfig, SourceConfig, SqliteSourceConfig,
 };
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -25,6 +25,9 @@ type Reader<T> = (&'static str, fn(Value) -> Result<T, FieldError>);
 const SOURCE_TYPES: &[Reader<SourceConfig>] = &[
     ("postgres", |v| {
         typed::<PostgresSourceConfig>(v).map(SourceConfig::Postgres)
+    }),
+    ("redshift", |v| {
+        typed::<RedshiftSourceConfig>(v).map(SourceConfig::Redshift)
     }),
     ("mysql", |v| typed::<MysqlSourceConfig>(v).map(SourceConfig::Mysql)),
     // MariaDB speaks MySQL's protocol: the same source.

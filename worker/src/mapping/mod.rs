@@ -442,7 +442,7 @@ mod tests {
                 source: "src".into(),
                 query: None,
                 file: Some("f.csv".into()),
-                primary_key: "id".into(),
+                ..ModelConfig::query("src", "", "id")
             },
             source: SourceConfig::Csv(CsvSourceConfig { path: ".".into() }),
             destination_name: "d".into(),

@@ -5,6 +5,7 @@
 mod csv;
 mod mysql;
 mod postgres;
+mod redshift;
 mod sqlite;
 
 use crate::error::TaskError;
@@ -71,6 +72,7 @@ pub async fn open(
 ) -> Result<RowStream, TaskError> {
     match source {
         SourceConfig::Postgres(config) => postgres::open(source_name, config, model_name, model).await,
+        SourceConfig::Redshift(config) => redshift::open(source_name, config, model_name, model).await,
         SourceConfig::Mysql(config) => mysql::open(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::open(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::open(source_name, config, model_name, model).await,
@@ -86,9 +88,127 @@ pub async fn describe(
 ) -> Result<Vec<Column>, TaskError> {
     match source {
         SourceConfig::Postgres(config) => postgres::describe(source_name, config, model_name, model).await,
+        SourceConfig::Redshift(config) => redshift::describe(source_name, config, model_name, model).await,
         SourceConfig::Mysql(config) => mysql::describe(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::describe(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::describe(source_name, config, model).await,
+    }
+}
+
+/// Reaches a source without reading a model: a database source connects and
+/// answers `SELECT 1`; a file source's directory or file exists.
+pub async fn test(source_name: &str, source: &SourceConfig) -> Result<(), TaskError> {
+    let probe = ModelConfig::query(source_name, "SELECT 1 AS ok", "ok");
+    match source {
+        SourceConfig::Csv(config) => {
+            if config.path.is_dir() {
+                Ok(())
+            } else {
+                Err(TaskError::SourceUnreachable {
+                    source_name: source_name.to_string(),
+                    reason: format!("the CSV directory {} does not exist", config.path.display()),
+                })
+            }
+        }
+        _ => {
+            let mut stream = open(source_name, source, "(connection test)", &probe).await?;
+            while let Some(batch) = stream.next_batch().await {
+                batch?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The first rows of a model as its source reads them, and its columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Row>,
+}
+
+impl Preview {
+    /// `{"columns": [{"name", "type"}], "rows": [{column: value}]}`: values
+    /// as a destination would receive them.
+    pub fn to_json(&self) -> serde_json::Value {
+        let columns: Vec<serde_json::Value> = self
+            .columns
+            .iter()
+            .map(|c| serde_json::json!({"name": c.name, "type": c.source_type}))
+            .collect();
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let cells = self.columns.iter().zip(row).map(|(c, v)| (c.name.clone(), v.to_json()));
+                serde_json::Value::Object(cells.collect())
+            })
+            .collect();
+        serde_json::json!({"columns": columns, "rows": rows})
+    }
+}
+
+/// The first `limit` rows of a model, with its columns. A SQL model is asked
+/// for no more than that (`LIMIT`), so a preview of a large model is cheap
+/// for the source too.
+pub async fn preview(
+    source_name: &str,
+    source: &SourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+    limit: usize,
+) -> Result<Preview, TaskError> {
+    let limited = match source {
+        SourceConfig::Csv(_) => model.clone(),
+        _ => {
+            let inner = model_query(model, Dialect::of(source));
+            ModelConfig::query(
+                &model.source,
+                &format!("SELECT * FROM ({inner}) AS ebb_preview LIMIT {limit}"),
+                &model.primary_key,
+            )
+        }
+    };
+    let mut stream = open(source_name, source, model_name, &limited).await?;
+    let mut rows = Vec::new();
+    while rows.len() < limit {
+        match stream.next_batch().await {
+            Some(batch) => rows.extend(batch?),
+            None => break,
+        }
+    }
+    rows.truncate(limit);
+    // Dropping the stream stops the read on the source.
+    Ok(Preview {
+        columns: stream.columns,
+        rows,
+    })
+}
+
+/// How a database spells names: what a table model's query is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL, Redshift, SQLite: `"name"`.
+    Ansi,
+    /// MySQL and MariaDB: `` `name` ``.
+    Mysql,
+}
+
+impl Dialect {
+    pub fn of(source: &SourceConfig) -> Dialect {
+        match source {
+            SourceConfig::Mysql(_) => Dialect::Mysql,
+            _ => Dialect::Ansi,
+        }
+    }
+
+    /// A name quoted exactly as written: a table model names its table and
+    /// columns as the database spells them.
+    pub fn quote(self, name: &str) -> String {
+        match self {
+            Dialect::Ansi => format!("\"{}\"", name.replace('"', "\"\"")),
+            Dialect::Mysql => format!("`{}`", name.replace('`', "``")),
+        }
     }
 }
 
@@ -115,16 +235,25 @@ async fn connect_within<C>(
         })
 }
 
-/// A model's SQL as it is sent: without surrounding space or a final `;`.
-fn model_query(model: &ModelConfig) -> String {
-    model
-        .query
-        .as_deref()
-        .unwrap_or_default()
-        .trim()
-        .trim_end_matches(';')
-        .trim()
-        .to_string()
+/// A model's SQL as it is sent: a query without surrounding space or a final
+/// `;`, or the `SELECT` a table model stands for.
+pub fn model_query(model: &ModelConfig, dialect: Dialect) -> String {
+    let trimmed = |sql: &str| sql.trim().trim_end_matches(';').trim().to_string();
+    let Some(table) = &model.table else {
+        return trimmed(model.query.as_deref().unwrap_or_default());
+    };
+    let columns = if model.columns.is_empty() {
+        "*".to_string()
+    } else {
+        let quoted: Vec<String> = model.columns.iter().map(|c| dialect.quote(c.trim())).collect();
+        quoted.join(", ")
+    };
+    let table: Vec<String> = table.trim().split('.').map(|part| dialect.quote(part.trim())).collect();
+    let mut sql = format!("SELECT {columns} FROM {}", table.join("."));
+    if let Some(filter) = model.filter.as_deref().map(trimmed).filter(|f| !f.is_empty()) {
+        sql.push_str(&format!(" WHERE ({filter})"));
+    }
+    sql
 }
 
 /// Hands rows over in batches of `BATCH_ROWS` until the rows end, one fails
@@ -186,5 +315,35 @@ fn classify_sqlx(error: sqlx::Error, source_name: &str, model_name: &str) -> Tas
             source_name: source_name.to_string(),
             reason: ebb_shared::redact::redact_url(&other.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_model(table: &str, columns: &[&str], filter: Option<&str>) -> ModelConfig {
+        ModelConfig {
+            table: Some(table.to_string()),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            filter: filter.map(str::to_string),
+            query: None,
+            ..ModelConfig::query("db", "", "id")
+        }
+    }
+
+    #[test]
+    fn a_table_model_reads_its_columns_quoted_as_written() {
+        let model = table_model("analytics.Customers", &["id", "e\"mail"], Some("plan <> 'free';"));
+        assert_eq!(
+            model_query(&model, Dialect::Ansi),
+            r#"SELECT "id", "e""mail" FROM "analytics"."Customers" WHERE (plan <> 'free')"#
+        );
+        let model = table_model("shop.orders", &[], None);
+        assert_eq!(model_query(&model, Dialect::Mysql), "SELECT * FROM `shop`.`orders`");
+        assert_eq!(
+            model_query(&ModelConfig::query("db", "  SELECT 1 AS id ;\n", "id"), Dialect::Ansi),
+            "SELECT 1 AS id"
+        );
     }
 }

@@ -29,16 +29,37 @@ async fn prepare(
     model_name: &str,
     model: &ModelConfig,
 ) -> Result<(PgConnection, String, Vec<Column>), TaskError> {
-    let url = expand_env(&config.url, &format!("source {source_name:?} url"))?;
+    let mut connection = connect(source_name, &config.url, model_name).await?;
+    let query = super::model_query(model, super::Dialect::Ansi);
+    let columns = prepare_on(&mut connection, source_name, model_name, &query).await?;
+    Ok((connection, query, columns))
+}
+
+/// Connects to a PostgreSQL-protocol server in a session that writes times
+/// the same way whatever the server's or the role's defaults: UTC, ISO dates.
+/// A `timestamptz` then reads the same on every run.
+pub(super) async fn connect(source_name: &str, url: &str, model_name: &str) -> Result<PgConnection, TaskError> {
+    let url = expand_env(url, &format!("source {source_name:?} url"))?;
     let mut connection = super::connect_within(source_name, model_name, PgConnection::connect(&url)).await?;
-    let query = super::model_query(model);
-    let statement = connection
-        .prepare(query.as_str())
+    connection
+        .execute("SET TIME ZONE 'UTC'; SET DateStyle TO ISO")
         .await
         .map_err(|e| classify_sqlx(e, source_name, model_name))?;
-    let columns = super::statement_columns(&statement);
-    drop(statement);
-    Ok((connection, query, columns))
+    Ok(connection)
+}
+
+/// Prepares a query: its columns, with no row read.
+pub(super) async fn prepare_on(
+    connection: &mut PgConnection,
+    source_name: &str,
+    model_name: &str,
+    query: &str,
+) -> Result<Vec<Column>, TaskError> {
+    let statement = connection
+        .prepare(query)
+        .await
+        .map_err(|e| classify_sqlx(e, source_name, model_name))?;
+    Ok(super::statement_columns(&statement))
 }
 
 pub(super) async fn open(
@@ -120,8 +141,9 @@ fn unparsed(lines: Vec<u8>, types: Arc<[PgType]>, source_name: String) -> Batch 
     }))
 }
 
+/// How a column's text becomes a typed value, decided by its type alone.
 #[derive(Debug, Clone, Copy)]
-enum PgType {
+pub(super) enum PgType {
     Int,
     Float,
     Decimal,
@@ -133,7 +155,7 @@ enum PgType {
 }
 
 impl PgType {
-    fn from_name(name: &str) -> PgType {
+    pub(super) fn from_name(name: &str) -> PgType {
         match name {
             "INT2" | "INT4" | "INT8" | "OID" => PgType::Int,
             "FLOAT4" | "FLOAT8" => PgType::Float,
@@ -165,7 +187,7 @@ fn convert_row(fields: &copy_text::Fields<'_>, types: &[PgType]) -> Result<Row, 
         .collect()
 }
 
-fn convert(text: std::borrow::Cow<'_, str>, pg_type: PgType) -> Result<Value, String> {
+pub(super) fn convert(text: std::borrow::Cow<'_, str>, pg_type: PgType) -> Result<Value, String> {
     Ok(match pg_type {
         PgType::Int => Value::Int(text.parse().map_err(|e| format!("integer {text:?}: {e}"))?),
         PgType::Float => Value::Float(text.parse().map_err(|e| format!("float {text:?}: {e}"))?),

@@ -39,7 +39,7 @@ async fn prepare(
         .connect()
         .await
         .map_err(|e| classify_sqlx(e, source_name, model_name))?;
-    let query = super::model_query(model);
+    let query = super::model_query(model, super::Dialect::Ansi);
     let statement = connection
         .prepare(query.as_str())
         .await
