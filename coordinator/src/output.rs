@@ -231,7 +231,9 @@ pub fn preview_table(preview: &ebb_worker::sources::Preview, primary_key: &str) 
             row.iter()
                 .map(|value| match value {
                     ebb_shared::value::Value::Null => "null".to_string(),
-                    ebb_shared::value::Value::Text(text) => cut(text.clone()),
+                    ebb_shared::value::Value::Text(text)
+                    | ebb_shared::value::Value::Timestamp(text)
+                    | ebb_shared::value::Value::Decimal(text) => cut(text.clone()),
                     other => cut(other.to_json().to_string()),
                 })
                 .collect()

@@ -237,3 +237,81 @@ fn unknown_destination_types_are_named_with_the_closest() {
         "{err}"
     );
 }
+
+const WAREHOUSE: &str = r#"
+sources:
+  warehouse:
+    type: redshift
+    url: postgres://ebb:${REDSHIFT_PASSWORD}@cluster:5439/dev
+models:
+  customers:
+    source: warehouse
+    table: analytics.customers
+    columns: [id, email]
+    filter: plan <> 'free'
+    primary_key: id
+destinations:
+  out:
+    type: jsonl
+    path: out/customers.jsonl
+syncs:
+  customers-out:
+    model: customers
+    destination: out
+    mode: upsert
+"#;
+
+#[test]
+fn table_models_read_a_table_of_a_database_source_with_their_key() {
+    let config = from_yaml_str(Path::new("ebb.yaml"), WAREHOUSE, Path::new(".")).unwrap();
+    let model = &config.models["customers"];
+    assert_eq!(model.table.as_deref(), Some("analytics.customers"));
+    assert_eq!(model.columns, ["id", "email"]);
+    assert_eq!(config.sources["warehouse"].kind(), "redshift");
+    let messages = |text: &str| -> Vec<String> {
+        from_yaml_str(Path::new("ebb.yaml"), text, Path::new("."))
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    };
+    let both = messages(&WAREHOUSE.replace(
+        "    table: analytics.customers\n",
+        "    table: analytics.customers\n    query: SELECT 1\n",
+    ));
+    assert!(
+        both.iter()
+            .any(|m| m.contains("both `query` and `table`") && m.starts_with("ebb.yaml:")),
+        "{both:?}"
+    );
+    let keyless = messages(&WAREHOUSE.replace("columns: [id, email]", "columns: [email]"));
+    assert!(
+        keyless
+            .iter()
+            .any(|m| m.contains("primary key \"id\"") && m.contains("`columns`")),
+        "{keyless:?}"
+    );
+    let loose = messages(&WAREHOUSE.replace("    table: analytics.customers\n", "    query: SELECT id FROM t\n"));
+    assert!(
+        loose.iter().any(|m| m.contains("`columns` goes with `table`"))
+            && loose.iter().any(|m| m.contains("`filter` goes with `table`")),
+        "{loose:?}"
+    );
+    let neither = messages(&WAREHOUSE.replace("    table: analytics.customers\n", ""));
+    assert!(
+        neither
+            .iter()
+            .any(|m| m.contains("set `query` (SQL) or `table` (schema.name)")),
+        "{neither:?}"
+    );
+    let dotted = messages(&WAREHOUSE.replace("analytics.customers", "a..b"));
+    assert!(dotted.iter().any(|m| m.contains("is not a table name")), "{dotted:?}");
+    let unknown = messages(&WAREHOUSE.replace("    url: postgres", "    fetch_row: 5\n    url: postgres"));
+    assert!(unknown.iter().any(|m| m.contains("fetch_row")), "{unknown:?}");
+    let csv_table = messages(&GOOD.replace("    file: customers.csv\n", "    file: customers.csv\n    table: t\n"));
+    assert!(
+        csv_table.iter().any(|m| m.contains("`table` is for database sources")),
+        "{csv_table:?}"
+    );
+}

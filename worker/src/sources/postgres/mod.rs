@@ -42,7 +42,7 @@ pub(super) async fn connect(source_name: &str, url: &str, model_name: &str) -> R
     let url = expand_env(url, &format!("source {source_name:?} url"))?;
     let mut connection = super::connect_within(source_name, model_name, PgConnection::connect(&url)).await?;
     connection
-        .execute("SET TIME ZONE 'UTC'; SET DateStyle TO ISO")
+        .execute("SET timezone TO 'UTC'; SET datestyle TO 'ISO'")
         .await
         .map_err(|e| classify_sqlx(e, source_name, model_name))?;
     Ok(connection)
