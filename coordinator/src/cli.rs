@@ -147,8 +147,8 @@ enum Command {
     /// Sources: reach one without reading a model.
     #[command(subcommand)]
     Source(SourceCommand),
-    /// Models: look at the rows a model reads before syncing them.
-    #[command(subcommand)]
+    /// Models: look at the rows a model reads before syncing them, or import dbt models.
+    #[command(subcommand, visible_alias = "models")]
     Model(ModelCommand),
     /// Destinations: reach one without changing anything, or list the fields its records may have.
     #[command(subcommand)]
@@ -211,6 +211,29 @@ enum ModelCommand {
         json: bool,
         #[command(flatten)]
         config: ConfigArgs,
+    },
+    /// Turn dbt models into Ebb models: reads dbt's target/manifest.json and writes a YAML file
+    /// of models, each reading its dbt relation, keyed by the column dbt knows is unique.
+    ///
+    /// The key comes from the model's meta (`meta: {ebb: {primary_key: col}}`), else a
+    /// primary_key constraint, else the one column with both `unique` and `not_null` tests.
+    /// A model without one (or ephemeral) is refused by name with what to add; the others are
+    /// still written, and the exit status is 3.
+    ///
+    /// Example: `ebb model import --dbt-manifest target/manifest.json --source warehouse --out models/dbt.yaml`
+    Import {
+        /// dbt's manifest, written by `dbt compile`, `dbt run` or `dbt build`.
+        #[arg(long, value_name = "PATH", env = "EBB_DBT_MANIFEST")]
+        dbt_manifest: PathBuf,
+        /// The Ebb source the dbt project builds into (a name of your config's `sources`).
+        #[arg(long, env = "EBB_DBT_SOURCE")]
+        source: String,
+        /// Only these dbt models (comma-separated names); default: every model.
+        #[arg(long, value_delimiter = ',')]
+        select: Vec<String>,
+        /// Write the models to this file (replaced) instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -917,12 +940,20 @@ async fn source(command: SourceCommand) -> anyhow::Result<ExitCode> {
 
 /// `ebb model preview`: reads the model's first rows from here.
 async fn model(command: ModelCommand) -> anyhow::Result<ExitCode> {
-    let ModelCommand::Preview {
-        name,
-        limit,
-        json,
-        config,
-    } = &command;
+    let (name, limit, json, config) = match &command {
+        ModelCommand::Preview {
+            name,
+            limit,
+            json,
+            config,
+        } => (name, limit, json, config),
+        ModelCommand::Import {
+            dbt_manifest,
+            source,
+            select,
+            out,
+        } => return import_dbt(dbt_manifest, source, select, out.as_deref()),
+    };
     let loaded = config.load()?;
     let Some(model) = loaded.models.get(name) else {
         anyhow::bail!(
@@ -945,6 +976,39 @@ async fn model(command: ModelCommand) -> anyhow::Result<ExitCode> {
         output::print(&output::preview_table(&preview, &model.primary_key));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ebb model import --dbt-manifest`: writes the importable models, names the others.
+fn import_dbt(manifest: &Path, source: &str, select: &[String], out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(manifest).with_context(|| {
+        format!(
+            "cannot read the dbt manifest {} (dbt writes it to target/manifest.json on compile, run or build)",
+            manifest.display()
+        )
+    })?;
+    let import = crate::dbt::import(&text, source, select)
+        .map_err(|reason| anyhow::anyhow!("{}: {reason}", manifest.display()))?;
+    let yaml = crate::dbt::to_yaml(&import, &manifest.display().to_string());
+    match out {
+        Some(path) => {
+            std::fs::write(path, &yaml).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "wrote {} model{} to {}",
+                import.imported.len(),
+                if import.imported.len() == 1 { "" } else { "s" },
+                path.display()
+            );
+        }
+        None => output::print(&yaml),
+    }
+    for refused in &import.refused {
+        eprintln!("dbt model {:?} not imported: {}", refused.name, refused.reason);
+    }
+    Ok(if import.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::CONFIG)
+    })
 }
 
 /// `ebb destination …`: runs the connector here, on the config's settings.

@@ -8,6 +8,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod dbt;
 pub mod janitor;
 pub mod leader;
 pub mod leases;

@@ -193,3 +193,73 @@ async fn the_api_tests_sources_and_previews_models() {
     let (status, _) = call(Method::GET, "/api/v1/models/nowhere/preview").await;
     assert_eq!(status, 404);
 }
+
+/// A dbt project's manifest (dbt 1.9, schema v12) made Ebb models: keys from
+/// tests, meta and a constraint; an ephemeral and a keyless model refused by
+/// name; the models written load beside the rest of the config, preview and
+/// pass `ebb check --connect` against the relations dbt built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbt_models_import_as_ebb_models_keyed_by_what_dbt_knows() {
+    let database = fresh_postgres_database("dbt_import").await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    for statement in [
+        "CREATE SCHEMA prod",
+        "CREATE TABLE prod.customers AS SELECT g AS customer_id, 'Ada ' || g AS first_name FROM generate_series(1, 30) g",
+        "CREATE VIEW prod.orders AS SELECT g AS order_id, g % 30 + 1 AS customer_id FROM generate_series(1, 90) g",
+        "CREATE TABLE prod.payments AS SELECT g AS payment_id, g * 2.5 AS amount FROM generate_series(1, 10) g",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/dbt/manifest.json")).unwrap();
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(&manifest, fixture.replace("ebb_dbt_db", &database.name)).unwrap();
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let models = config_dir.join("dbt-models.yaml");
+
+    let output = ebb_command()
+        .args(["models", "import", "--source", "warehouse", "--dbt-manifest"])
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&models)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "some models are refused: {stderr}");
+    assert!(stderr.contains("wrote 3 models"), "{stderr}");
+    assert!(
+        stderr.contains("dbt model \"stg_events\" not imported: it is ephemeral")
+            && stderr.contains("dbt model \"daily_revenue\" not imported: it has no unique key"),
+        "{stderr}"
+    );
+    let written = std::fs::read_to_string(&models).unwrap();
+    for (model, key) in [
+        ("customers", "customer_id"),
+        ("orders", "order_id"),
+        ("payments", "payment_id"),
+    ] {
+        assert!(
+            written.contains(&format!("\"{model}\":")) && written.contains(&format!("primary_key: \"{key}\"")),
+            "{written}"
+        );
+    }
+    std::fs::write(
+        config_dir.join("ebb.yaml"),
+        format!(
+            "sources:\n  warehouse: {{ type: postgres, url: \"{}\" }}\n\
+             destinations:\n  out: {{ type: jsonl, path: out/customers.jsonl }}\n\
+             syncs:\n  customers-out: {{ model: customers, destination: out, mode: upsert }}\n",
+            database.url
+        ),
+    )
+    .unwrap();
+    let (status, stdout, stderr) = ebb(&["check", "--connect"], &config_dir);
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    let (status, stdout, stderr) = ebb(&["model", "preview", "orders", "--limit", "5", "--json"], &config_dir);
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    let preview: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(preview["rows"].as_array().map(Vec::len), Some(5), "{preview}");
+    assert_eq!(preview["columns"][0]["name"], "order_id");
+}
