@@ -81,6 +81,17 @@ fn local_problems(config: &Config, locations: &Locations) -> Vec<ConfigError> {
                     csv.path.display()
                 ),
             )),
+            SourceConfig::Bigquery(bigquery)
+                if bigquery.credentials_file.as_deref().is_some_and(|path| !path.is_file()) =>
+            {
+                problems.push(locations.error_at(
+                    &["sources", name, "credentials_file"],
+                    format!(
+                        "source {name:?}: the key file {} does not exist",
+                        bigquery.credentials_file.as_deref().unwrap_or(Path::new("")).display()
+                    ),
+                ))
+            }
             SourceConfig::Sqlite(sqlite) if !sqlite.path.is_file() => problems.push(locations.error_at(
                 &["sources", name, "path"],
                 format!(
@@ -317,6 +328,7 @@ fn source_setting_path(name: &str, source: &SourceConfig) -> Vec<Segment> {
     let setting = match source {
         SourceConfig::Postgres(_) | SourceConfig::Redshift(_) | SourceConfig::Mysql(_) => "url",
         SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => "path",
+        SourceConfig::Bigquery(_) => "project",
     };
     path_of(&["sources", name, setting])
 }

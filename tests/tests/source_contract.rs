@@ -1,14 +1,17 @@
 //! Every database source runs the source contract (`ebb_tests::source_contract`)
 //! against its real server on loopback: PostgreSQL, Redshift's cursor path
-//! on the same PostgreSQL (no `COPY`), MariaDB, and SQLite.
+//! on the same PostgreSQL (no `COPY`), BigQuery's REST contract on loopback,
+//! MariaDB, and SQLite.
 
 use ebb_shared::config::{
-    MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SourceConfig, SqliteSourceConfig,
+    BigquerySourceConfig, MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SourceConfig,
+    SqliteSourceConfig,
 };
 use ebb_shared::value::Value;
 use ebb_tests::services::{fresh_mysql_database, fresh_postgres_database, TestDatabase, TestMysqlDatabase};
 use ebb_tests::source_contract::{closed_address, Expected, Kind, SourceUnderTest};
 use ebb_tests::source_contract_suite;
+use ebb_worker::sources::bigquery::fake::{service_account_key, test_private_key, FakeBigquery};
 use sqlx::{Connection, Executor};
 
 #[global_allocator]
@@ -161,6 +164,97 @@ impl SourceUnderTest for Redshift {
 
 source_contract_suite!(postgres, Postgres);
 source_contract_suite!(redshift, Redshift);
+
+/// BigQuery's REST contract served on loopback with PostgreSQL beneath
+/// (`ebb_worker::sources::bigquery::fake`): the service-account grant, jobs
+/// that finish after a poll, pages of 10,000 rows, BigQuery's cell encoding.
+struct Bigquery {
+    postgres: Postgres,
+    fake: FakeBigquery,
+    key: String,
+}
+
+impl SourceUnderTest for Bigquery {
+    async fn start() -> Self {
+        let postgres = Postgres::create().await;
+        let (fake, key) = FakeBigquery::start(&postgres.database.url).await;
+        Bigquery { postgres, fake, key }
+    }
+    fn source(&self) -> SourceConfig {
+        SourceConfig::Bigquery(BigquerySourceConfig {
+            project: "ebb-test".into(),
+            credentials_json: Some(self.key.clone()),
+            credentials_file: None,
+            location: Some("US".into()),
+            dataset: None,
+            // The fake serves from this process, so its own buffers of a page
+            // count in the memory test too: pages of 2,000 rows keep that
+            // test about the source (which holds two pages at most).
+            page_rows: Some(2_000),
+            query_timeout: None,
+            endpoint: Some(self.fake.url.clone()),
+        })
+    }
+    fn unreachable(&self) -> (SourceConfig, Option<&'static str>) {
+        let closed = format!("http://{}", closed_address());
+        let key = service_account_key(
+            "nobody@ebb-test.iam.gserviceaccount.com",
+            &test_private_key(),
+            &format!("{closed}/token"),
+        );
+        let SourceConfig::Bigquery(config) = self.source() else {
+            unreachable!()
+        };
+        (
+            SourceConfig::Bigquery(BigquerySourceConfig {
+                credentials_json: Some(key),
+                endpoint: Some(closed),
+                ..config
+            }),
+            Some("BEGIN PRIVATE KEY"),
+        )
+    }
+    fn expected_kinds(&self) -> Vec<Expected> {
+        use Kind::*;
+        let reads = |kind, column, value| Expected::Reads { kind, column, value };
+        vec![
+            reads(Integer, "small", Value::Int(-7)),
+            reads(Float, "ratio", Value::Float(0.25)),
+            reads(Decimal, "price", Value::Decimal("12345678.1234".into())),
+            reads(Boolean, "flag", Value::Bool(true)),
+            reads(Text, "notes", Value::Text("Zoë\nline\tbreak \\ end".into())),
+            reads(Date, "born", Value::Timestamp("2024-02-29".into())),
+            reads(
+                TimestampWithoutZone,
+                "seen",
+                Value::Timestamp("2024-03-10T02:30:00.125".into()),
+            ),
+            reads(
+                TimestampWithZone,
+                "stamped",
+                Value::Timestamp("2024-06-01T12:00:00.000000Z".into()),
+            ),
+            reads(Json, "doc", Value::Json(serde_json::json!({"a": [1, 2]}))),
+            reads(Binary, "raw", Value::Bytes(vec![0x00, 0xff, 0x10])),
+        ]
+    }
+    fn rows_query(&self, n: u64) -> String {
+        postgres_rows(n)
+    }
+    fn endless_query(&self) -> String {
+        self.postgres.endless_query()
+    }
+    fn people_table(&self) -> String {
+        self.postgres.people_table()
+    }
+    /// The fake reads the job's rows over a PostgreSQL session of its own
+    /// until the job ends or is cancelled.
+    async fn still_reading(&self) -> bool {
+        self.postgres.other_sessions().await
+    }
+}
+
+source_contract_suite!(bigquery, Bigquery);
 
 // ---- MariaDB ----
 

@@ -16,6 +16,7 @@ pub mod diff;
 pub mod error;
 pub mod extract;
 pub mod jobs;
+pub mod jwt;
 pub mod limits;
 pub mod mapping;
 pub mod metrics;

@@ -46,6 +46,8 @@ pub enum SourceConfig {
     /// Amazon Redshift: PostgreSQL's wire protocol, read through a cursor.
     Redshift(RedshiftSourceConfig),
     Mysql(MysqlSourceConfig),
+    /// Google BigQuery, over its REST API.
+    Bigquery(BigquerySourceConfig),
     Sqlite(SqliteSourceConfig),
     Csv(CsvSourceConfig),
 }
@@ -67,6 +69,35 @@ pub struct RedshiftSourceConfig {
     /// Rows fetched from the cursor per round trip (default 10,000).
     #[serde(default)]
     pub fetch_rows: Option<u32>,
+}
+
+/// Google BigQuery: a service account's key, a project to run jobs in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigquerySourceConfig {
+    /// The project whose jobs run the queries (and is billed for them).
+    pub project: String,
+    /// The service account's JSON key, as text: `${BIGQUERY_CREDENTIALS}`.
+    #[serde(default)]
+    pub credentials_json: Option<String>,
+    /// Or the path of the key file, relative to the config file.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Where the jobs run (`US`, `EU`, `europe-west1`, …); default: BigQuery's choice.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Dataset that unqualified table names in a query refer to.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Rows per result page (default 10,000; BigQuery also caps a page at 10 MB).
+    #[serde(default)]
+    pub page_rows: Option<u32>,
+    /// How long a query may run before the read gives up (default 1h).
+    #[serde(default, with = "optional_duration")]
+    pub query_timeout: Option<Duration>,
+    /// The API's base URL (default `https://bigquery.googleapis.com`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// MySQL or MariaDB.
@@ -154,6 +185,7 @@ impl SourceConfig {
             SourceConfig::Postgres(_) => "postgres",
             SourceConfig::Redshift(_) => "redshift",
             SourceConfig::Mysql(_) => "mysql",
+            SourceConfig::Bigquery(_) => "bigquery",
             SourceConfig::Sqlite(_) => "sqlite",
             SourceConfig::Csv(_) => "csv",
         }
@@ -166,6 +198,11 @@ impl SourceConfig {
             SourceConfig::Postgres(c) => vec![(vec!["url".into()], c.url.as_str())],
             SourceConfig::Redshift(c) => vec![(vec!["url".into()], c.url.as_str())],
             SourceConfig::Mysql(c) => vec![(vec!["url".into()], c.url.as_str())],
+            SourceConfig::Bigquery(c) => c
+                .credentials_json
+                .iter()
+                .map(|json| (vec!["credentials_json".to_string()], json.as_str()))
+                .collect(),
             SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => Vec::new(),
         }
     }
@@ -235,6 +272,29 @@ pub mod humantime_serde_compat {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. 30s, 15m, 1h)")))
+    }
+}
+
+/// An optional `30s`/`15m`/`1h`, for `#[serde(default, with = …)]`.
+pub mod optional_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::humantime_serde_compat::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|text| {
+            humantime::parse_duration(&text).map_err(|e| {
+                serde::de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. 30s, 15m, 1h)"))
+            })
+        })
+        .transpose()
     }
 }
 
@@ -342,6 +402,46 @@ impl From<ConfigError> for ConfigErrors {
     fn from(error: ConfigError) -> Self {
         ConfigErrors(vec![error])
     }
+}
+
+/// Settings of a source that only make sense together.
+fn check_source(name: &str, source: &SourceConfig) -> Vec<Problem> {
+    let at = |field: &str| problem_path(&["sources", name, field]);
+    let mut problems = Vec::new();
+    if let SourceConfig::Bigquery(c) = source {
+        match (&c.credentials_json, &c.credentials_file) {
+            (Some(_), Some(_)) => problems.push(problem(
+                at("credentials_file"),
+                format!("source {name:?}: set credentials_json or credentials_file, not both"),
+            )),
+            (None, None) => problems.push(problem(
+                at("project"),
+                format!(
+                    "source {name:?}: set credentials_json: ${{BIGQUERY_CREDENTIALS}} (the service account's JSON key) \
+                     or credentials_file: PATH"
+                ),
+            )),
+            _ => {}
+        }
+        if c.page_rows.is_some_and(|rows| rows == 0 || rows > 100_000) {
+            problems.push(problem(
+                at("page_rows"),
+                format!("source {name:?}: page_rows must be between 1 and 100000"),
+            ));
+        }
+        if c.project.trim().is_empty() {
+            problems.push(problem(at("project"), format!("source {name:?}: project is empty")));
+        }
+    }
+    if let SourceConfig::Redshift(c) = source {
+        if c.fetch_rows.is_some_and(|rows| rows == 0 || rows > 1_000_000) {
+            problems.push(problem(
+                at("fetch_rows"),
+                format!("source {name:?}: fetch_rows must be between 1 and 1000000"),
+            ));
+        }
+    }
+    problems
 }
 
 /// A model reads exactly one thing its source can read: a CSV source a `file`,
@@ -634,6 +734,10 @@ impl Config {
                 SourceConfig::Csv(c) => SourceConfig::Csv(CsvSourceConfig {
                     path: absolute(&c.path),
                 }),
+                SourceConfig::Bigquery(c) => SourceConfig::Bigquery(BigquerySourceConfig {
+                    credentials_file: c.credentials_file.as_deref().map(absolute),
+                    ..c
+                }),
                 other => other,
             };
             if insert("sources", &name) {
@@ -661,6 +765,9 @@ impl Config {
     /// Every reference resolves and every setting fits the others.
     fn validate(&self, types: &dyn DestinationTypes) -> Vec<Problem> {
         let mut problems = Vec::new();
+        for (name, source) in &self.sources {
+            problems.extend(check_source(name, source));
+        }
         for (name, model) in &self.models {
             let at = |field: &str| problem_path(&["models", name.as_str(), field]);
             if model.primary_key.trim().is_empty() {

@@ -9,8 +9,8 @@
 use super::destination::{read_settings as typed, FieldError};
 use super::yaml::{display_path, Segment, YamlIndex};
 use super::{
-    ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, DestinationTypes, MysqlSourceConfig,
-    PostgresSourceConfig, RedshiftSourceConfig, SourceConfig, SqliteSourceConfig,
+    BigquerySourceConfig, ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, DestinationTypes,
+    MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SourceConfig, SqliteSourceConfig,
 };
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -32,6 +32,9 @@ const SOURCE_TYPES: &[Reader<SourceConfig>] = &[
     ("mysql", |v| typed::<MysqlSourceConfig>(v).map(SourceConfig::Mysql)),
     // MariaDB speaks MySQL's protocol: the same source.
     ("mariadb", |v| typed::<MysqlSourceConfig>(v).map(SourceConfig::Mysql)),
+    ("bigquery", |v| {
+        typed::<BigquerySourceConfig>(v).map(SourceConfig::Bigquery)
+    }),
     ("sqlite", |v| typed::<SqliteSourceConfig>(v).map(SourceConfig::Sqlite)),
     ("csv", |v| typed::<CsvSourceConfig>(v).map(SourceConfig::Csv)),
 ];

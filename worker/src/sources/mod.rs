@@ -2,6 +2,7 @@
 //! Each source runs its reader on its own task and hands batches over a bounded
 //! channel, so reading overlaps with hashing and uploading.
 
+pub mod bigquery;
 mod csv;
 mod mysql;
 mod postgres;
@@ -74,6 +75,7 @@ pub async fn open(
         SourceConfig::Postgres(config) => postgres::open(source_name, config, model_name, model).await,
         SourceConfig::Redshift(config) => redshift::open(source_name, config, model_name, model).await,
         SourceConfig::Mysql(config) => mysql::open(source_name, config, model_name, model).await,
+        SourceConfig::Bigquery(config) => bigquery::open(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::open(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::open(source_name, config, model_name, model).await,
     }
@@ -90,6 +92,7 @@ pub async fn describe(
         SourceConfig::Postgres(config) => postgres::describe(source_name, config, model_name, model).await,
         SourceConfig::Redshift(config) => redshift::describe(source_name, config, model_name, model).await,
         SourceConfig::Mysql(config) => mysql::describe(source_name, config, model_name, model).await,
+        SourceConfig::Bigquery(config) => bigquery::describe(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::describe(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::describe(source_name, config, model).await,
     }
@@ -190,14 +193,14 @@ pub async fn preview(
 pub enum Dialect {
     /// PostgreSQL, Redshift, SQLite: `"name"`.
     Ansi,
-    /// MySQL and MariaDB: `` `name` ``.
-    Mysql,
+    /// MySQL, MariaDB and BigQuery: `` `name` ``.
+    Backticks,
 }
 
 impl Dialect {
     pub fn of(source: &SourceConfig) -> Dialect {
         match source {
-            SourceConfig::Mysql(_) => Dialect::Mysql,
+            SourceConfig::Mysql(_) | SourceConfig::Bigquery(_) => Dialect::Backticks,
             _ => Dialect::Ansi,
         }
     }
@@ -207,7 +210,7 @@ impl Dialect {
     pub fn quote(self, name: &str) -> String {
         match self {
             Dialect::Ansi => format!("\"{}\"", name.replace('"', "\"\"")),
-            Dialect::Mysql => format!("`{}`", name.replace('`', "``")),
+            Dialect::Backticks => format!("`{}`", name.replace('`', "``")),
         }
     }
 }
@@ -340,7 +343,7 @@ mod tests {
             r#"SELECT "id", "e""mail" FROM "analytics"."Customers" WHERE (plan <> 'free')"#
         );
         let model = table_model("shop.orders", &[], None);
-        assert_eq!(model_query(&model, Dialect::Mysql), "SELECT * FROM `shop`.`orders`");
+        assert_eq!(model_query(&model, Dialect::Backticks), "SELECT * FROM `shop`.`orders`");
         assert_eq!(
             model_query(&ModelConfig::query("db", "  SELECT 1 AS id ;\n", "id"), Dialect::Ansi),
             "SELECT 1 AS id"

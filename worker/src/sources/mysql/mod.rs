@@ -54,7 +54,7 @@ async fn prepare(
     })?;
     let options = options.timezone(Some("+00:00".to_string()));
     let mut connection = super::connect_within(source_name, model_name, options.connect()).await?;
-    let query = super::model_query(model, super::Dialect::Mysql);
+    let query = super::model_query(model, super::Dialect::Backticks);
     let statement = connection
         .prepare(query.as_str())
         .await
