@@ -329,6 +329,7 @@ fn source_setting_path(name: &str, source: &SourceConfig) -> Vec<Segment> {
         SourceConfig::Postgres(_) | SourceConfig::Redshift(_) | SourceConfig::Mysql(_) => "url",
         SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => "path",
         SourceConfig::Bigquery(_) => "project",
+        SourceConfig::Snowflake(_) => "account",
     };
     path_of(&["sources", name, setting])
 }

@@ -2,6 +2,7 @@
 //! real `ebb` processes.
 
 pub mod embedded;
+pub mod fakesnow;
 pub mod fleet;
 pub mod memory;
 pub mod model;

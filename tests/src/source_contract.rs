@@ -92,8 +92,14 @@ pub trait SourceUnderTest: Sized {
     fn expected_kinds(&self) -> Vec<Expected>;
     /// `n` rows with ids 1..=n: `id`, `email`, `score`, `seen`.
     fn rows_query(&self, n: u64) -> String;
-    /// A query that would read for minutes.
-    fn endless_query(&self) -> String;
+    /// A query that would read for minutes; or why the server under test
+    /// cannot hold one open (it answers only once it has run a query whole).
+    fn endless_query(&self) -> Result<String, &'static str>;
+    /// Live heap growth allowed while a million rows stream through, and
+    /// why when it is not `STREAMING_BUDGET`.
+    fn streaming_budget(&self) -> (usize, &'static str) {
+        (STREAMING_BUDGET, "rows stream through a few batches at a time")
+    }
     /// `contract_people`, qualified as a table model names it.
     fn people_table(&self) -> String;
     /// Whether any other session still reads this test's database.
@@ -162,7 +168,7 @@ pub async fn every_kind_reads_as_its_typed_value<S: SourceUnderTest>() {
 
 /// Live heap growth allowed while a million rows stream through: buffering
 /// them would take hundreds of megabytes.
-const STREAMING_BUDGET: usize = 48 << 20;
+pub const STREAMING_BUDGET: usize = 48 << 20;
 
 pub async fn a_million_rows_stream_in_bounded_memory<S: SourceUnderTest>() {
     let _alone = TURNS.write().await;
@@ -193,11 +199,12 @@ pub async fn a_million_rows_stream_in_bounded_memory<S: SourceUnderTest>() {
         i128::from(ROWS) * i128::from(ROWS + 1) / 2,
         "ids 1..=n, each once"
     );
+    let (budget, why) = under_test.streaming_budget();
     assert!(
-        growth < STREAMING_BUDGET,
-        "reading {ROWS} rows grew the heap by {} MiB (budget {} MiB): the source buffers its result",
+        growth < budget,
+        "reading {ROWS} rows grew the heap by {} MiB (budget {} MiB: {why}): the source buffers its result",
         growth >> 20,
-        STREAMING_BUDGET >> 20
+        budget >> 20
     );
 }
 
@@ -212,8 +219,9 @@ pub async fn a_broken_query_is_named_and_permanent<S: SourceUnderTest>() {
     .expect_err("a query over a missing table fails");
     let text = error.to_string();
     assert!(matches!(error, TaskError::Query { .. }), "{text}");
+    // Snowflake names an unquoted table in upper case.
     assert!(
-        text.contains("missing_contract_table") && text.contains("contract_model"),
+        text.to_lowercase().contains("missing_contract_table") && text.contains("contract_model"),
         "names the model and what is wrong: {text}"
     );
     assert!(!error.is_retriable(), "the model's to fix, not worth a retry: {text}");
@@ -251,7 +259,15 @@ pub async fn an_unreachable_source_is_named_and_retriable<S: SourceUnderTest>() 
 pub async fn an_abandoned_read_stops_on_the_server<S: SourceUnderTest>() {
     let _turn = TURNS.read().await;
     let under_test = S::start().await;
-    let mut stream = open(&under_test.source(), &model(&under_test.endless_query()))
+    let endless = match under_test.endless_query() {
+        Ok(query) => query,
+        Err(why) => {
+            assert!(!why.trim().is_empty(), "a server without a query to stop says why");
+            eprintln!("no query to stop on this server: {why}");
+            return;
+        }
+    };
+    let mut stream = open(&under_test.source(), &model(&endless))
         .await
         .expect("the endless query opens");
     let first = stream.next_batch().await.expect("a batch").expect("rows");

@@ -1,13 +1,14 @@
 //! Every database source runs the source contract (`ebb_tests::source_contract`)
 //! against its real server on loopback: PostgreSQL, Redshift's cursor path
 //! on the same PostgreSQL (no `COPY`), BigQuery's REST contract on loopback,
-//! MariaDB, and SQLite.
+//! Snowflake's on fakesnow, MariaDB, and SQLite.
 
 use ebb_shared::config::{
-    BigquerySourceConfig, MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SourceConfig,
-    SqliteSourceConfig,
+    BigquerySourceConfig, MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SnowflakeSourceConfig,
+    SourceConfig, SqliteSourceConfig,
 };
 use ebb_shared::value::Value;
+use ebb_tests::fakesnow::FakeSnow;
 use ebb_tests::services::{fresh_mysql_database, fresh_postgres_database, TestDatabase, TestMysqlDatabase};
 use ebb_tests::source_contract::{closed_address, Expected, Kind, SourceUnderTest};
 use ebb_tests::source_contract_suite;
@@ -111,10 +112,10 @@ impl SourceUnderTest for Postgres {
     fn rows_query(&self, n: u64) -> String {
         postgres_rows(n)
     }
-    fn endless_query(&self) -> String {
+    fn endless_query(&self) -> Result<String, &'static str> {
         // A set-returning function in the select list streams its rows (one
         // in FROM would be materialised first).
-        "SELECT generate_series(1, 1000000000) AS id".into()
+        Ok("SELECT generate_series(1, 1000000000) AS id".into())
     }
     fn people_table(&self) -> String {
         "public.contract_people".into()
@@ -151,7 +152,7 @@ impl SourceUnderTest for Redshift {
     fn rows_query(&self, n: u64) -> String {
         postgres_rows(n)
     }
-    fn endless_query(&self) -> String {
+    fn endless_query(&self) -> Result<String, &'static str> {
         self.0.endless_query()
     }
     fn people_table(&self) -> String {
@@ -241,7 +242,7 @@ impl SourceUnderTest for Bigquery {
     fn rows_query(&self, n: u64) -> String {
         postgres_rows(n)
     }
-    fn endless_query(&self) -> String {
+    fn endless_query(&self) -> Result<String, &'static str> {
         self.postgres.endless_query()
     }
     fn people_table(&self) -> String {
@@ -333,8 +334,8 @@ impl SourceUnderTest for Mariadb {
     fn rows_query(&self, n: u64) -> String {
         mysql_rows(n)
     }
-    fn endless_query(&self) -> String {
-        "SELECT seq AS id, SLEEP(0.0001) AS pause FROM seq_1_to_100000000".into()
+    fn endless_query(&self) -> Result<String, &'static str> {
+        Ok("SELECT seq AS id, SLEEP(0.0001) AS pause FROM seq_1_to_100000000".into())
     }
     fn people_table(&self) -> String {
         format!("{}.contract_people", self.database.name)
@@ -425,11 +426,11 @@ impl SourceUnderTest for Sqlite {
     fn rows_query(&self, n: u64) -> String {
         sqlite_rows(n)
     }
-    fn endless_query(&self) -> String {
+    fn endless_query(&self) -> Result<String, &'static str> {
         // Reads a table all along, so the reader holds the file's shared lock.
-        "WITH RECURSIVE g(id) AS (SELECT 1 UNION ALL SELECT id + 1 FROM g) \
-         SELECT g.id, p.email FROM g JOIN contract_people p ON p.id = g.id % 100 + 1"
-            .into()
+        Ok("WITH RECURSIVE g(id) AS (SELECT 1 UNION ALL SELECT id + 1 FROM g) \
+            SELECT g.id, p.email FROM g JOIN contract_people p ON p.id = g.id % 100 + 1"
+            .into())
     }
     fn people_table(&self) -> String {
         "main.contract_people".into()
@@ -452,3 +453,120 @@ impl SourceUnderTest for Sqlite {
 }
 
 source_contract_suite!(sqlite, Sqlite);
+
+// ---- Snowflake, on fakesnow ----
+
+/// Snowflake's REST protocol served by fakesnow (PyPI; DuckDB beneath), each
+/// test in a database of its own.
+struct Snowflake {
+    fake: FakeSnow,
+    database: String,
+}
+
+fn snowflake_rows(n: u64) -> String {
+    format!(
+        "SELECT id AS \"id\", 'person' || id || '@example.com' AS \"email\", (id % 1000) * 0.5 AS \"score\", \
+         DATEADD(second, id, '2024-01-01'::TIMESTAMP_NTZ) AS \"seen\" \
+         FROM (SELECT seq4() + 1 AS id FROM TABLE(GENERATOR(ROWCOUNT => {n})))"
+    )
+}
+
+impl SourceUnderTest for Snowflake {
+    async fn start() -> Self {
+        let fake = FakeSnow::start().await;
+        let database = format!("CONTRACT_{}", rand::random::<u32>());
+        fake.execute(
+            &database,
+            "PUBLIC",
+            &[
+                "CREATE TABLE contract_kinds (id NUMBER PRIMARY KEY, small INTEGER, ratio FLOAT, price NUMBER(20,4), \
+                 flag BOOLEAN, notes TEXT, born DATE, seen TIMESTAMP_NTZ(3), stamped TIMESTAMP_TZ, doc VARIANT, raw BINARY)",
+                "INSERT INTO contract_kinds SELECT 1, -7, 0.25, 12345678.1234, TRUE, \
+                 'Zoë' || CHR(10) || 'line' || CHR(9) || 'break \\\\ end', '2024-02-29'::DATE, \
+                 '2024-03-10 02:30:00.125'::TIMESTAMP_NTZ, '2024-06-01 17:00:00 +05:00'::TIMESTAMP_TZ, \
+                 PARSE_JSON('{\"a\": [1, 2]}'), TO_BINARY('00FF10', 'HEX') \
+                 UNION ALL SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
+                &format!("CREATE TABLE contract_people AS {}", snowflake_rows(100)),
+            ],
+        )
+        .await;
+        Snowflake { fake, database }
+    }
+    fn source(&self) -> SourceConfig {
+        SourceConfig::Snowflake(SnowflakeSourceConfig {
+            account: "ebb-contract".into(),
+            user: "EBB_READER".into(),
+            password: Some(PASSWORD.into()),
+            private_key: None,
+            private_key_file: None,
+            warehouse: Some("COMPUTE_WH".into()),
+            role: Some("EBB_READER".into()),
+            database: Some(self.database.clone()),
+            schema: Some("PUBLIC".into()),
+            query_timeout: None,
+            chunk_downloads: None,
+            endpoint: Some(self.fake.url.clone()),
+        })
+    }
+    fn unreachable(&self) -> (SourceConfig, Option<&'static str>) {
+        let SourceConfig::Snowflake(config) = self.source() else {
+            unreachable!()
+        };
+        (
+            SourceConfig::Snowflake(SnowflakeSourceConfig {
+                endpoint: Some(format!("http://{}", closed_address())),
+                ..config
+            }),
+            Some(PASSWORD),
+        )
+    }
+    fn expected_kinds(&self) -> Vec<Expected> {
+        use Kind::*;
+        let reads = |kind, column, value| Expected::Reads { kind, column, value };
+        vec![
+            reads(Integer, "SMALL", Value::Int(-7)),
+            reads(Float, "RATIO", Value::Float(0.25)),
+            reads(Decimal, "PRICE", Value::Decimal("12345678.1234".into())),
+            reads(Boolean, "FLAG", Value::Bool(true)),
+            reads(Text, "NOTES", Value::Text("Zoë\nline\tbreak \\ end".into())),
+            reads(Date, "BORN", Value::Timestamp("2024-02-29".into())),
+            reads(
+                TimestampWithoutZone,
+                "SEEN",
+                Value::Timestamp("2024-03-10T02:30:00.125000000".into()),
+            ),
+            // fakesnow keeps the instant and drops the offset (it says UTC).
+            reads(
+                TimestampWithZone,
+                "STAMPED",
+                Value::Timestamp("2024-06-01T12:00:00.000000000Z".into()),
+            ),
+            reads(Json, "DOC", Value::Json(serde_json::json!({"a": [1, 2]}))),
+            reads(Binary, "RAW", Value::Bytes(vec![0x00, 0xff, 0x10])),
+        ]
+    }
+    fn rows_query(&self, n: u64) -> String {
+        snowflake_rows(n)
+    }
+    fn endless_query(&self) -> Result<String, &'static str> {
+        Err(
+            "fakesnow runs a query whole before it answers, and sends every row in that answer: \
+             no query is left running to stop",
+        )
+    }
+    fn streaming_budget(&self) -> (usize, &'static str) {
+        (
+            128 << 20,
+            "fakesnow sends the whole result inline in its first answer, ~87 MiB for these rows (Snowflake sends \
+             all but the first part in chunks): the answer's bytes are held once, its rows still stream",
+        )
+    }
+    fn people_table(&self) -> String {
+        "PUBLIC.CONTRACT_PEOPLE".into()
+    }
+    async fn still_reading(&self) -> bool {
+        false
+    }
+}
+
+source_contract_suite!(snowflake, Snowflake);

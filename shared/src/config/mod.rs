@@ -48,6 +48,8 @@ pub enum SourceConfig {
     Mysql(MysqlSourceConfig),
     /// Google BigQuery, over its REST API.
     Bigquery(BigquerySourceConfig),
+    /// Snowflake, over the REST protocol its drivers speak.
+    Snowflake(SnowflakeSourceConfig),
     Sqlite(SqliteSourceConfig),
     Csv(CsvSourceConfig),
 }
@@ -96,6 +98,43 @@ pub struct BigquerySourceConfig {
     #[serde(default, with = "optional_duration")]
     pub query_timeout: Option<Duration>,
     /// The API's base URL (default `https://bigquery.googleapis.com`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// Snowflake: an account, a user with a password or a key pair, and the
+/// warehouse that runs the queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnowflakeSourceConfig {
+    /// The account identifier: `myorg-myaccount`, or a locator with its
+    /// region (`xy12345.eu-west-1`).
+    pub account: String,
+    pub user: String,
+    /// `${SNOWFLAKE_PASSWORD}`; or a key pair:
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The user's RSA private key in PEM, as text: `${SNOWFLAKE_PRIVATE_KEY}`.
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// Or the path of the PEM file, relative to the config file.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub warehouse: Option<String>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// How long a query may run before the read gives up (default 1h).
+    #[serde(default, with = "optional_duration")]
+    pub query_timeout: Option<Duration>,
+    /// Result chunks downloaded at once (default 4).
+    #[serde(default)]
+    pub chunk_downloads: Option<u32>,
+    /// The account's URL (default `https://<account>.snowflakecomputing.com`).
     #[serde(default)]
     pub endpoint: Option<String>,
 }
@@ -186,6 +225,7 @@ impl SourceConfig {
             SourceConfig::Redshift(_) => "redshift",
             SourceConfig::Mysql(_) => "mysql",
             SourceConfig::Bigquery(_) => "bigquery",
+            SourceConfig::Snowflake(_) => "snowflake",
             SourceConfig::Sqlite(_) => "sqlite",
             SourceConfig::Csv(_) => "csv",
         }
@@ -202,6 +242,10 @@ impl SourceConfig {
                 .credentials_json
                 .iter()
                 .map(|json| (vec!["credentials_json".to_string()], json.as_str()))
+                .collect(),
+            SourceConfig::Snowflake(c) => [("password", &c.password), ("private_key", &c.private_key)]
+                .into_iter()
+                .filter_map(|(key, value)| value.as_deref().map(|text| (vec![key.to_string()], text)))
                 .collect(),
             SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => Vec::new(),
         }
@@ -431,6 +475,38 @@ fn check_source(name: &str, source: &SourceConfig) -> Vec<Problem> {
         }
         if c.project.trim().is_empty() {
             problems.push(problem(at("project"), format!("source {name:?}: project is empty")));
+        }
+    }
+    if let SourceConfig::Snowflake(c) = source {
+        let ways = [
+            c.password.is_some(),
+            c.private_key.is_some(),
+            c.private_key_file.is_some(),
+        ];
+        match ways.iter().filter(|set| **set).count() {
+            1 => {}
+            0 => problems.push(problem(
+                at("user"),
+                format!(
+                    "source {name:?}: set password: ${{SNOWFLAKE_PASSWORD}}, or a key pair with \
+                     private_key: ${{SNOWFLAKE_PRIVATE_KEY}} or private_key_file: PATH"
+                ),
+            )),
+            _ => problems.push(problem(
+                at("password"),
+                format!("source {name:?}: set one of password, private_key and private_key_file"),
+            )),
+        }
+        if c.chunk_downloads.is_some_and(|n| n == 0 || n > 64) {
+            problems.push(problem(
+                at("chunk_downloads"),
+                format!("source {name:?}: chunk_downloads must be between 1 and 64"),
+            ));
+        }
+        for (key, value) in [("account", &c.account), ("user", &c.user)] {
+            if value.trim().is_empty() {
+                problems.push(problem(at(key), format!("source {name:?}: {key} is empty")));
+            }
         }
     }
     if let SourceConfig::Redshift(c) = source {
@@ -736,6 +812,10 @@ impl Config {
                 }),
                 SourceConfig::Bigquery(c) => SourceConfig::Bigquery(BigquerySourceConfig {
                     credentials_file: c.credentials_file.as_deref().map(absolute),
+                    ..c
+                }),
+                SourceConfig::Snowflake(c) => SourceConfig::Snowflake(SnowflakeSourceConfig {
+                    private_key_file: c.private_key_file.as_deref().map(absolute),
                     ..c
                 }),
                 other => other,

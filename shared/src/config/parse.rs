@@ -10,7 +10,8 @@ use super::destination::{read_settings as typed, FieldError};
 use super::yaml::{display_path, Segment, YamlIndex};
 use super::{
     BigquerySourceConfig, ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, DestinationTypes,
-    MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SourceConfig, SqliteSourceConfig,
+    MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SnowflakeSourceConfig, SourceConfig,
+    SqliteSourceConfig,
 };
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -34,6 +35,9 @@ const SOURCE_TYPES: &[Reader<SourceConfig>] = &[
     ("mariadb", |v| typed::<MysqlSourceConfig>(v).map(SourceConfig::Mysql)),
     ("bigquery", |v| {
         typed::<BigquerySourceConfig>(v).map(SourceConfig::Bigquery)
+    }),
+    ("snowflake", |v| {
+        typed::<SnowflakeSourceConfig>(v).map(SourceConfig::Snowflake)
     }),
     ("sqlite", |v| typed::<SqliteSourceConfig>(v).map(SourceConfig::Sqlite)),
     ("csv", |v| typed::<CsvSourceConfig>(v).map(SourceConfig::Csv)),

@@ -7,6 +7,7 @@ mod csv;
 mod mysql;
 mod postgres;
 mod redshift;
+mod snowflake;
 mod sqlite;
 
 use crate::error::TaskError;
@@ -76,6 +77,7 @@ pub async fn open(
         SourceConfig::Redshift(config) => redshift::open(source_name, config, model_name, model).await,
         SourceConfig::Mysql(config) => mysql::open(source_name, config, model_name, model).await,
         SourceConfig::Bigquery(config) => bigquery::open(source_name, config, model_name, model).await,
+        SourceConfig::Snowflake(config) => snowflake::open(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::open(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::open(source_name, config, model_name, model).await,
     }
@@ -93,6 +95,7 @@ pub async fn describe(
         SourceConfig::Redshift(config) => redshift::describe(source_name, config, model_name, model).await,
         SourceConfig::Mysql(config) => mysql::describe(source_name, config, model_name, model).await,
         SourceConfig::Bigquery(config) => bigquery::describe(source_name, config, model_name, model).await,
+        SourceConfig::Snowflake(config) => snowflake::describe(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::describe(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::describe(source_name, config, model).await,
     }
