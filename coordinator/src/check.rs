@@ -330,6 +330,7 @@ fn source_setting_path(name: &str, source: &SourceConfig) -> Vec<Segment> {
         SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => "path",
         SourceConfig::Bigquery(_) => "project",
         SourceConfig::Snowflake(_) => "account",
+        SourceConfig::Databricks(_) => "host",
     };
     path_of(&["sources", name, setting])
 }

@@ -1,11 +1,11 @@
 //! Every database source runs the source contract (`ebb_tests::source_contract`)
 //! against its real server on loopback: PostgreSQL, Redshift's cursor path
 //! on the same PostgreSQL (no `COPY`), BigQuery's REST contract on loopback,
-//! Snowflake's on fakesnow, MariaDB, and SQLite.
+//! Databricks' too, Snowflake's on fakesnow, MariaDB, and SQLite.
 
 use ebb_shared::config::{
-    BigquerySourceConfig, MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SnowflakeSourceConfig,
-    SourceConfig, SqliteSourceConfig,
+    BigquerySourceConfig, DatabricksSourceConfig, MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig,
+    SnowflakeSourceConfig, SourceConfig, SqliteSourceConfig,
 };
 use ebb_shared::value::Value;
 use ebb_tests::fakesnow::FakeSnow;
@@ -13,6 +13,7 @@ use ebb_tests::services::{fresh_mysql_database, fresh_postgres_database, TestDat
 use ebb_tests::source_contract::{closed_address, Expected, Kind, SourceUnderTest};
 use ebb_tests::source_contract_suite;
 use ebb_worker::sources::bigquery::fake::{service_account_key, test_private_key, FakeBigquery};
+use ebb_worker::sources::databricks::fake::{self as databricks_fake, FakeDatabricks};
 use sqlx::{Connection, Executor};
 
 #[global_allocator]
@@ -256,6 +257,89 @@ impl SourceUnderTest for Bigquery {
 }
 
 source_contract_suite!(bigquery, Bigquery);
+
+/// Databricks' Statement Execution API served on loopback with PostgreSQL
+/// beneath (`ebb_worker::sources::databricks::fake`): statements polled until
+/// they succeed, results in chunks of 20,000 rows behind presigned links (the
+/// fake serves from this process, so its chunks count in the memory test).
+struct Databricks {
+    postgres: Postgres,
+    fake: FakeDatabricks,
+}
+
+impl SourceUnderTest for Databricks {
+    async fn start() -> Self {
+        let postgres = Postgres::create().await;
+        let fake = FakeDatabricks::start(&postgres.database.url, 20_000).await;
+        Databricks { postgres, fake }
+    }
+    fn source(&self) -> SourceConfig {
+        SourceConfig::Databricks(DatabricksSourceConfig {
+            host: self.fake.url.clone(),
+            warehouse_id: databricks_fake::WAREHOUSE.into(),
+            token: Some(databricks_fake::TOKEN.into()),
+            client_id: None,
+            client_secret: None,
+            catalog: Some("main".into()),
+            schema: None,
+            query_timeout: None,
+            chunk_downloads: None,
+        })
+    }
+    fn unreachable(&self) -> (SourceConfig, Option<&'static str>) {
+        let SourceConfig::Databricks(config) = self.source() else {
+            unreachable!()
+        };
+        (
+            SourceConfig::Databricks(DatabricksSourceConfig {
+                host: format!("http://{}", closed_address()),
+                ..config
+            }),
+            Some(databricks_fake::TOKEN),
+        )
+    }
+    fn expected_kinds(&self) -> Vec<Expected> {
+        use Kind::*;
+        let reads = |kind, column, value| Expected::Reads { kind, column, value };
+        vec![
+            reads(Integer, "small", Value::Int(-7)),
+            reads(Float, "ratio", Value::Float(0.25)),
+            reads(Decimal, "price", Value::Decimal("12345678.1234".into())),
+            reads(Boolean, "flag", Value::Bool(true)),
+            reads(Text, "notes", Value::Text("Zoë\nline\tbreak \\ end".into())),
+            reads(Date, "born", Value::Timestamp("2024-02-29".into())),
+            reads(
+                TimestampWithoutZone,
+                "seen",
+                Value::Timestamp("2024-03-10T02:30:00.125".into()),
+            ),
+            reads(
+                TimestampWithZone,
+                "stamped",
+                Value::Timestamp("2024-06-01T12:00:00Z".into()),
+            ),
+            reads(Json, "doc", Value::Json(serde_json::json!({"a": [1, 2]}))),
+            reads(Binary, "raw", Value::Bytes(vec![0x00, 0xff, 0x10])),
+        ]
+    }
+    fn rows_query(&self, n: u64) -> String {
+        postgres_rows(n)
+    }
+    fn endless_query(&self) -> Result<String, &'static str> {
+        Err(
+            "a warehouse runs a statement whole before it serves a row: a read stopped while it runs cancels it, \
+             which tests/tests/databricks_source.rs checks",
+        )
+    }
+    fn people_table(&self) -> String {
+        self.postgres.people_table()
+    }
+    async fn still_reading(&self) -> bool {
+        self.postgres.other_sessions().await
+    }
+}
+
+source_contract_suite!(databricks, Databricks);
 
 // ---- MariaDB ----
 

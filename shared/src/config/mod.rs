@@ -50,6 +50,8 @@ pub enum SourceConfig {
     Bigquery(BigquerySourceConfig),
     /// Snowflake, over the REST protocol its drivers speak.
     Snowflake(SnowflakeSourceConfig),
+    /// Databricks SQL, over the Statement Execution API.
+    Databricks(DatabricksSourceConfig),
     Sqlite(SqliteSourceConfig),
     Csv(CsvSourceConfig),
 }
@@ -139,6 +141,35 @@ pub struct SnowflakeSourceConfig {
     pub endpoint: Option<String>,
 }
 
+/// A Databricks SQL warehouse: a workspace, a warehouse, and a personal
+/// access token or a service principal's OAuth credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabricksSourceConfig {
+    /// The workspace URL: `https://adb-1234567890123456.7.azuredatabricks.net`.
+    pub host: String,
+    pub warehouse_id: String,
+    /// A personal access token: `${DATABRICKS_TOKEN}`; or OAuth M2M:
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The service principal's client id (OAuth machine-to-machine).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `${DATABRICKS_CLIENT_SECRET}`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub catalog: Option<String>,
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// How long a statement may run before the read cancels it (default 1h).
+    #[serde(default, with = "optional_duration")]
+    pub query_timeout: Option<Duration>,
+    /// Result chunks downloading at once (default 4).
+    #[serde(default)]
+    pub chunk_downloads: Option<u32>,
+}
+
 /// MySQL or MariaDB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,6 +257,7 @@ impl SourceConfig {
             SourceConfig::Mysql(_) => "mysql",
             SourceConfig::Bigquery(_) => "bigquery",
             SourceConfig::Snowflake(_) => "snowflake",
+            SourceConfig::Databricks(_) => "databricks",
             SourceConfig::Sqlite(_) => "sqlite",
             SourceConfig::Csv(_) => "csv",
         }
@@ -247,6 +279,14 @@ impl SourceConfig {
                 .into_iter()
                 .filter_map(|(key, value)| value.as_deref().map(|text| (vec![key.to_string()], text)))
                 .collect(),
+            SourceConfig::Databricks(c) => [
+                ("token", &c.token),
+                ("client_id", &c.client_id),
+                ("client_secret", &c.client_secret),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| value.as_deref().map(|text| (vec![key.to_string()], text)))
+            .collect(),
             SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => Vec::new(),
         }
     }
@@ -507,6 +547,42 @@ fn check_source(name: &str, source: &SourceConfig) -> Vec<Problem> {
             if value.trim().is_empty() {
                 problems.push(problem(at(key), format!("source {name:?}: {key} is empty")));
             }
+        }
+    }
+    if let SourceConfig::Databricks(c) = source {
+        match (&c.token, &c.client_id, &c.client_secret) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            (Some(_), _, _) => problems.push(problem(
+                at("token"),
+                format!("source {name:?}: set token, or client_id with client_secret, not both"),
+            )),
+            (None, Some(_), None) | (None, None, Some(_)) => problems.push(problem(
+                at(if c.client_id.is_some() {
+                    "client_id"
+                } else {
+                    "client_secret"
+                }),
+                format!("source {name:?}: OAuth needs both client_id and client_secret"),
+            )),
+            (None, None, None) => problems.push(problem(
+                at("host"),
+                format!(
+                    "source {name:?}: set token: ${{DATABRICKS_TOKEN}} (a personal access token), or a service \
+                     principal's client_id and client_secret: ${{DATABRICKS_CLIENT_SECRET}}"
+                ),
+            )),
+        }
+        if !(c.host.starts_with("https://") || c.host.starts_with("http://")) {
+            problems.push(problem(
+                at("host"),
+                format!("source {name:?}: host must be the workspace URL, https://…"),
+            ));
+        }
+        if c.chunk_downloads.is_some_and(|n| n == 0 || n > 64) {
+            problems.push(problem(
+                at("chunk_downloads"),
+                format!("source {name:?}: chunk_downloads must be between 1 and 64"),
+            ));
         }
     }
     if let SourceConfig::Redshift(c) = source {

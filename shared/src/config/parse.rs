@@ -9,9 +9,9 @@
 use super::destination::{read_settings as typed, FieldError};
 use super::yaml::{display_path, Segment, YamlIndex};
 use super::{
-    BigquerySourceConfig, ConfigError, ConfigFile, CsvSourceConfig, DestinationConfig, DestinationTypes,
-    MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SnowflakeSourceConfig, SourceConfig,
-    SqliteSourceConfig,
+    BigquerySourceConfig, ConfigError, ConfigFile, CsvSourceConfig, DatabricksSourceConfig, DestinationConfig,
+    DestinationTypes, MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SnowflakeSourceConfig,
+    SourceConfig, SqliteSourceConfig,
 };
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -38,6 +38,9 @@ const SOURCE_TYPES: &[Reader<SourceConfig>] = &[
     }),
     ("snowflake", |v| {
         typed::<SnowflakeSourceConfig>(v).map(SourceConfig::Snowflake)
+    }),
+    ("databricks", |v| {
+        typed::<DatabricksSourceConfig>(v).map(SourceConfig::Databricks)
     }),
     ("sqlite", |v| typed::<SqliteSourceConfig>(v).map(SourceConfig::Sqlite)),
     ("csv", |v| typed::<CsvSourceConfig>(v).map(SourceConfig::Csv)),

@@ -4,6 +4,7 @@
 
 pub mod bigquery;
 mod csv;
+pub mod databricks;
 mod mysql;
 mod postgres;
 mod redshift;
@@ -78,6 +79,7 @@ pub async fn open(
         SourceConfig::Mysql(config) => mysql::open(source_name, config, model_name, model).await,
         SourceConfig::Bigquery(config) => bigquery::open(source_name, config, model_name, model).await,
         SourceConfig::Snowflake(config) => snowflake::open(source_name, config, model_name, model).await,
+        SourceConfig::Databricks(config) => databricks::open(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::open(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::open(source_name, config, model_name, model).await,
     }
@@ -96,6 +98,7 @@ pub async fn describe(
         SourceConfig::Mysql(config) => mysql::describe(source_name, config, model_name, model).await,
         SourceConfig::Bigquery(config) => bigquery::describe(source_name, config, model_name, model).await,
         SourceConfig::Snowflake(config) => snowflake::describe(source_name, config, model_name, model).await,
+        SourceConfig::Databricks(config) => databricks::describe(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::describe(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::describe(source_name, config, model).await,
     }
@@ -196,14 +199,14 @@ pub async fn preview(
 pub enum Dialect {
     /// PostgreSQL, Redshift, SQLite: `"name"`.
     Ansi,
-    /// MySQL, MariaDB and BigQuery: `` `name` ``.
+    /// MySQL, MariaDB, BigQuery and Databricks: `` `name` ``.
     Backticks,
 }
 
 impl Dialect {
     pub fn of(source: &SourceConfig) -> Dialect {
         match source {
-            SourceConfig::Mysql(_) | SourceConfig::Bigquery(_) => Dialect::Backticks,
+            SourceConfig::Mysql(_) | SourceConfig::Bigquery(_) | SourceConfig::Databricks(_) => Dialect::Backticks,
             _ => Dialect::Ansi,
         }
     }
