@@ -331,6 +331,7 @@ fn source_setting_path(name: &str, source: &SourceConfig) -> Vec<Segment> {
         SourceConfig::Bigquery(_) => "project",
         SourceConfig::Snowflake(_) => "account",
         SourceConfig::Databricks(_) => "host",
+        SourceConfig::Files(_) => "url",
     };
     path_of(&["sources", name, setting])
 }

@@ -1135,7 +1135,7 @@ mod tests {
 
     /// Options that choose what one invocation looks at, not how Ebb runs: an
     /// environment variable for them would be a trap.
-    const PER_INVOCATION: &[&str] = &["key"];
+    const PER_INVOCATION: &[&str] = &["key", "select", "out"];
 
     fn every_command(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
         out.push((path.clone(), command.clone()));

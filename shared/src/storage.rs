@@ -49,6 +49,16 @@ impl std::fmt::Debug for Storage {
 
 impl Storage {
     pub fn from_url(url: &str) -> Result<Storage, StorageError> {
+        Storage::build(url, true)
+    }
+
+    /// A store to read from: a local directory must exist already (nothing
+    /// is created for a source).
+    pub fn open_existing(url: &str) -> Result<Storage, StorageError> {
+        Storage::build(url, false)
+    }
+
+    fn build(url: &str, create_local: bool) -> Result<Storage, StorageError> {
         let config_error = |reason: String| StorageError::Config {
             url: crate::redact::redact_url(url),
             reason,
@@ -95,7 +105,11 @@ impl Storage {
                 "use a directory path, file:///dir or s3://bucket/prefix".into(),
             ));
         }
-        std::fs::create_dir_all(dir).map_err(|e| config_error(format!("cannot create directory: {e}")))?;
+        if create_local {
+            std::fs::create_dir_all(dir).map_err(|e| config_error(format!("cannot create directory: {e}")))?;
+        } else if !std::path::Path::new(dir).is_dir() {
+            return Err(config_error("no such directory".into()));
+        }
         let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| config_error(e.to_string()))?;
         Ok(Storage {
             store: Arc::new(store),
@@ -123,6 +137,24 @@ impl Storage {
             .await
             .map_err(|e| classify(e, key))?;
         result.bytes().await.map_err(|e| classify(e, key))
+    }
+
+    /// An object's bytes as they arrive, never held whole.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
+        use futures::StreamExt;
+        let result = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await
+            .map_err(|e| classify(e, key))?;
+        let key = key.to_string();
+        Ok(result
+            .into_stream()
+            .map(move |piece| piece.map_err(|e| classify(e, &key)))
+            .boxed())
     }
 
     /// Bytes `range` of an object.

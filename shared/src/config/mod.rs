@@ -54,6 +54,8 @@ pub enum SourceConfig {
     Databricks(DatabricksSourceConfig),
     Sqlite(SqliteSourceConfig),
     Csv(CsvSourceConfig),
+    /// CSV and JSON-lines files of a directory or an S3 prefix.
+    Files(FilesSourceConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,6 +194,16 @@ pub struct CsvSourceConfig {
     pub path: PathBuf,
 }
 
+/// Files of a local directory or an object-store prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSourceConfig {
+    /// A directory (relative to the config file), or
+    /// `s3://bucket/prefix?region=…&endpoint=…` with credentials from the
+    /// usual `AWS_*` variables.
+    pub url: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -209,9 +221,14 @@ pub struct ModelConfig {
     /// With `table`: a SQL condition rows must meet, as in a `WHERE` clause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
-    /// File name inside the source directory, for CSV sources.
+    /// File name inside the source directory, for file sources; with a
+    /// `files` source a pattern (`exports/customers-*.jsonl`) reads every
+    /// file it matches, in name order.
     #[serde(default)]
     pub file: Option<String>,
+    /// With a `files` source: `csv` or `jsonl` (default: from the extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     /// The column whose value identifies a row; unique and non-null.
     pub primary_key: String,
 }
@@ -226,6 +243,7 @@ impl ModelConfig {
             columns: Vec::new(),
             filter: None,
             file: None,
+            format: None,
             primary_key: primary_key.to_string(),
         }
     }
@@ -260,6 +278,7 @@ impl SourceConfig {
             SourceConfig::Databricks(_) => "databricks",
             SourceConfig::Sqlite(_) => "sqlite",
             SourceConfig::Csv(_) => "csv",
+            SourceConfig::Files(_) => "files",
         }
     }
 
@@ -287,7 +306,7 @@ impl SourceConfig {
             .into_iter()
             .filter_map(|(key, value)| value.as_deref().map(|text| (vec![key.to_string()], text)))
             .collect(),
-            SourceConfig::Sqlite(_) | SourceConfig::Csv(_) => Vec::new(),
+            SourceConfig::Sqlite(_) | SourceConfig::Csv(_) | SourceConfig::Files(_) => Vec::new(),
         }
     }
 }
@@ -604,12 +623,26 @@ fn check_model_definition(name: &str, model: &ModelConfig, source: &SourceConfig
     let mut problems = Vec::new();
     let has_query = model.query.as_deref().is_some_and(|q| !q.trim().is_empty());
     let table = model.table.as_deref().map(str::trim);
-    if matches!(source, SourceConfig::Csv(_)) {
+    if let Some(format) = &model.format {
+        if !matches!(source, SourceConfig::Files(_)) {
+            problems.push(problem(
+                at("format"),
+                format!("model {name:?}: `format` goes with a files source"),
+            ));
+        } else if !matches!(format.as_str(), "csv" | "jsonl") {
+            problems.push(problem(
+                at("format"),
+                format!("model {name:?}: format {format:?} is not one Ebb reads (csv, jsonl)"),
+            ));
+        }
+    }
+    if matches!(source, SourceConfig::Csv(_) | SourceConfig::Files(_)) {
         if model.file.is_none() {
             problems.push(problem(
                 at("source"),
                 format!(
-                    "model {name:?} reads CSV source {:?}: set `file` to the CSV file's name",
+                    "model {name:?} reads file source {:?}: set `file` to the file's name (or a pattern such as \
+                     exports/*.jsonl)",
                     model.source
                 ),
             ));
@@ -619,7 +652,7 @@ fn check_model_definition(name: &str, model: &ModelConfig, source: &SourceConfig
                 problems.push(problem(
                     at(key),
                     format!(
-                        "model {name:?} reads CSV source {:?}: `{key}` is for database sources; set `file` instead",
+                        "model {name:?} reads file source {:?}: `{key}` is for database sources; set `file` instead",
                         model.source
                     ),
                 ));
@@ -631,7 +664,7 @@ fn check_model_definition(name: &str, model: &ModelConfig, source: &SourceConfig
         problems.push(problem(
             at("file"),
             format!(
-                "model {name:?} reads database source {:?}: `file` is for CSV sources; set `query` or `table` instead",
+                "model {name:?} reads database source {:?}: `file` is for file sources; set `query` or `table` instead",
                 model.source
             ),
         ));
@@ -889,6 +922,9 @@ impl Config {
                 SourceConfig::Bigquery(c) => SourceConfig::Bigquery(BigquerySourceConfig {
                     credentials_file: c.credentials_file.as_deref().map(absolute),
                     ..c
+                }),
+                SourceConfig::Files(c) if !c.url.contains("://") => SourceConfig::Files(FilesSourceConfig {
+                    url: absolute(Path::new(&c.url)).display().to_string(),
                 }),
                 SourceConfig::Snowflake(c) => SourceConfig::Snowflake(SnowflakeSourceConfig {
                     private_key_file: c.private_key_file.as_deref().map(absolute),

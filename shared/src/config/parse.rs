@@ -10,8 +10,8 @@ use super::destination::{read_settings as typed, FieldError};
 use super::yaml::{display_path, Segment, YamlIndex};
 use super::{
     BigquerySourceConfig, ConfigError, ConfigFile, CsvSourceConfig, DatabricksSourceConfig, DestinationConfig,
-    DestinationTypes, MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig, SnowflakeSourceConfig,
-    SourceConfig, SqliteSourceConfig,
+    DestinationTypes, FilesSourceConfig, MysqlSourceConfig, PostgresSourceConfig, RedshiftSourceConfig,
+    SnowflakeSourceConfig, SourceConfig, SqliteSourceConfig,
 };
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -44,6 +44,7 @@ const SOURCE_TYPES: &[Reader<SourceConfig>] = &[
     }),
     ("sqlite", |v| typed::<SqliteSourceConfig>(v).map(SourceConfig::Sqlite)),
     ("csv", |v| typed::<CsvSourceConfig>(v).map(SourceConfig::Csv)),
+    ("files", |v| typed::<FilesSourceConfig>(v).map(SourceConfig::Files)),
 ];
 
 /// A file's sections and the line of every key in it.

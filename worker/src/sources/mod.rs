@@ -5,6 +5,7 @@
 pub mod bigquery;
 mod csv;
 pub mod databricks;
+mod files;
 mod mysql;
 mod postgres;
 mod redshift;
@@ -82,6 +83,7 @@ pub async fn open(
         SourceConfig::Databricks(config) => databricks::open(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::open(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::open(source_name, config, model_name, model).await,
+        SourceConfig::Files(config) => files::open(source_name, config, model_name, model).await,
     }
 }
 
@@ -101,6 +103,7 @@ pub async fn describe(
         SourceConfig::Databricks(config) => databricks::describe(source_name, config, model_name, model).await,
         SourceConfig::Sqlite(config) => sqlite::describe(source_name, config, model_name, model).await,
         SourceConfig::Csv(config) => csv::describe(source_name, config, model).await,
+        SourceConfig::Files(config) => files::describe(source_name, config, model_name, model).await,
     }
 }
 
@@ -119,6 +122,12 @@ pub async fn test(source_name: &str, source: &SourceConfig) -> Result<(), TaskEr
                 })
             }
         }
+        SourceConfig::Files(config) => ebb_shared::storage::Storage::open_existing(&config.url)
+            .map(|_| ())
+            .map_err(|e| TaskError::SourceUnreachable {
+                source_name: source_name.to_string(),
+                reason: e.to_string(),
+            }),
         _ => {
             let mut stream = open(source_name, source, "(connection test)", &probe).await?;
             while let Some(batch) = stream.next_batch().await {
@@ -168,7 +177,7 @@ pub async fn preview(
     limit: usize,
 ) -> Result<Preview, TaskError> {
     let limited = match source {
-        SourceConfig::Csv(_) => model.clone(),
+        SourceConfig::Csv(_) | SourceConfig::Files(_) => model.clone(),
         _ => {
             let inner = model_query(model, Dialect::of(source));
             ModelConfig::query(

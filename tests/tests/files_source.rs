@@ -1,0 +1,254 @@
+//! The `files` source: CSV and JSON-lines files of a directory or of an S3
+//! prefix (a real S3 server on loopback), one file or every file a pattern
+//! matches; bad input named by file and line; a million JSON lines in bounded
+//! memory; a model of files synced exactly as they are rewritten.
+
+use ebb_coordinator::run::{RunStatus, TriggerOptions};
+use ebb_coordinator::runtime::start_embedded;
+use ebb_shared::config::{Config, FilesSourceConfig, ModelConfig, SourceConfig};
+use ebb_shared::value::Value;
+use ebb_tests::embedded::run_to_end;
+use ebb_tests::model::sink_emails;
+use ebb_tests::s3::S3Server;
+use ebb_tests::sink::Sink;
+use ebb_worker::error::TaskError;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOCATOR: ebb_tests::memory::Counting = ebb_tests::memory::Counting;
+
+/// The memory test must run alone in this binary to measure.
+static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn source(url: &str) -> SourceConfig {
+    SourceConfig::Files(FilesSourceConfig { url: url.to_string() })
+}
+
+fn model(file: &str) -> ModelConfig {
+    ModelConfig {
+        query: None,
+        file: Some(file.to_string()),
+        ..ModelConfig::query("files", "", "id")
+    }
+}
+
+async fn read_all(source: &SourceConfig, model: &ModelConfig) -> Result<(Vec<String>, Vec<Vec<Value>>), TaskError> {
+    let mut stream = ebb_worker::sources::open("files", source, "people", model).await?;
+    let columns = stream.columns.iter().map(|c| c.name.clone()).collect();
+    let mut rows = Vec::new();
+    while let Some(batch) = stream.next_batch().await {
+        rows.extend(batch?);
+    }
+    Ok((columns, rows))
+}
+
+fn jsonl(ids: std::ops::Range<u64>) -> String {
+    ids.map(|i| {
+        format!(
+            "{{\"id\": {i}, \"email\": \"p{i}@example.com\", \"score\": {}.5, \"tags\": [\"a\"]}}\n",
+            i % 7
+        )
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_a_pattern_matches_is_read_in_name_order() {
+    let _turn = TURNS.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exports = dir.path().join("exports");
+    std::fs::create_dir_all(exports.join("old")).unwrap();
+    std::fs::write(exports.join("people-2.jsonl"), jsonl(100..250)).unwrap();
+    std::fs::write(exports.join("people-1.jsonl"), jsonl(0..100)).unwrap();
+    std::fs::write(exports.join("old/people-0.jsonl"), jsonl(900..901)).unwrap();
+    std::fs::write(exports.join("people.csv"), "id,email\n1,a@example.com\n2,\n").unwrap();
+    std::fs::write(exports.join("more.csv"), "id,email\n3,c@example.com\n").unwrap();
+    let files = source(dir.path().to_str().unwrap());
+
+    let (columns, rows) = read_all(&files, &model("exports/people-*.jsonl")).await.unwrap();
+    assert_eq!(columns, ["id", "email", "score", "tags"]);
+    assert_eq!(rows.len(), 250, "both files, not the one in old/");
+    assert_eq!(rows[0][0], Value::Int(0), "people-1 first");
+    assert_eq!(rows[100][0], Value::Int(100));
+    assert_eq!(rows[1][2], Value::Float(1.5));
+    assert_eq!(rows[1][3], Value::Json(serde_json::json!(["a"])));
+
+    let (columns, rows) = read_all(&files, &model("exports/*.csv")).await.unwrap();
+    assert_eq!(columns, ["id", "email"]);
+    assert_eq!(
+        rows,
+        vec![
+            vec![Value::Text("3".into()), Value::Text("c@example.com".into())],
+            vec![Value::Text("1".into()), Value::Text("a@example.com".into())],
+            vec![Value::Text("2".into()), Value::Null],
+        ],
+        "more.csv before people.csv; an empty field is null"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_files_are_named_by_file_and_line() {
+    let _turn = TURNS.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.jsonl"),
+        "{\"id\": 1}\n{\"id\": 2, \"extra\": true}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.jsonl"), "{\"id\": 1}\nnot json\n").unwrap();
+    std::fs::write(dir.path().join("x.csv"), "id,email\n1,a\n").unwrap();
+    std::fs::write(dir.path().join("y.csv"), "id,mail\n2,b\n").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "hello\n").unwrap();
+    let files = source(dir.path().to_str().unwrap());
+    let read_error = |result: Result<_, TaskError>| result.expect_err("refused").to_string();
+
+    let text = read_error(read_all(&files, &model("a.jsonl")).await);
+    assert!(text.contains("a.jsonl, line 2") && text.contains("\"extra\""), "{text}");
+    let text = read_error(read_all(&files, &model("b.jsonl")).await);
+    assert!(
+        text.contains("b.jsonl, line 2") && text.contains("not a JSON object"),
+        "{text}"
+    );
+    let text = read_error(read_all(&files, &model("*.csv")).await);
+    assert!(text.contains("y.csv has the columns id, mail"), "{text}");
+    let error = read_all(&files, &model("missing-*.jsonl"))
+        .await
+        .expect_err("nothing matches");
+    assert!(
+        matches!(error, TaskError::Query { .. }) && error.to_string().contains("no file matches"),
+        "{error}"
+    );
+    let text = read_error(read_all(&files, &model("notes.txt")).await);
+    assert!(text.contains("set the model's `format`"), "{text}");
+    let nowhere = source(dir.path().join("nowhere").to_str().unwrap());
+    let error = read_all(&nowhere, &model("a.jsonl")).await.expect_err("no directory");
+    assert!(matches!(error, TaskError::SourceUnreachable { .. }), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_an_s3_prefix_stream_from_the_server() {
+    let _turn = TURNS.read().await;
+    let server = S3Server::start("ebb-exports").await.unwrap();
+    // The credentials reach the source through the environment, as in production.
+    std::env::set_var("AWS_ACCESS_KEY_ID", server.access_key());
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", server.secret_key());
+    let url = server.store_url("daily");
+    let upload = ebb_shared::storage::Storage::from_url(&url).unwrap();
+    upload
+        .create("people/part-0001.jsonl", jsonl(0..3_000).into_bytes())
+        .await
+        .unwrap();
+    upload
+        .create("people/part-0002.jsonl", jsonl(3_000..5_000).into_bytes())
+        .await
+        .unwrap();
+    let (_, rows) = read_all(&source(&url), &model("people/part-*.jsonl")).await.unwrap();
+    assert_eq!(rows.len(), 5_000);
+    assert_eq!(rows[4_999][1], Value::Text("p4999@example.com".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_json_lines_stream_in_bounded_memory() {
+    let _alone = TURNS.write().await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(dir.path().join("big.jsonl")).unwrap());
+        for i in 1..=1_000_000u64 {
+            writeln!(
+                file,
+                "{{\"id\": {i}, \"email\": \"person{i}@example.com\", \"score\": {}}}",
+                i % 1000
+            )
+            .unwrap();
+        }
+    }
+    let files = source(dir.path().to_str().unwrap());
+    let ((count, sum), growth) = ebb_tests::memory::peak_growth(async {
+        let mut stream = ebb_worker::sources::open("files", &files, "big", &model("big.jsonl"))
+            .await
+            .unwrap();
+        let (mut count, mut sum) = (0u64, 0u64);
+        while let Some(batch) = stream.next_batch().await {
+            for row in batch.unwrap() {
+                count += 1;
+                let Value::Int(id) = row[0] else { panic!("{row:?}") };
+                sum += id as u64;
+            }
+        }
+        (count, sum)
+    })
+    .await;
+    eprintln!("1000000 JSON lines read; the heap grew by at most {} KiB", growth >> 10);
+    assert_eq!((count, sum), (1_000_000, 500_000_500_000));
+    assert!(
+        growth < ebb_tests::source_contract::STREAMING_BUDGET,
+        "grew by {} MiB",
+        growth >> 20
+    );
+}
+
+fn config(dir: &Path, sink_url: &str) -> Arc<Config> {
+    let text = format!(
+        "sources:\n  exports: {{ type: files, url: data }}\n\
+         models:\n  people: {{ source: exports, file: \"people-*.jsonl\", primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{sink_url}\", batch_size: 500 }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, max_rows_per_shard: 10000 }}\n"
+    );
+    Arc::new(ebb_worker::config::from_yaml_str(Path::new("files.yaml"), &text, dir).unwrap())
+}
+
+fn write_people(dir: &Path, people: &BTreeMap<u64, String>) {
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    // Two files, split by id, as an export job writes them.
+    for (part, range) in [(1, 0..20_000u64), (2, 20_000..u64::MAX)] {
+        let lines: String = people
+            .range(range)
+            .map(|(id, email)| format!("{{\"id\": {id}, \"email\": \"{email}\"}}\n"))
+            .collect();
+        std::fs::write(data.join(format!("people-{part}.jsonl")), lines).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_of_files_syncs_exactly_as_they_are_rewritten() {
+    let _turn = TURNS.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut people: BTreeMap<u64, String> = (1..=30_000).map(|i| (i, format!("p{i}@example.com"))).collect();
+    write_people(dir.path(), &people);
+    let sink = Sink::start().await;
+    let runtime = start_embedded(config(dir.path(), &sink.url()), &dir.path().join("state"), 2, 2)
+        .await
+        .unwrap();
+    let mut expected = [30_000u64, 0, 0];
+    for round in 0..3u64 {
+        let run = run_to_end(&runtime, "people-api", TriggerOptions::default()).await;
+        assert_eq!(run.status, RunStatus::Success, "round {round}: {run:?}");
+        let planned = [run.planned.added, run.planned.changed, run.planned.removed];
+        assert_eq!(planned, expected, "round {round}");
+        let model: BTreeMap<String, String> = people
+            .iter()
+            .map(|(id, email)| (id.to_string(), email.clone()))
+            .collect();
+        assert_eq!(sink_emails(&sink), model, "round {round}: destination == files");
+        let removed: Vec<u64> = people.keys().copied().filter(|id| id % 911 == round).collect();
+        for id in &removed {
+            people.remove(id);
+        }
+        let changed: Vec<u64> = people.keys().copied().filter(|id| id % 433 == round + 1).collect();
+        for id in &changed {
+            people.insert(*id, format!("changed{round}-{id}@example.com"));
+        }
+        for id in 0..200 {
+            people.insert(100_000 + round * 1_000 + id, format!("new{id}@example.com"));
+        }
+        write_people(dir.path(), &people);
+        expected = [200, changed.len() as u64, removed.len() as u64];
+    }
+    runtime.shutdown(Duration::from_secs(10)).await;
+}

@@ -1,0 +1,433 @@
+//! Files of a local directory or an S3 prefix: CSV and JSON lines. A model
+//! names a file, or a pattern (`exports/customers-*.jsonl`, `*` and `?` within
+//! one path segment) whose every match is read in name order, as one result.
+//! Each file streams from the store through a blocking reader: nothing holds
+//! a file whole, whatever its size.
+//!
+//! - **CSV**: the first file's header names the columns; every file must have
+//!   the same header. Every value is text, an empty field null.
+//! - **JSON lines**: one object a line; the first object's keys, in order,
+//!   name the columns. A later object without a key reads it as null; one
+//!   with a key the first lacked is an error naming the file and line (a
+//!   column is never dropped silently). Values keep JSON's types: numbers
+//!   without a fraction integers, others floats, strings text, arrays and
+//!   objects JSON.
+
+use super::{Row, RowStream, BATCH_ROWS};
+use crate::error::TaskError;
+use ebb_shared::config::{FilesSourceConfig, ModelConfig};
+use ebb_shared::storage::Storage;
+use ebb_shared::value::{Column, Value};
+use std::io::BufRead;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Csv,
+    JsonLines,
+}
+
+impl Format {
+    fn of(model: &ModelConfig, key: &str) -> Result<Format, String> {
+        let name = model
+            .format
+            .clone()
+            .unwrap_or_else(|| key.rsplit('.').next().unwrap_or_default().to_ascii_lowercase());
+        match name.as_str() {
+            "csv" => Ok(Format::Csv),
+            "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
+            other => Err(format!(
+                "cannot tell the format of {key} from {other:?}: set the model's `format` to csv or jsonl"
+            )),
+        }
+    }
+}
+
+/// The source's store and the files a model reads, in name order.
+async fn files_of(
+    source_name: &str,
+    config: &FilesSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<(Storage, Vec<String>, Format), TaskError> {
+    let storage = Storage::open_existing(&config.url).map_err(|e| TaskError::SourceUnreachable {
+        source_name: source_name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let pattern = model.file.as_deref().unwrap_or_default().trim_start_matches('/');
+    let keys = if pattern.contains(['*', '?']) {
+        // List below the pattern's fixed leading directories only.
+        let fixed = pattern[..pattern.find(['*', '?']).expect("a wildcard")]
+            .rsplit_once('/')
+            .map(|(dir, _)| dir)
+            .unwrap_or("");
+        let listed = storage.list(fixed).await.map_err(|e| TaskError::SourceUnreachable {
+            source_name: source_name.to_string(),
+            reason: e.to_string(),
+        })?;
+        listed.into_iter().filter(|key| matches_pattern(pattern, key)).collect()
+    } else {
+        vec![pattern.to_string()]
+    };
+    let Some(first) = keys.first() else {
+        return Err(TaskError::Query {
+            model: model_name.to_string(),
+            reason: format!("no file matches {pattern:?} in {}", config.url),
+        });
+    };
+    let format = Format::of(model, first).map_err(|reason| TaskError::Query {
+        model: model_name.to_string(),
+        reason,
+    })?;
+    Ok((storage, keys, format))
+}
+
+/// Whether `key` matches `pattern`: `*` any run and `?` any one character,
+/// neither crossing a `/`.
+fn matches_pattern(pattern: &str, key: &str) -> bool {
+    fn matches(pattern: &[u8], key: &[u8]) -> bool {
+        match (pattern.first(), key.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => {
+                matches(&pattern[1..], key) || (key.first().is_some_and(|c| *c != b'/') && matches(pattern, &key[1..]))
+            }
+            (Some(b'?'), Some(c)) if *c != b'/' => matches(&pattern[1..], &key[1..]),
+            (Some(p), Some(c)) if p == c => matches(&pattern[1..], &key[1..]),
+            _ => false,
+        }
+    }
+    matches(pattern.as_bytes(), key.as_bytes())
+}
+
+/// A file's bytes as a blocking reader, streamed from the store.
+async fn reader(storage: &Storage, key: &str) -> Result<Box<dyn BufRead + Send>, String> {
+    use futures::TryStreamExt;
+    let stream = storage
+        .get_stream(key)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    Ok(Box::new(std::io::BufReader::with_capacity(256 << 10, bridge)))
+}
+
+pub(super) async fn describe(
+    source_name: &str,
+    config: &FilesSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<Vec<Column>, TaskError> {
+    open(source_name, config, model_name, model)
+        .await
+        .map(|stream| stream.columns.clone())
+}
+
+pub(super) async fn open(
+    source_name: &str,
+    config: &FilesSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<RowStream, TaskError> {
+    let (storage, keys, format) = files_of(source_name, config, model_name, model).await?;
+    let read_failed = {
+        let source_name = source_name.to_string();
+        move |reason: String| TaskError::SourceRead {
+            source_name: source_name.clone(),
+            reason,
+        }
+    };
+    // The columns, from the first file's header or first object.
+    let first = reader(&storage, &keys[0])
+        .await
+        .map_err(|reason| TaskError::SourceUnreachable {
+            source_name: source_name.to_string(),
+            reason: format!("{}: {reason}", keys[0]),
+        })?;
+    let first_key = keys[0].clone();
+    let (names, first) = tokio::task::spawn_blocking(move || columns_of(first, format, &first_key))
+        .await
+        .map_err(|e| read_failed(e.to_string()))?
+        .map_err(&read_failed)?;
+    let columns: Vec<Column> = names
+        .iter()
+        .map(|name| Column {
+            name: name.clone(),
+            source_type: match format {
+                Format::Csv => "text".to_string(),
+                Format::JsonLines => "json".to_string(),
+            },
+        })
+        .collect();
+    let (sender, stream) = RowStream::channel(columns);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut pending = Some(first);
+        for key in &keys {
+            let file = match pending.take() {
+                Some(file) => file,
+                None => match runtime.block_on(reader(&storage, key)) {
+                    Ok(file) => file,
+                    Err(reason) => {
+                        let _ = sender.blocking_send(Err(read_failed(format!("{key}: {reason}"))));
+                        return;
+                    }
+                },
+            };
+            let outcome = match format {
+                Format::Csv => read_csv(file, key, &names, &sender),
+                Format::JsonLines => read_json_lines(file, key, &names, &sender),
+            };
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(reason) => {
+                    let _ = sender.blocking_send(Err(read_failed(reason)));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(stream)
+}
+
+/// The column names of a file, and the file positioned at its first row
+/// (for JSON lines, again at its start: the first object is a row too).
+fn columns_of(
+    mut file: Box<dyn BufRead + Send>,
+    format: Format,
+    key: &str,
+) -> Result<(Vec<String>, Box<dyn BufRead + Send>), String> {
+    match format {
+        Format::Csv => {
+            let mut header = String::new();
+            file.read_line(&mut header).map_err(|e| format!("{key}: {e}"))?;
+            let names = csv_header(&header).map_err(|e| format!("{key}: the header: {e}"))?;
+            if names.is_empty() {
+                return Err(format!("{key} is empty: a CSV file starts with its header"));
+            }
+            // The header line is consumed; the reader goes on from row 1.
+            Ok((
+                names,
+                Box::new(HeaderAgain {
+                    header: Some(header),
+                    rest: file,
+                }),
+            ))
+        }
+        Format::JsonLines => {
+            let mut line = String::new();
+            while line.trim().is_empty() {
+                line.clear();
+                if file.read_line(&mut line).map_err(|e| format!("{key}: {e}"))? == 0 {
+                    return Err(format!("{key} has no JSON object to name the columns"));
+                }
+            }
+            let KeysInOrder(names) =
+                serde_json::from_str(&line).map_err(|e| format!("{key}, line 1: not a JSON object: {e}"))?;
+            Ok((
+                names,
+                Box::new(std::io::Read::chain(std::io::Cursor::new(line.into_bytes()), file)),
+            ))
+        }
+    }
+}
+
+/// An object's keys in the order it writes them (a parsed `Map` sorts them).
+struct KeysInOrder(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for KeysInOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = KeysInOrder;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<KeysInOrder, A::Error> {
+                let mut keys: Vec<String> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+                Ok(KeysInOrder(keys))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
+}
+
+/// A reader that gives the header line back before the rest, so the CSV
+/// reader checks every file's header the same way.
+struct HeaderAgain {
+    header: Option<String>,
+    rest: Box<dyn BufRead + Send>,
+}
+
+impl std::io::Read for HeaderAgain {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.fill_buf()?.len().min(out.len());
+        out[..n].copy_from_slice(&self.fill_buf()?[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for HeaderAgain {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        match &self.header {
+            Some(header) if !header.is_empty() => Ok(header.as_bytes()),
+            _ => self.rest.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match &mut self.header {
+            Some(header) if !header.is_empty() => {
+                header.drain(..amount.min(header.len()));
+            }
+            _ => self.rest.consume(amount),
+        }
+    }
+}
+
+fn csv_header(line: &str) -> Result<Vec<String>, csv::Error> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(line.as_bytes());
+    let mut record = csv::StringRecord::new();
+    reader.read_record(&mut record)?;
+    Ok(record.iter().map(|name| name.trim().to_string()).collect())
+}
+
+/// Hands a batch over; `false` when extraction stopped listening.
+fn hand_over(batch: &mut Vec<Row>, sender: &mpsc::Sender<Result<super::Batch, TaskError>>) -> bool {
+    let full = std::mem::replace(batch, Vec::with_capacity(BATCH_ROWS));
+    full.is_empty() || sender.blocking_send(Ok(full.into())).is_ok()
+}
+
+fn read_csv(
+    file: Box<dyn BufRead + Send>,
+    key: &str,
+    names: &[String],
+    sender: &mpsc::Sender<Result<super::Batch, TaskError>>,
+) -> Result<bool, String> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(file);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| format!("{key}: the header: {e}"))?
+        .iter()
+        .map(|name| name.trim().to_string())
+        .collect();
+    if header != names {
+        return Err(format!(
+            "{key} has the columns {} where the first file has {}: every file of a model has the same header",
+            header.join(", "),
+            names.join(", ")
+        ));
+    }
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    for record in reader.records() {
+        let record = record.map_err(|e| format!("{key}: {e}"))?;
+        batch.push(
+            record
+                .iter()
+                .map(|field| {
+                    if field.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::Text(field.to_string())
+                    }
+                })
+                .collect(),
+        );
+        if batch.len() >= BATCH_ROWS && !hand_over(&mut batch, sender) {
+            return Ok(false);
+        }
+    }
+    Ok(hand_over(&mut batch, sender))
+}
+
+fn read_json_lines(
+    file: Box<dyn BufRead + Send>,
+    key: &str,
+    names: &[String],
+    sender: &mpsc::Sender<Result<super::Batch, TaskError>>,
+) -> Result<bool, String> {
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    for (number, line) in file.lines().enumerate() {
+        let line = line.map_err(|e| format!("{key}, line {}: {e}", number + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&line).map_err(|e| format!("{key}, line {}: not a JSON object: {e}", number + 1))?;
+        let row: Row = names.iter().map(|name| json_value(object.remove(name))).collect();
+        if let Some(extra) = object.keys().next() {
+            return Err(format!(
+                "{key}, line {}: field {extra:?} is not a column (the columns are the first object's keys: {})",
+                number + 1,
+                names.join(", ")
+            ));
+        }
+        batch.push(row);
+        if batch.len() >= BATCH_ROWS && !hand_over(&mut batch, sender) {
+            return Ok(false);
+        }
+    }
+    Ok(hand_over(&mut batch, sender))
+}
+
+fn json_value(value: Option<serde_json::Value>) -> Value {
+    match value {
+        None | Some(serde_json::Value::Null) => Value::Null,
+        Some(serde_json::Value::Bool(flag)) => Value::Bool(flag),
+        Some(serde_json::Value::Number(number)) => match number.as_i64() {
+            Some(int) => Value::Int(int),
+            None => match number.as_f64() {
+                Some(float) if number.is_f64() => Value::Float(float),
+                _ => Value::Decimal(number.to_string()),
+            },
+        },
+        Some(serde_json::Value::String(text)) => Value::Text(text),
+        Some(other) => Value::Json(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_within_a_segment() {
+        assert!(matches_pattern(
+            "exports/customers-*.jsonl",
+            "exports/customers-2024-06-01.jsonl"
+        ));
+        assert!(!matches_pattern(
+            "exports/customers-*.jsonl",
+            "exports/customers-1/x.jsonl"
+        ));
+        assert!(matches_pattern("*/part-?.csv", "a/part-1.csv"));
+        assert!(!matches_pattern("*.csv", "a/b.csv"));
+        assert!(matches_pattern("people.csv", "people.csv"));
+    }
+
+    #[test]
+    fn json_values_keep_their_types() {
+        assert_eq!(json_value(Some(serde_json::json!(7))), Value::Int(7));
+        assert_eq!(json_value(Some(serde_json::json!(1.5))), Value::Float(1.5));
+        assert_eq!(
+            json_value(Some(serde_json::json!(18446744073709551615u64))),
+            Value::Decimal("18446744073709551615".into())
+        );
+        assert_eq!(
+            json_value(Some(serde_json::json!({"a": 1}))),
+            Value::Json(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(json_value(None), Value::Null);
+    }
+}
