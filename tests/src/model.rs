@@ -100,3 +100,59 @@ pub fn sink_emails(sink: &Sink) -> BTreeMap<String, String> {
         .map(|(key, fields)| (key, fields["email"].as_str().unwrap_or_default().to_string()))
         .collect()
 }
+
+/// A config syncing the `people` table model of a warehouse source (the
+/// source's YAML flow mapping, named `warehouse`) in mirror mode to the
+/// loopback HTTP API at `sink_url`, as sync `people-api`.
+pub fn people_mirror_config(
+    source_yaml: &str,
+    table: &str,
+    sink_url: &str,
+    dir: &std::path::Path,
+) -> std::sync::Arc<ebb_shared::config::Config> {
+    let text = format!(
+        "sources:\n  warehouse: {source_yaml}\n\
+         models:\n  people: {{ source: warehouse, table: {table}, columns: [id, email, score, active], primary_key: id }}\n\
+         destinations:\n  api: {{ type: http, url: \"{sink_url}\", batch_size: 500 }}\n\
+         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, max_rows_per_shard: 25000 }}\n"
+    );
+    std::sync::Arc::new(
+        ebb_worker::config::from_yaml_str(std::path::Path::new("people.yaml"), &text, dir)
+            .unwrap_or_else(|errors| panic!("{errors}\n{text}")),
+    )
+}
+
+/// Runs `people-api` of `config` on an embedded runtime three times over a
+/// `people` table of `rows` rows, mutating it at random between runs: each
+/// run plans and sends exactly the mutations, and leaves the destination
+/// equal to the model.
+pub async fn syncs_exactly_through_mutations(
+    config: std::sync::Arc<ebb_shared::config::Config>,
+    pool: &PgPool,
+    sink: &Sink,
+    rows: i64,
+) {
+    use ebb_coordinator::run::{RunStatus, TriggerOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = ebb_coordinator::runtime::start_embedded(config, &dir.path().join("data"), 2, 2)
+        .await
+        .unwrap();
+    let mut expected = OpCounts {
+        added: rows as u64,
+        ..Default::default()
+    };
+    let mut next_id = rows + 1;
+    for round in 0..3 {
+        let run = crate::embedded::run_to_end(&runtime, "people-api", TriggerOptions::default()).await;
+        assert_eq!(run.status, RunStatus::Success, "round {round}: {run:?}");
+        assert_eq!(run.planned, expected, "round {round}: planned rows");
+        assert_eq!(run.succeeded, expected, "round {round}: sent rows");
+        assert_eq!(
+            sink_emails(sink),
+            model_emails(pool).await,
+            "round {round}: destination == model"
+        );
+        expected = mutate(pool, &mut next_id, 500).await;
+    }
+    runtime.shutdown(std::time::Duration::from_secs(10)).await;
+}

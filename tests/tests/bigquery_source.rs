@@ -3,19 +3,13 @@
 //! a key the token endpoint refuses is named, a read that stops early cancels
 //! its job, and a 100k-row model syncs exactly through random mutations.
 
-use ebb_coordinator::run::{RunStatus, TriggerOptions};
-use ebb_coordinator::runtime::start_embedded;
-use ebb_shared::config::{BigquerySourceConfig, Config, ModelConfig, SourceConfig};
-use ebb_shared::protocol::OpCounts;
-use ebb_tests::embedded::run_to_end;
-use ebb_tests::model::{create_people, model_emails, mutate, sink_emails};
+use ebb_shared::config::{BigquerySourceConfig, ModelConfig, SourceConfig};
+use ebb_tests::model::{create_people, people_mirror_config, syncs_exactly_through_mutations};
 use ebb_tests::services::fresh_postgres_database;
 use ebb_tests::sink::Sink;
 use ebb_worker::error::TaskError;
 use ebb_worker::sources::bigquery::fake::{service_account_key, FakeBigquery};
 use sqlx::PgPool;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn source(fake: &FakeBigquery, key: &str, page_rows: u32) -> SourceConfig {
@@ -97,16 +91,6 @@ async fn throttling_is_waited_out_a_refused_key_is_named_and_an_early_stop_cance
 
 const ROWS: i64 = 100_000;
 
-fn config(source_yaml: &str, sink_url: &str, dir: &Path) -> Arc<Config> {
-    let text = format!(
-        "sources:\n  warehouse: {source_yaml}\n\
-         models:\n  people: {{ source: warehouse, table: public.people, columns: [id, email, score, active], primary_key: id }}\n\
-         destinations:\n  api: {{ type: http, url: \"{sink_url}\", batch_size: 500 }}\n\
-         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, max_rows_per_shard: 25000 }}\n"
-    );
-    Arc::new(ebb_worker::config::from_yaml_str(Path::new("bigquery.yaml"), &text, dir).unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100k_row_table_model_syncs_exactly_through_mutations() {
     let database = fresh_postgres_database("bigquery_e2e").await;
@@ -114,37 +98,12 @@ async fn a_100k_row_table_model_syncs_exactly_through_mutations() {
     create_people(&pool, ROWS).await;
     let (fake, key) = FakeBigquery::start(&database.url).await;
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("key.json");
-    std::fs::write(&key_file, key).unwrap();
-    let source_yaml = format!(
+    std::fs::write(dir.path().join("key.json"), key).unwrap();
+    let source = format!(
         "{{ type: bigquery, project: ebb-test, credentials_file: key.json, location: US, endpoint: \"{}\" }}",
         fake.url
     );
     let sink = Sink::start().await;
-    let runtime = start_embedded(
-        config(&source_yaml, &sink.url(), dir.path()),
-        &dir.path().join("data"),
-        2,
-        2,
-    )
-    .await
-    .unwrap();
-    let mut expected = OpCounts {
-        added: ROWS as u64,
-        ..Default::default()
-    };
-    let mut next_id = ROWS + 1;
-    for round in 0..3 {
-        let run = run_to_end(&runtime, "people-api", TriggerOptions::default()).await;
-        assert_eq!(run.status, RunStatus::Success, "round {round}: {run:?}");
-        assert_eq!(run.planned, expected, "round {round}: planned rows");
-        assert_eq!(run.succeeded, expected, "round {round}: sent rows");
-        assert_eq!(
-            sink_emails(&sink),
-            model_emails(&pool).await,
-            "round {round}: destination == model"
-        );
-        expected = mutate(&pool, &mut next_id, 500).await;
-    }
-    runtime.shutdown(Duration::from_secs(10)).await;
+    let config = people_mirror_config(&source, "public.people", &sink.url(), dir.path());
+    syncs_exactly_through_mutations(config, &pool, &sink, ROWS).await;
 }

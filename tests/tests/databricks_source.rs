@@ -3,19 +3,13 @@
 //! out, a statement cancelled past `query_timeout` or when its reader goes
 //! away, and a 100k-row model synced exactly through random mutations.
 
-use ebb_coordinator::run::{RunStatus, TriggerOptions};
-use ebb_coordinator::runtime::start_embedded;
-use ebb_shared::config::{Config, DatabricksSourceConfig, ModelConfig, SourceConfig};
-use ebb_shared::protocol::OpCounts;
-use ebb_tests::embedded::run_to_end;
-use ebb_tests::model::{create_people, model_emails, mutate, sink_emails};
+use ebb_shared::config::{DatabricksSourceConfig, ModelConfig, SourceConfig};
+use ebb_tests::model::{create_people, people_mirror_config, syncs_exactly_through_mutations};
 use ebb_tests::services::fresh_postgres_database;
 use ebb_tests::sink::Sink;
 use ebb_worker::error::TaskError;
 use ebb_worker::sources::databricks::fake::{self, FakeDatabricks};
 use sqlx::PgPool;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn source(fake: &FakeDatabricks) -> DatabricksSourceConfig {
@@ -121,18 +115,6 @@ async fn oauth_throttling_and_cancellation_follow_the_documented_contract() {
 
 const ROWS: i64 = 100_000;
 
-fn config(host: &str, sink_url: &str, dir: &Path) -> Arc<Config> {
-    let text = format!(
-        "sources:\n  lakehouse: {{ type: databricks, host: \"{host}\", warehouse_id: {}, token: \"${{EBB_TEST_DATABRICKS_TOKEN}}\", \
-         catalog: main, schema: public }}\n\
-         models:\n  people: {{ source: lakehouse, table: people, columns: [id, email, score, active], primary_key: id }}\n\
-         destinations:\n  api: {{ type: http, url: \"{sink_url}\", batch_size: 500 }}\n\
-         syncs:\n  people-api: {{ model: people, destination: api, mode: mirror, max_rows_per_shard: 25000 }}\n",
-        fake::WAREHOUSE
-    );
-    Arc::new(ebb_worker::config::from_yaml_str(Path::new("databricks.yaml"), &text, dir).unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100k_row_table_model_syncs_exactly_through_mutations() {
     std::env::set_var("EBB_TEST_DATABRICKS_TOKEN", fake::TOKEN);
@@ -140,32 +122,14 @@ async fn a_100k_row_table_model_syncs_exactly_through_mutations() {
     let pool = PgPool::connect(&database.url).await.unwrap();
     create_people(&pool, ROWS).await;
     let fake = FakeDatabricks::start(&database.url, 20_000).await;
+    let source = format!(
+        "{{ type: databricks, host: \"{}\", warehouse_id: {}, token: \"${{EBB_TEST_DATABRICKS_TOKEN}}\", catalog: main, \
+         schema: public }}",
+        fake.url,
+        fake::WAREHOUSE
+    );
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let runtime = start_embedded(
-        config(&fake.url, &sink.url(), dir.path()),
-        &dir.path().join("data"),
-        2,
-        2,
-    )
-    .await
-    .unwrap();
-    let mut expected = OpCounts {
-        added: ROWS as u64,
-        ..Default::default()
-    };
-    let mut next_id = ROWS + 1;
-    for round in 0..3 {
-        let run = run_to_end(&runtime, "people-api", TriggerOptions::default()).await;
-        assert_eq!(run.status, RunStatus::Success, "round {round}: {run:?}");
-        assert_eq!(run.planned, expected, "round {round}: planned rows");
-        assert_eq!(run.succeeded, expected, "round {round}: sent rows");
-        assert_eq!(
-            sink_emails(&sink),
-            model_emails(&pool).await,
-            "round {round}: destination == model"
-        );
-        expected = mutate(&pool, &mut next_id, 500).await;
-    }
-    runtime.shutdown(Duration::from_secs(10)).await;
+    let config = people_mirror_config(&source, "people", &sink.url(), dir.path());
+    syncs_exactly_through_mutations(config, &pool, &sink, ROWS).await;
 }

@@ -36,7 +36,10 @@ fn postgres_rows(n: u64) -> String {
     )
 }
 
-fn postgres_expectations() -> Vec<Expected> {
+/// What `contract_kinds` reads as through a source with PostgreSQL beneath,
+/// which writes a timestamp without zone as `seen` and one with zone as
+/// `stamped`.
+fn postgres_engine_expectations(seen: &str, stamped: &str) -> Vec<Expected> {
     use Kind::*;
     let reads = |kind, column, value| Expected::Reads { kind, column, value };
     vec![
@@ -46,20 +49,16 @@ fn postgres_expectations() -> Vec<Expected> {
         reads(Boolean, "flag", Value::Bool(true)),
         reads(Text, "notes", Value::Text("Zoë\nline\tbreak \\ end".into())),
         reads(Date, "born", Value::Timestamp("2024-02-29".into())),
-        reads(
-            TimestampWithoutZone,
-            "seen",
-            Value::Timestamp("2024-03-10 02:30:00.125".into()),
-        ),
-        // Written at +05:00, read in UTC whatever the server's zone.
-        reads(
-            TimestampWithZone,
-            "stamped",
-            Value::Timestamp("2024-06-01 12:00:00+00".into()),
-        ),
+        reads(TimestampWithoutZone, "seen", Value::Timestamp(seen.into())),
+        reads(TimestampWithZone, "stamped", Value::Timestamp(stamped.into())),
         reads(Json, "doc", Value::Json(serde_json::json!({"a": [1, 2]}))),
         reads(Binary, "raw", Value::Bytes(vec![0x00, 0xff, 0x10])),
     ]
+}
+
+/// PostgreSQL's text: written at +05:00, read in UTC whatever the server's zone.
+fn postgres_expectations() -> Vec<Expected> {
+    postgres_engine_expectations("2024-03-10 02:30:00.125", "2024-06-01 12:00:00+00")
 }
 
 struct Postgres {
@@ -217,28 +216,7 @@ impl SourceUnderTest for Bigquery {
         )
     }
     fn expected_kinds(&self) -> Vec<Expected> {
-        use Kind::*;
-        let reads = |kind, column, value| Expected::Reads { kind, column, value };
-        vec![
-            reads(Integer, "small", Value::Int(-7)),
-            reads(Float, "ratio", Value::Float(0.25)),
-            reads(Decimal, "price", Value::Decimal("12345678.1234".into())),
-            reads(Boolean, "flag", Value::Bool(true)),
-            reads(Text, "notes", Value::Text("Zoë\nline\tbreak \\ end".into())),
-            reads(Date, "born", Value::Timestamp("2024-02-29".into())),
-            reads(
-                TimestampWithoutZone,
-                "seen",
-                Value::Timestamp("2024-03-10T02:30:00.125".into()),
-            ),
-            reads(
-                TimestampWithZone,
-                "stamped",
-                Value::Timestamp("2024-06-01T12:00:00.000000Z".into()),
-            ),
-            reads(Json, "doc", Value::Json(serde_json::json!({"a": [1, 2]}))),
-            reads(Binary, "raw", Value::Bytes(vec![0x00, 0xff, 0x10])),
-        ]
+        postgres_engine_expectations("2024-03-10T02:30:00.125", "2024-06-01T12:00:00.000000Z")
     }
     fn rows_query(&self, n: u64) -> String {
         postgres_rows(n)
@@ -299,28 +277,7 @@ impl SourceUnderTest for Databricks {
         )
     }
     fn expected_kinds(&self) -> Vec<Expected> {
-        use Kind::*;
-        let reads = |kind, column, value| Expected::Reads { kind, column, value };
-        vec![
-            reads(Integer, "small", Value::Int(-7)),
-            reads(Float, "ratio", Value::Float(0.25)),
-            reads(Decimal, "price", Value::Decimal("12345678.1234".into())),
-            reads(Boolean, "flag", Value::Bool(true)),
-            reads(Text, "notes", Value::Text("Zoë\nline\tbreak \\ end".into())),
-            reads(Date, "born", Value::Timestamp("2024-02-29".into())),
-            reads(
-                TimestampWithoutZone,
-                "seen",
-                Value::Timestamp("2024-03-10T02:30:00.125".into()),
-            ),
-            reads(
-                TimestampWithZone,
-                "stamped",
-                Value::Timestamp("2024-06-01T12:00:00Z".into()),
-            ),
-            reads(Json, "doc", Value::Json(serde_json::json!({"a": [1, 2]}))),
-            reads(Binary, "raw", Value::Bytes(vec![0x00, 0xff, 0x10])),
-        ]
+        postgres_engine_expectations("2024-03-10T02:30:00.125", "2024-06-01T12:00:00Z")
     }
     fn rows_query(&self, n: u64) -> String {
         postgres_rows(n)

@@ -63,18 +63,7 @@ pub(super) async fn open(
                     return;
                 }
             };
-            batch.push(
-                record
-                    .iter()
-                    .map(|field| {
-                        if field.is_empty() {
-                            Value::Null
-                        } else {
-                            Value::Text(field.to_string())
-                        }
-                    })
-                    .collect(),
-            );
+            batch.push(row_of(&record));
             if batch.len() >= BATCH_ROWS {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
                 if sender.blocking_send(Ok(full.into())).is_err() {
@@ -87,4 +76,19 @@ pub(super) async fn open(
         }
     });
     Ok(stream)
+}
+
+/// A CSV record as a row: every field text, an empty one null (CSV cannot
+/// tell the two apart).
+pub(super) fn row_of(record: &csv::StringRecord) -> Row {
+    record
+        .iter()
+        .map(|field| {
+            if field.is_empty() {
+                Value::Null
+            } else {
+                Value::Text(field.to_string())
+            }
+        })
+        .collect()
 }

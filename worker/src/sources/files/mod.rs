@@ -332,18 +332,7 @@ fn read_csv(
     let mut batch = Vec::with_capacity(BATCH_ROWS);
     for record in reader.records() {
         let record = record.map_err(|e| format!("{key}: {e}"))?;
-        batch.push(
-            record
-                .iter()
-                .map(|field| {
-                    if field.is_empty() {
-                        Value::Null
-                    } else {
-                        Value::Text(field.to_string())
-                    }
-                })
-                .collect(),
-        );
+        batch.push(super::csv::row_of(&record));
         if batch.len() >= BATCH_ROWS && !hand_over(&mut batch, sender) {
             return Ok(false);
         }
