@@ -309,32 +309,12 @@ impl Client {
 
     /// A presigned link: its own headers, never the workspace's token.
     async fn download(&self, link: &ExternalLink) -> Result<Vec<Vec<Option<String>>>, TaskError> {
-        let mut tries = 0;
-        let mut pause = Duration::from_millis(250);
-        loop {
-            tries += 1;
-            let mut request = self.http.get(&link.external_link);
-            for (name, value) in &link.http_headers {
-                request = request.header(name, value);
-            }
-            let failure = match request.send().await {
-                Ok(answer) if answer.status().is_success() => match answer.bytes().await {
-                    Ok(bytes) => {
-                        return serde_json::from_slice(&bytes)
-                            .map_err(|e| self.read_failed(format!("a result chunk is not a JSON array of rows: {e}")))
-                    }
-                    Err(e) => format!("a result chunk broke off: {}", e.without_url()),
-                },
-                // The URL carries its credentials: never in a message.
-                Ok(answer) => format!("a result chunk's link answered {}", answer.status().as_u16()),
-                Err(e) => format!("a result chunk's link did not answer: {}", e.without_url()),
-            };
-            if tries >= TRIES {
-                return Err(self.read_failed(failure));
-            }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
-        }
+        let headers: Vec<(String, String)> = link.http_headers.clone().into_iter().collect();
+        let bytes = super::super::download_chunk(&self.http, &link.external_link, &headers)
+            .await
+            .map_err(|e| self.read_failed(e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.read_failed(format!("a result chunk is not a JSON array of rows: {e}")))
     }
 
     /// One call of the API, tried again through 429 and 503 (waiting their

@@ -218,11 +218,8 @@ fn convert(text: &str, type_name: &str) -> Result<Value, String> {
 
 /// `BINARY` as Databricks writes it in `JSON_ARRAY`: hex, or base64.
 fn binary(text: &str) -> Result<Vec<u8>, String> {
-    let hex = text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit());
-    if hex {
-        return Ok((0..text.len() / 2)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits"))
-            .collect());
+    if let Some(bytes) = super::decode_hex(text) {
+        return Ok(bytes);
     }
     use base64::Engine;
     base64::engine::general_purpose::STANDARD

@@ -117,26 +117,20 @@ pub(super) async fn describe(
     model_name: &str,
     model: &ModelConfig,
 ) -> Result<Vec<Column>, TaskError> {
-    open(source_name, config, model_name, model)
-        .await
-        .map(|stream| stream.columns.clone())
+    // The first file's header or first object only: no reading task.
+    let (_, _, format, names, _) = first_file(source_name, config, model_name, model).await?;
+    Ok(columns(&names, format))
 }
 
-pub(super) async fn open(
+/// The model's files and format, the column names, and the first file
+/// positioned where its rows start.
+async fn first_file(
     source_name: &str,
     config: &FilesSourceConfig,
     model_name: &str,
     model: &ModelConfig,
-) -> Result<RowStream, TaskError> {
+) -> Result<(Storage, Vec<String>, Format, Vec<String>, Box<dyn BufRead + Send>), TaskError> {
     let (storage, keys, format) = files_of(source_name, config, model_name, model).await?;
-    let read_failed = {
-        let source_name = source_name.to_string();
-        move |reason: String| TaskError::SourceRead {
-            source_name: source_name.clone(),
-            reason,
-        }
-    };
-    // The columns, from the first file's header or first object.
     let first = reader(&storage, &keys[0])
         .await
         .map_err(|reason| TaskError::SourceUnreachable {
@@ -146,9 +140,17 @@ pub(super) async fn open(
     let first_key = keys[0].clone();
     let (names, first) = tokio::task::spawn_blocking(move || columns_of(first, format, &first_key))
         .await
-        .map_err(|e| read_failed(e.to_string()))?
-        .map_err(&read_failed)?;
-    let columns: Vec<Column> = names
+        .map_err(|e| e.to_string())
+        .and_then(|read| read)
+        .map_err(|reason| TaskError::SourceRead {
+            source_name: source_name.to_string(),
+            reason,
+        })?;
+    Ok((storage, keys, format, names, first))
+}
+
+fn columns(names: &[String], format: Format) -> Vec<Column> {
+    names
         .iter()
         .map(|name| Column {
             name: name.clone(),
@@ -157,8 +159,24 @@ pub(super) async fn open(
                 Format::JsonLines => "json".to_string(),
             },
         })
-        .collect();
-    let (sender, stream) = RowStream::channel(columns);
+        .collect()
+}
+
+pub(super) async fn open(
+    source_name: &str,
+    config: &FilesSourceConfig,
+    model_name: &str,
+    model: &ModelConfig,
+) -> Result<RowStream, TaskError> {
+    let (storage, keys, format, names, first) = first_file(source_name, config, model_name, model).await?;
+    let read_failed = {
+        let source_name = source_name.to_string();
+        move |reason: String| TaskError::SourceRead {
+            source_name: source_name.clone(),
+            reason,
+        }
+    };
+    let (sender, stream) = RowStream::channel(columns(&names, format));
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut pending = Some(first);

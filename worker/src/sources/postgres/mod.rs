@@ -197,11 +197,7 @@ pub(super) fn convert(text: std::borrow::Cow<'_, str>, pg_type: PgType) -> Resul
         PgType::Timestamp => Value::Timestamp(text.into_owned()),
         PgType::Bytes => {
             let hex = text.strip_prefix("\\x").unwrap_or(&text);
-            let bytes = (0..hex.len() / 2)
-                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|e| format!("bytea {text:?}: {e}"))?;
-            Value::Bytes(bytes)
+            Value::Bytes(super::decode_hex(hex).ok_or_else(|| format!("bytea {text:?} is not hex"))?)
         }
         PgType::Text => Value::Text(text.into_owned()),
     })

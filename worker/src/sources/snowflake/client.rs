@@ -433,28 +433,10 @@ impl Client {
     /// gzip undone when the bytes say so (Snowflake does not always say it
     /// in a header).
     pub(super) async fn chunk(&self, url: &str, headers: &[(String, String)]) -> Result<Vec<u8>, TaskError> {
-        let mut tries = 0;
-        let mut pause = Duration::from_millis(250);
-        loop {
-            tries += 1;
-            let mut request = self.http.get(url);
-            for (name, value) in headers {
-                request = request.header(name, value);
-            }
-            let failure = match request.send().await {
-                Ok(answer) if answer.status().is_success() => match answer.bytes().await {
-                    Ok(bytes) => return gunzip_if_gzip(bytes.to_vec()).map_err(|e| self.read_failed(e)),
-                    Err(e) => format!("a result chunk broke off: {}", e.without_url()),
-                },
-                Ok(answer) => format!("a result chunk answered {}", answer.status().as_u16()),
-                Err(e) => format!("a result chunk did not come: {}", e.without_url()),
-            };
-            if tries >= TRIES {
-                return Err(self.read_failed(failure));
-            }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
-        }
+        let bytes = super::super::download_chunk(&self.http, url, headers)
+            .await
+            .map_err(|e| self.read_failed(e))?;
+        gunzip_if_gzip(bytes.to_vec()).map_err(|e| self.read_failed(e))
     }
 }
 

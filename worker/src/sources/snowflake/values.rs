@@ -352,12 +352,7 @@ fn timestamp(seconds: i64, nanos: i64, offset_minutes: Option<i64>, scale: u32) 
 }
 
 fn hex(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) {
-        return Err(format!("BINARY {text:?} is not hex"));
-    }
-    (0..text.len() / 2)
-        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| format!("BINARY {text:?} is not hex")))
-        .collect()
+    super::super::decode_hex(text).ok_or_else(|| format!("BINARY {text:?} is not hex"))
 }
 
 #[cfg(test)]
