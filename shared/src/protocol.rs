@@ -15,7 +15,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMessage {
     pub version: u32,
-    /// Unique per task of a run: `<run>/extract` or `<run>/shard-<n>`.
+    /// Unique per task of a run: `<run>/extract`, `<run>/extract-<n>` or
+    /// `<run>/shard-<n>`.
     pub task_id: String,
     pub run_id: String,
     pub sync: SyncSpec,
@@ -29,10 +30,50 @@ pub struct TaskMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
-    /// Run the model query, hash keys and write per-bucket chunk files.
+    /// Run the model query, hash keys and write per-bucket chunk files; or,
+    /// when the model is read in parts, plan them (`TaskOutcome::Partitioned`).
     Extract,
     /// Diff one hash range against its previous snapshot and deliver the changes.
     Shard(ShardTask),
+    /// Extract the rows of one part of a model: a range of its primary key.
+    ExtractPart(ExtractPart),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtractPart {
+    /// 0-based; parts are merged in this order.
+    pub index: u32,
+    pub count: u32,
+    pub range: KeyRange,
+}
+
+/// A part of a model: the rows whose primary key lies in `[from, to)`; an
+/// absent bound is open. The part with `nulls` also takes the rows whose key
+/// is null (so they are still counted as invalid, once).
+///
+/// It names no column: the worker applies it to the model's own primary key,
+/// so a task on the queue cannot make a worker filter on anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    pub from: Option<KeyBound>,
+    pub to: Option<KeyBound>,
+    #[serde(default)]
+    pub nulls: bool,
+}
+
+/// A primary-key value bounding a part, compared by the source's own ordering.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyBound {
+    Int(i64),
+    Text(String),
+}
+
+/// A model's parts, planned by the worker that took its extract task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPlan {
+    /// In key order; together they hold every row once.
+    pub parts: Vec<KeyRange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +115,8 @@ pub struct ResultMessage {
 #[serde(rename_all = "snake_case")]
 pub enum TaskOutcome {
     Extracted(ExtractReport),
+    /// The model is read in these parts, one `ExtractPart` task each.
+    Partitioned(PartitionPlan),
     ShardDone(ShardReport),
     /// Partial progress of a shard, for progress bars; carries no state.
     Progress(ShardProgress),
@@ -92,6 +135,53 @@ pub struct ExtractReport {
     /// they can be listed like the other invalid rows.
     #[serde(default)]
     pub null_key_rows: Vec<NullKeyRow>,
+    /// Which part of the model this is (`ExtractPart::index`); none for a
+    /// model read whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
+}
+
+impl ExtractReport {
+    /// The reports of a model's parts as one, as if it had been read whole in
+    /// part order: counts added, each bucket's chunks in part order, null-key
+    /// rows numbered through.
+    pub fn merge(parts: impl IntoIterator<Item = ExtractReport>) -> ExtractReport {
+        let mut merged = ExtractReport {
+            rows_queried: 0,
+            null_keys: 0,
+            columns: Vec::new(),
+            buckets: Vec::new(),
+            null_key_rows: Vec::new(),
+            part: None,
+        };
+        let mut buckets: std::collections::BTreeMap<u32, BucketReport> = Default::default();
+        for part in parts {
+            if merged.columns.is_empty() {
+                merged.columns = part.columns;
+            }
+            for row in part.null_key_rows {
+                if merged.null_key_rows.len() < REPORTED_ROWS_LIMIT {
+                    merged.null_key_rows.push(NullKeyRow {
+                        row_number: merged.rows_queried + row.row_number,
+                        record: row.record,
+                    });
+                }
+            }
+            merged.rows_queried += part.rows_queried;
+            merged.null_keys += part.null_keys;
+            for bucket in part.buckets {
+                let into = buckets.entry(bucket.bucket).or_insert_with(|| BucketReport {
+                    bucket: bucket.bucket,
+                    rows: 0,
+                    chunks: Vec::new(),
+                });
+                into.rows += bucket.rows;
+                into.chunks.extend(bucket.chunks);
+            }
+        }
+        merged.buckets = buckets.into_values().collect();
+        merged
+    }
 }
 
 /// A row of the model whose primary key was null: it has no key to name it by,
@@ -415,5 +505,68 @@ mod tests {
         let bytes = encode(&message);
         assert!(bytes.windows(7).any(|w| w == b"task_id"), "field names are on the wire");
         assert_eq!(decode::<ResultMessage>(&bytes).unwrap(), message);
+    }
+
+    fn part_report(part: u32, rows: u64, buckets: &[(u32, &str)], null_rows: &[u64]) -> ExtractReport {
+        ExtractReport {
+            rows_queried: rows,
+            null_keys: null_rows.len() as u64,
+            columns: vec!["id".into()],
+            buckets: buckets
+                .iter()
+                .map(|(bucket, key)| BucketReport {
+                    bucket: *bucket,
+                    rows: 1,
+                    chunks: vec![ChunkRef::whole(*key)],
+                })
+                .collect(),
+            null_key_rows: null_rows
+                .iter()
+                .map(|&row_number| NullKeyRow {
+                    row_number,
+                    record: "{}".into(),
+                })
+                .collect(),
+            part: Some(part),
+        }
+    }
+
+    #[test]
+    fn merged_parts_read_as_one_extraction_in_part_order() {
+        let merged = ExtractReport::merge([
+            part_report(0, 10, &[(3, "a0"), (1, "a1")], &[2]),
+            part_report(1, 5, &[(3, "b0")], &[1, 4]),
+        ]);
+        assert_eq!((merged.rows_queried, merged.null_keys, merged.part), (15, 3, None));
+        assert_eq!(merged.columns, vec!["id"]);
+        let buckets: Vec<(u32, u64, Vec<String>)> = merged
+            .buckets
+            .iter()
+            .map(|b| (b.bucket, b.rows, b.chunks.iter().map(|c| c.to_string()).collect()))
+            .collect();
+        assert_eq!(
+            buckets,
+            vec![
+                (1, 1, vec!["a1".to_string()]),
+                (3, 2, vec!["a0".to_string(), "b0".to_string()])
+            ]
+        );
+        // Row numbers count through the parts before.
+        let numbers: Vec<u64> = merged.null_key_rows.iter().map(|r| r.row_number).collect();
+        assert_eq!(numbers, vec![2, 11, 14]);
+    }
+
+    #[test]
+    fn an_extract_part_round_trips() {
+        let task = TaskKind::ExtractPart(ExtractPart {
+            index: 1,
+            count: 3,
+            range: KeyRange {
+                from: Some(KeyBound::Text("m".into())),
+                to: Some(KeyBound::Int(7)),
+                nulls: false,
+            },
+        });
+        assert_eq!(decode::<TaskKind>(&encode(&task)).unwrap(), task);
     }
 }

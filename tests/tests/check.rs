@@ -153,6 +153,32 @@ fn every_broken_config_of_the_corpus_is_named_with_file_line_and_fix() {
             "this is not valid YAML",
         ),
         (
+            "extract_tasks neither auto nor a number",
+            GOOD.replace(
+                "    primary_key: id\n",
+                "    primary_key: id\n    extract_tasks: many\n",
+            ),
+            line_of("primary_key: id") + 1,
+            "extract_tasks is `auto` or a number of tasks such as 4",
+        ),
+        (
+            "extract_tasks on a file model",
+            GOOD.replace("    primary_key: id\n", "    primary_key: id\n    extract_tasks: 4\n"),
+            line_of("primary_key: id") + 1,
+            "`extract_tasks` goes with database sources",
+        ),
+        (
+            "too many extract_tasks",
+            GOOD.replace(
+                "type: csv\n    path: data",
+                "type: postgres\n    url: postgres://127.0.0.1/db",
+            )
+            .replace("    file: customers.csv\n", "    table: customers\n")
+            .replace("    primary_key: id\n", "    primary_key: id\n    extract_tasks: 65\n"),
+            line_of("primary_key: id") + 1,
+            "extract_tasks 65 is out of range: write `auto` or 1 to 64",
+        ),
+        (
             "a missing CSV directory",
             GOOD.replace("path: data", "path: no-such-directory"),
             line_of("path: data"),

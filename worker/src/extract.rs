@@ -75,6 +75,7 @@ pub async fn extract(
         columns,
         buckets,
         null_key_rows,
+        part: None,
     })
 }
 

@@ -20,6 +20,7 @@ pub mod jwt;
 pub mod limits;
 pub mod mapping;
 pub mod metrics;
+pub mod partition;
 pub mod runtime;
 pub mod shard;
 pub mod sources;

@@ -56,9 +56,21 @@ impl WorkerSettings {
     }
 }
 
+/// What mapping sees of the run a task belongs to.
+fn run_context(task: &TaskMessage) -> RunContext {
+    RunContext {
+        sync_id: task.sync.name.clone(),
+        run_id: task.run_id.clone(),
+        run_started_at: chrono::DateTime::from_timestamp_millis(task.run_started_at_ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }
+}
+
 fn task_kind(task: &TaskMessage) -> &'static str {
     match task.kind {
         TaskKind::Extract => "extract",
+        TaskKind::ExtractPart(_) => "extract_part",
         TaskKind::Shard(_) => "shard",
     }
 }
@@ -269,14 +281,22 @@ impl Worker {
     async fn execute(&self, task: &TaskMessage, attempt: &str) -> Result<TaskOutcome, TaskError> {
         match &task.kind {
             TaskKind::Extract => {
-                let run = RunContext {
-                    sync_id: task.sync.name.clone(),
-                    run_id: task.run_id.clone(),
-                    run_started_at: chrono::DateTime::from_timestamp_millis(task.run_started_at_ms)
-                        .unwrap_or_default()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                };
-                let report = crate::extract::extract(&self.storage, &task.sync, &run, attempt).await?;
+                if let Some(plan) = crate::partition::plan(&task.sync).await? {
+                    return Ok(TaskOutcome::Partitioned(plan));
+                }
+                let report = crate::extract::extract(&self.storage, &task.sync, &run_context(task), attempt).await?;
+                Ok(TaskOutcome::Extracted(report))
+            }
+            TaskKind::ExtractPart(part) => {
+                // A cancelled (or failed) run's queued parts read nothing.
+                if self.leases.run_active(&task.run_id).await == Ok(false) {
+                    return Err(TaskError::RunEnded {
+                        run: task.run_id.clone(),
+                    });
+                }
+                let spec = crate::partition::part_spec(&task.sync, &part.range)?;
+                let mut report = crate::extract::extract(&self.storage, &spec, &run_context(task), attempt).await?;
+                report.part = Some(part.index);
                 Ok(TaskOutcome::Extracted(report))
             }
             TaskKind::Shard(shard) => {

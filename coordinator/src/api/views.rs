@@ -39,7 +39,7 @@ pub struct InvalidView {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ShardsView {
+pub struct TasksView {
     pub total: u64,
     pub done: u64,
 }
@@ -66,7 +66,10 @@ pub struct RunView {
     /// Answered rows over planned rows; 1 when nothing was planned.
     pub completion_ratio: f64,
     pub error: Option<String>,
-    pub shards: ShardsView,
+    pub shards: TasksView,
+    /// The tasks reading the model: one, or one per part of its primary key.
+    #[serde(default = "TasksView::one")]
+    pub extract_tasks: TasksView,
     /// Rows answered so far by shards still running (live, not persisted).
     pub rows_in_progress: u64,
 }
@@ -75,6 +78,12 @@ fn timestamp(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
+}
+
+impl TasksView {
+    fn one() -> TasksView {
+        TasksView { total: 1, done: 1 }
+    }
 }
 
 impl RunView {
@@ -105,7 +114,18 @@ impl RunView {
                 answered as f64 / planned as f64
             },
             error: run.error.clone(),
-            shards: ShardsView {
+            extract_tasks: match run.extract_parts {
+                0 => TasksView {
+                    total: 1,
+                    // Shards are planned once extraction is in.
+                    done: u64::from(run.shards_total > 0),
+                },
+                parts => TasksView {
+                    total: parts,
+                    done: run.extract_parts_done,
+                },
+            },
+            shards: TasksView {
                 total: run.shards_total,
                 done: run.shards_done,
             },

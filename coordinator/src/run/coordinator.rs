@@ -6,12 +6,15 @@
 use super::planner::{bucket_work, plan_shards, previous_for, rows_per_shard};
 use super::state::{RunEvent, RunStatus};
 use crate::metrics::Metrics;
-use crate::store::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, ShardPlanRow, StateStore, StoreError};
-use ebb_shared::config::{Config, SyncSpec};
+use crate::store::{
+    pointer_base, CommitOutcome, NewRun, OutboxTask, PartCommit, RunRecord, ShardPlanRow, StateStore, StoreError,
+};
+use ebb_shared::config::{Config, ExtractTasks, SyncSpec};
 use ebb_shared::hashing::{HashRange, BUCKET_COUNT};
 use ebb_shared::protocol::RowResult;
 use ebb_shared::protocol::{
-    self, ExtractReport, ResultMessage, ShardReport, ShardTask, TaskKind, TaskMessage, TaskOutcome, PROTOCOL_VERSION,
+    self, ExtractPart, ExtractReport, PartitionPlan, ResultMessage, ShardReport, ShardTask, TaskKind, TaskMessage,
+    TaskOutcome, PROTOCOL_VERSION,
 };
 use ebb_shared::queue::{
     MessageQueue, OutgoingMessage, QueueError, QueueName, DELIVERY_LIMIT, RESULT_DELIVERY_LIMIT, RUN_ID_HEADER,
@@ -250,6 +253,10 @@ impl Coordinator {
                         }
                     }
                 }
+                Repair::PlanShards => {
+                    tracing::warn!(run = %run.id, "planning the shards of a run whose extract parts are all in");
+                    self.plan_from_parts(&run.id).await?;
+                }
                 Repair::Finish => {
                     tracing::warn!(run = %run.id, status = %run.status, "finishing a run whose shards are all in");
                     self.finish(&run).await?;
@@ -421,6 +428,7 @@ impl Coordinator {
     async fn accept(&self, message: ResultMessage) -> Result<(), StoreError> {
         let kind = match &message.outcome {
             TaskOutcome::Extracted(_) => "extracted",
+            TaskOutcome::Partitioned(_) => "partitioned",
             TaskOutcome::ShardDone(_) => "shard_done",
             TaskOutcome::Progress(_) => "progress",
             TaskOutcome::Failed(_) => "failed",
@@ -455,7 +463,11 @@ impl Coordinator {
                 );
                 self.fail_run(&message.run_id, &error).await
             }
+            TaskOutcome::Extracted(report) if report.part.is_some() => {
+                self.on_part_extracted(&message.run_id, report).await
+            }
             TaskOutcome::Extracted(report) => self.on_extracted(&message.run_id, report).await,
+            TaskOutcome::Partitioned(plan) => self.on_partitioned(&message.run_id, plan).await,
             TaskOutcome::ShardDone(report) => self.on_shard_done(&message.run_id, report).await,
         }
     }
@@ -466,18 +478,131 @@ impl Coordinator {
         let Some(run) = self.store.run(run_id).await? else {
             return Ok(false);
         };
-        let shard_status = match TaskRef::parse(task_id) {
+        let task = TaskRef::parse(task_id);
+        let task_status = match task {
             TaskRef::Shard(index) => self.store.shard_status(run_id, index).await?,
-            _ => None,
+            TaskRef::ExtractPart(index) => self.store.extract_part_status(run_id, index).await?,
+            // Once its parts are planned, the extract task's own work is done.
+            TaskRef::Extract if run.extract_parts > 0 => Some("done".to_string()),
+            TaskRef::Extract | TaskRef::Unknown => None,
         };
-        Ok(failure_matters(
-            TaskRef::parse(task_id),
-            run.status,
-            shard_status.as_deref(),
-        ))
+        Ok(failure_matters(task, run.status, task_status.as_deref()))
     }
 
+    /// A worker planned the parts the run's model is read in: record them and
+    /// queue one task per part.
+    async fn on_partitioned(&self, run_id: &str, plan: PartitionPlan) -> Result<(), StoreError> {
+        let Some(run) = self.store.run(run_id).await? else {
+            return Ok(());
+        };
+        if run.status != RunStatus::Querying || run.extract_parts > 0 {
+            tracing::info!(run = run_id, status = %run.status, "ignoring a late or repeated extraction plan");
+            return Ok(());
+        }
+        let spec = match self.config.sync_spec(&run.sync) {
+            Ok(spec) => spec,
+            Err(error) => return self.fail_run(run_id, &error.to_string()).await,
+        };
+        let count = plan.parts.len();
+        if count == 0 || count > ExtractTasks::MAX as usize {
+            let error = format!(
+                "a worker planned {count} extract parts for model {:?}; 1 to {} are possible (a worker of another                  version?)",
+                spec.model_name,
+                ExtractTasks::MAX
+            );
+            return self.fail_run(run_id, &error).await;
+        }
+        let tasks: Vec<OutboxTask> = plan
+            .parts
+            .into_iter()
+            .enumerate()
+            .map(|(index, range)| {
+                outboxed(&TaskMessage {
+                    version: PROTOCOL_VERSION,
+                    task_id: format!("{run_id}/extract-{index}"),
+                    run_id: run_id.to_string(),
+                    sync: spec.clone(),
+                    kind: TaskKind::ExtractPart(ExtractPart {
+                        index: index as u32,
+                        count: count as u32,
+                        range,
+                    }),
+                    run_started_at_ms: run.created_at,
+                })
+            })
+            .collect();
+        if !self.store.begin_extract_parts(run_id, &tasks).await? {
+            return Ok(());
+        }
+        tracing::info!(
+            run = run_id,
+            parts = count,
+            "the model is read in parts; part tasks queued"
+        );
+        for task in &tasks {
+            if let Err(error) = self.publish(task).await {
+                return self
+                    .fail_run(run_id, &format!("could not queue extract part tasks: {error}"))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// One part of the model is in; once all are, the shards are planned from
+    /// their reports together.
+    async fn on_part_extracted(&self, run_id: &str, report: ExtractReport) -> Result<(), StoreError> {
+        let index = report.part.unwrap_or_default();
+        let rows = report.rows_queried;
+        match self
+            .store
+            .commit_extract_part(run_id, index, &protocol::encode(&report))
+            .await?
+        {
+            PartCommit::Ignored => {
+                tracing::info!(run = run_id, part = index, "ignoring a late or repeated extract part");
+                Ok(())
+            }
+            PartCommit::Accepted { remaining: 0 } => {
+                tracing::info!(run = run_id, part = index, rows, "extract part in; it was the last");
+                self.plan_from_parts(run_id).await
+            }
+            PartCommit::Accepted { remaining } => {
+                tracing::info!(run = run_id, part = index, rows, remaining, "extract part in");
+                Ok(())
+            }
+        }
+    }
+
+    /// Plans the shards of a run whose every extract part is in, from their
+    /// reports merged in part order.
+    async fn plan_from_parts(&self, run_id: &str) -> Result<(), StoreError> {
+        let Some(reports) = self.store.extract_part_reports(run_id).await? else {
+            return Ok(());
+        };
+        let reports: Result<Vec<ExtractReport>, _> = reports.iter().map(|bytes| protocol::decode(bytes)).collect();
+        match reports {
+            Ok(reports) => self.plan_shards(run_id, ExtractReport::merge(reports)).await,
+            Err(error) => {
+                self.fail_run(run_id, &format!("a stored extract part cannot be read: {error}"))
+                    .await
+            }
+        }
+    }
+
+    /// The model was read whole by one task.
     async fn on_extracted(&self, run_id: &str, report: ExtractReport) -> Result<(), StoreError> {
+        if let Some(run) = self.store.run(run_id).await? {
+            if run.extract_parts > 0 {
+                tracing::info!(run = run_id, "ignoring a whole extraction of a run read in parts");
+                return Ok(());
+            }
+        }
+        self.plan_shards(run_id, report).await
+    }
+
+    /// Extraction is done: plan the shards from what it reported and queue them.
+    async fn plan_shards(&self, run_id: &str, report: ExtractReport) -> Result<(), StoreError> {
         let Some(run) = self.store.run(run_id).await? else {
             return Ok(());
         };
@@ -759,6 +884,9 @@ pub enum Repair {
     /// Queued with no extraction started (a crash between creating the run
     /// and starting it).
     StartQuerying,
+    /// Every extract part is in but the shards were never planned (a crash
+    /// after accepting the last part).
+    PlanShards,
     /// Every shard is in, or it was being reported: finish it.
     Finish,
     Interrupt(String),
@@ -776,6 +904,9 @@ pub fn repair(run: &RunRecord, now_ms: i64, deadline: Duration) -> Repair {
     }
     match run.status {
         RunStatus::Queued if age > Duration::from_secs(10) => Repair::StartQuerying,
+        RunStatus::Querying if run.extract_parts > 0 && run.extract_parts_done >= run.extract_parts => {
+            Repair::PlanShards
+        }
         RunStatus::Processing if run.shards_done >= run.shards_total => Repair::Finish,
         RunStatus::Reporting => Repair::Finish,
         _ => Repair::Nothing,
@@ -796,10 +927,11 @@ impl Readiness {
 }
 
 /// Which of a run's tasks a task id names (the coordinator makes the ids:
-/// `RUN/extract`, `RUN/shard-N`).
+/// `RUN/extract`, `RUN/extract-N`, `RUN/shard-N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskRef {
     Extract,
+    ExtractPart(u32),
     Shard(u32),
     Unknown,
 }
@@ -808,25 +940,34 @@ impl TaskRef {
     pub fn parse(task_id: &str) -> TaskRef {
         match task_id.rsplit_once('/').map(|(_, task)| task) {
             Some("extract") => TaskRef::Extract,
-            Some(task) => task
-                .strip_prefix("shard-")
-                .and_then(|n| n.parse().ok())
-                .map_or(TaskRef::Unknown, TaskRef::Shard),
+            Some(task) => {
+                let numbered = |prefix: &str| task.strip_prefix(prefix).and_then(|n| n.parse().ok());
+                if let Some(index) = numbered("shard-") {
+                    TaskRef::Shard(index)
+                } else if let Some(index) = numbered("extract-") {
+                    TaskRef::ExtractPart(index)
+                } else {
+                    TaskRef::Unknown
+                }
+            }
             None => TaskRef::Unknown,
         }
     }
 }
 
 /// Whether a task's failure fails its run: only while the run is in flight and
-/// the task's own work is not done yet (an extraction still awaited, a shard
-/// still pending). A late failure of a duplicate attempt changes nothing.
-pub fn failure_matters(task: TaskRef, run: RunStatus, shard_status: Option<&str>) -> bool {
+/// the task's own work is not done yet (an extraction still awaited, an
+/// extract part or a shard still pending). A late failure of a duplicate
+/// attempt changes nothing. `task_status` is the task's own record: a shard's
+/// or part's status, `done` for an extract task whose parts were planned.
+pub fn failure_matters(task: TaskRef, run: RunStatus, task_status: Option<&str>) -> bool {
     if run.is_terminal() {
         return false;
     }
     match task {
-        TaskRef::Extract => matches!(run, RunStatus::Queued | RunStatus::Querying),
-        TaskRef::Shard(_) => shard_status == Some("pending"),
+        TaskRef::Extract => matches!(run, RunStatus::Queued | RunStatus::Querying) && task_status != Some("done"),
+        TaskRef::ExtractPart(_) => run == RunStatus::Querying && task_status == Some("pending"),
+        TaskRef::Shard(_) => task_status == Some("pending"),
         TaskRef::Unknown => true,
     }
 }
@@ -908,6 +1049,7 @@ mod tests {
         assert_eq!(TaskRef::parse("0190/extract"), TaskRef::Extract);
         assert_eq!(TaskRef::parse("0190/shard-12"), TaskRef::Shard(12));
         assert_eq!(TaskRef::parse("0190/shard-x"), TaskRef::Unknown);
+        assert_eq!(TaskRef::parse("0190/extract-3"), TaskRef::ExtractPart(3));
         assert_eq!(TaskRef::parse("nothing"), TaskRef::Unknown);
     }
 
@@ -924,7 +1066,25 @@ mod tests {
         for terminal in [S::Success, S::Warning, S::Failed, S::Cancelled, S::Interrupted] {
             assert!(!failure_matters(TaskRef::Shard(1), terminal, Some("pending")));
             assert!(!failure_matters(TaskRef::Extract, terminal, None));
+            assert!(!failure_matters(TaskRef::ExtractPart(0), terminal, Some("pending")));
         }
+        // A model read in parts: the extract task's work ended with the plan,
+        // each part's with its report.
+        assert!(!failure_matters(TaskRef::Extract, S::Querying, Some("done")));
+        assert!(failure_matters(TaskRef::ExtractPart(2), S::Querying, Some("pending")));
+        assert!(!failure_matters(TaskRef::ExtractPart(2), S::Querying, Some("done")));
+        assert!(!failure_matters(TaskRef::ExtractPart(2), S::Processing, Some("done")));
+    }
+
+    #[test]
+    fn the_reconciler_plans_the_shards_of_a_run_whose_parts_are_all_in() {
+        let day = Duration::from_secs(86_400);
+        let (mut record, now) = run(RunStatus::Querying, 60, 0, 0);
+        record.extract_parts = 4;
+        record.extract_parts_done = 3;
+        assert_eq!(repair(&record, now, day), Repair::Nothing);
+        record.extract_parts_done = 4;
+        assert_eq!(repair(&record, now, day), Repair::PlanShards);
     }
 
     fn run(status: RunStatus, age_s: i64, shards_done: u64, shards_total: u64) -> (RunRecord, i64) {
@@ -949,6 +1109,8 @@ mod tests {
             failed: Default::default(),
             shards_total,
             shards_done,
+            extract_parts: 0,
+            extract_parts_done: 0,
         };
         (record, created_at + age_s * 1000)
     }

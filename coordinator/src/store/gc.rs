@@ -132,7 +132,12 @@ impl StateStore {
         .rows_affected()
             == 1;
         if deleted {
-            for table in ["ebb_run_shards", "ebb_run_rows", "ebb_task_outbox"] {
+            for table in [
+                "ebb_run_shards",
+                "ebb_run_extract_parts",
+                "ebb_run_rows",
+                "ebb_task_outbox",
+            ] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
                     .bind(run_id)
                     .execute(&mut *tx)

@@ -110,6 +110,19 @@ const MIGRATIONS: &[&[&str]] = &[
     // `[[bucket, rows], …]`), so the planner sizes shards by the previous side
     // too. NULL for pointers committed before it: counted as empty.
     &["ALTER TABLE ebb_snapshot_pointers ADD COLUMN bucket_rows TEXT"],
+    // A model read in parts: how many, how many are in, and each part's
+    // report until the shards are planned from all of them.
+    &[
+        "ALTER TABLE ebb_runs ADD COLUMN extract_parts BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE ebb_runs ADD COLUMN extract_parts_done BIGINT NOT NULL DEFAULT 0",
+        "CREATE TABLE ebb_run_extract_parts (
+        run_id TEXT NOT NULL,
+        part_index BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        report TEXT,
+        PRIMARY KEY (run_id, part_index)
+    )",
+    ],
 ];
 
 pub(super) async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {

@@ -9,10 +9,12 @@
 mod gc;
 mod leader;
 mod migrations;
+mod parts;
 mod records;
 
 pub use gc::SyncReferences;
 pub use leader::{LeaderRecord, LeadershipLock, LockCheck};
+pub use parts::PartCommit;
 pub use records::{pointer_base, CommitOutcome, NewRun, OutboxTask, RunRecord, RunRow, ShardPlanRow};
 
 use crate::run::state::{RunStatus, ACTIVE};

@@ -9,7 +9,7 @@ use sqlx::Row;
 pub(super) const RUN_COLUMNS: &str = "id, sync_name, status, trigger_kind, schedule_tick, full_resync, reset_cdc, \
     created_at, started_at, finished_at, error, rows_queried, invalid_null, invalid_duplicate, \
     planned_added, planned_changed, planned_removed, succeeded_added, succeeded_changed, succeeded_removed, \
-    failed_added, failed_changed, failed_removed, shards_total, shards_done";
+    failed_added, failed_changed, failed_removed, shards_total, shards_done, extract_parts, extract_parts_done";
 
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -42,6 +42,9 @@ pub struct RunRecord {
     pub failed: OpCounts,
     pub shards_total: u64,
     pub shards_done: u64,
+    /// The parts its model is read in; 0 when one task reads it whole.
+    pub extract_parts: u64,
+    pub extract_parts_done: u64,
 }
 
 impl RunRecord {
@@ -72,6 +75,8 @@ impl RunRecord {
             failed: op_counts(int("failed_added")?, int("failed_changed")?, int("failed_removed")?),
             shards_total: int("shards_total")? as u64,
             shards_done: int("shards_done")? as u64,
+            extract_parts: int("extract_parts")? as u64,
+            extract_parts_done: int("extract_parts_done")? as u64,
         })
     }
 

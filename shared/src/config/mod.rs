@@ -231,6 +231,57 @@ pub struct ModelConfig {
     pub format: Option<String>,
     /// The column whose value identifies a row; unique and non-null.
     pub primary_key: String,
+    /// How many extract tasks read the model at once, each a range of its
+    /// primary key: `auto` (the default: table models of database sources
+    /// with an integer key, one task per `ROWS_PER_EXTRACT_TASK` keys) or a
+    /// number (any database model with an integer or text key; 1 reads it in
+    /// one query).
+    #[serde(default, skip_serializing_if = "ExtractTasks::is_auto")]
+    pub extract_tasks: ExtractTasks,
+}
+
+/// A model's `extract_tasks`: `auto` or a count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExtractTasks {
+    #[default]
+    Auto,
+    Count(u32),
+}
+
+impl ExtractTasks {
+    /// Most extract tasks a model's reading is split into.
+    pub const MAX: u32 = 64;
+
+    pub fn is_auto(&self) -> bool {
+        *self == ExtractTasks::Auto
+    }
+}
+
+impl Serialize for ExtractTasks {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExtractTasks::Auto => serializer.serialize_str("auto"),
+            ExtractTasks::Count(count) => serializer.serialize_u32(*count),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExtractTasks {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Count(u32),
+            Word(String),
+        }
+        match Written::deserialize(deserializer) {
+            Ok(Written::Count(count)) => Ok(ExtractTasks::Count(count)),
+            Ok(Written::Word(word)) if word == "auto" => Ok(ExtractTasks::Auto),
+            _ => Err(serde::de::Error::custom(
+                "extract_tasks is `auto` or a number of tasks such as 4",
+            )),
+        }
+    }
 }
 
 impl ModelConfig {
@@ -245,6 +296,7 @@ impl ModelConfig {
             file: None,
             format: None,
             primary_key: primary_key.to_string(),
+            extract_tasks: ExtractTasks::Auto,
         }
     }
 
@@ -658,7 +710,24 @@ fn check_model_definition(name: &str, model: &ModelConfig, source: &SourceConfig
                 ));
             }
         }
+        if model.extract_tasks != ExtractTasks::Auto {
+            problems.push(problem(
+                at("extract_tasks"),
+                format!("model {name:?} reads files: `extract_tasks` goes with database sources; remove it"),
+            ));
+        }
         return problems;
+    }
+    if let ExtractTasks::Count(count) = model.extract_tasks {
+        if !(1..=ExtractTasks::MAX).contains(&count) {
+            problems.push(problem(
+                at("extract_tasks"),
+                format!(
+                    "model {name:?}: extract_tasks {count} is out of range: write `auto` or 1 to {}",
+                    ExtractTasks::MAX
+                ),
+            ));
+        }
     }
     if model.file.is_some() {
         problems.push(problem(
