@@ -3,7 +3,7 @@
 //! snapshots on an S3 server, all on loopback.
 
 use crate::sink::{mean_rate, peak_in_any_second, Sink};
-use crate::sync_config;
+use crate::{query_model, sync_config};
 use ebb_tests::fleet::{counts, Fleet};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ pub async fn distributed(postgres_url: &str, query: &str, rows: u64, batch_size:
     let sink = Sink::start().await?;
     let config = sync_config(
         postgres_url,
-        query,
+        &query_model(query),
         &sink,
         &format!("batch_size: {batch_size}, max_concurrency: 8"),
         "",
@@ -37,6 +37,68 @@ pub async fn distributed(postgres_url: &str, query: &str, rows: u64, batch_size:
         coordinator_rss_mib: mib(&fleet.coordinator),
         worker_rss_mib: fleet.workers.iter().map(mib).collect(),
     })
+}
+
+pub struct Partitioned {
+    pub extract_tasks: u32,
+    /// From the trigger until every extract task was in and the shards planned.
+    pub extraction: Duration,
+    pub first: Duration,
+}
+
+/// First syncs of a table model read by 1, 2 and 4 extract tasks, each on a
+/// fresh coordinator and two workers: how long extraction took, and the run.
+pub async fn partitioned(
+    postgres_url: &str,
+    table: &str,
+    rows: u64,
+    batch_size: usize,
+) -> anyhow::Result<Vec<Partitioned>> {
+    let sink = Sink::start().await?;
+    let mut out = Vec::new();
+    for extract_tasks in [1u32, 2, 4] {
+        let config = sync_config(
+            postgres_url,
+            &format!("table: {table}, extract_tasks: {extract_tasks}"),
+            &sink,
+            &format!("batch_size: {batch_size}, max_concurrency: 8"),
+            "",
+        );
+        let fleet = Fleet::start(&config, 2).await;
+        let started = Instant::now();
+        let run_id = fleet.trigger("bench").await;
+        let deadline = started + RUN_TIMEOUT;
+        let extraction = loop {
+            let run = fleet.run(&run_id).await;
+            if !["queued", "querying"].contains(&run["status"].as_str().unwrap_or_default()) {
+                break started.elapsed();
+            }
+            anyhow::ensure!(Instant::now() < deadline, "run {run_id} still querying: {run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let run = fleet.wait_run(&run_id, RUN_TIMEOUT).await;
+        let first = started.elapsed();
+        anyhow::ensure!(run["status"] == "success", "run failed: {run}");
+        anyhow::ensure!(
+            counts(&run, "successfulRows")[0] == rows,
+            "expected {rows} rows added: {run}"
+        );
+        anyhow::ensure!(
+            run["extractTasks"]["total"] == extract_tasks,
+            "expected {extract_tasks} extract tasks: {run}"
+        );
+        eprintln!(
+            "  {extract_tasks} extract task(s): extraction {:.2} s, first sync {:.2} s",
+            extraction.as_secs_f64(),
+            first.as_secs_f64()
+        );
+        out.push(Partitioned {
+            extract_tasks,
+            extraction,
+            first,
+        });
+    }
+    Ok(out)
 }
 
 pub struct Scaling {
@@ -54,7 +116,7 @@ pub async fn scaling(postgres_url: &str, query: &str, rows: u64) -> anyhow::Resu
     let sink = Sink::with_latency(Duration::from_millis(20)).await?;
     let mut out = Vec::new();
     for workers in [1, 2, 4] {
-        let config = sync_config(postgres_url, query, &sink, "batch_size: 20", "shards: 16");
+        let config = sync_config(postgres_url, &query_model(query), &sink, "batch_size: 20", "shards: 16");
         let fleet = Fleet::start(&config, workers).await;
         let run = timed_run(&fleet, rows).await?;
         let arrivals = sink.take_arrivals();
@@ -89,7 +151,7 @@ pub async fn rate_limit(postgres_url: &str, query: &str, rows: u64) -> anyhow::R
     let sink = Sink::with_latency(Duration::from_millis(20)).await?;
     let config = sync_config(
         postgres_url,
-        query,
+        &query_model(query),
         &sink,
         &format!("batch_size: 40, rate_limit: {LIMIT}"),
         "shards: 16",

@@ -3,7 +3,9 @@
 //! Builds a ~10-column model of each size in PostgreSQL, then, in the same run:
 //! the floor (`COPY (query) TO STDOUT` into nothing); a first sync and an
 //! unchanged run on a fleet (coordinator and two worker processes, RabbitMQ,
-//! an S3 server) with each process's peak memory; a first sync and
+//! an S3 server) with each process's peak memory; first syncs of the same
+//! table as a table model read by 1, 2 and 4 extract tasks on that fleet,
+//! timing extraction apart; a first sync and
 //! incremental syncs (0%, 1%, 10% of rows changed: updates, inserts and
 //! deletes mixed) on embedded defaults; and the diff stage alone against the
 //! same diff done inside PostgreSQL (a FULL OUTER JOIN of the previous and
@@ -83,6 +85,8 @@ struct Figures {
     floor: Duration,
     first: Duration,
     distributed: Option<fleet::Distributed>,
+    /// First syncs of the table model read by 1, 2 and 4 extract tasks, distributed.
+    partitioned: Vec<fleet::Partitioned>,
     incremental: Vec<(u32, Duration, RunRecord)>,
     ebb_diff: Duration,
     sql_diff: Duration,
@@ -212,12 +216,18 @@ async fn run_size(url: &str, rows: u64, batch_size: usize, with_fleet: bool) -> 
     } else {
         None
     };
+    let partitioned = if with_fleet {
+        eprintln!("[{rows}] distributed, a table model read by 1, 2 and 4 extract tasks");
+        fleet::partitioned(url, &table, rows, batch_size).await?
+    } else {
+        Vec::new()
+    };
 
     let sink = Sink::start().await?;
     let dir = tempfile::tempdir()?;
     let config = sync_config(
         url,
-        &query,
+        &query_model(&query),
         &sink,
         &format!("batch_size: {batch_size}, max_concurrency: 8"),
         "",
@@ -259,6 +269,7 @@ async fn run_size(url: &str, rows: u64, batch_size: usize, with_fleet: bool) -> 
         floor,
         first,
         distributed,
+        partitioned,
         incremental,
         ebb_diff,
         sql_diff,
@@ -266,9 +277,15 @@ async fn run_size(url: &str, rows: u64, batch_size: usize, with_fleet: bool) -> 
     })
 }
 
-/// The benchmarks' one sync, `bench`: the model in mirror mode to `sink`, with
-/// extra destination and sync settings (YAML flow-map entries).
-pub(crate) fn sync_config(postgres_url: &str, query: &str, sink: &Sink, destination: &str, sync: &str) -> String {
+/// The model entries of a SQL model (a YAML flow-map entry).
+pub(crate) fn query_model(query: &str) -> String {
+    format!("query: \"{query}\"")
+}
+
+/// The benchmarks' one sync, `bench`: the model (`query_model`, or a table
+/// model's entries) in mirror mode to `sink`, with extra destination and sync
+/// settings (YAML flow-map entries).
+pub(crate) fn sync_config(postgres_url: &str, model: &str, sink: &Sink, destination: &str, sync: &str) -> String {
     let sync = if sync.is_empty() {
         String::new()
     } else {
@@ -279,7 +296,7 @@ pub(crate) fn sync_config(postgres_url: &str, query: &str, sink: &Sink, destinat
 sources:
   warehouse: {{ type: postgres, url: "{postgres_url}" }}
 models:
-  model: {{ source: warehouse, query: "{query}", primary_key: id }}
+  model: {{ source: warehouse, {model}, primary_key: id }}
 destinations:
   sink: {{ type: http, url: "{url}", {destination} }}
 syncs:
@@ -512,6 +529,14 @@ fn print_table(all: &[Figures]) {
         if let Some(d) = &f.distributed {
             row("first sync, distributed (coordinator + 2 workers)", d.first);
             row("incremental, 0% changed, distributed", d.unchanged);
+        }
+        for p in &f.partitioned {
+            let tasks = match p.extract_tasks {
+                1 => "1 extract task".to_string(),
+                n => format!("{n} extract tasks"),
+            };
+            row(&format!("extraction, table model, {tasks}, distributed"), p.extraction);
+            row(&format!("first sync, table model, {tasks}, distributed"), p.first);
         }
         println!(
             "| {} | diff stage: Ebb {:.2} s, SQL `FULL OUTER JOIN` {:.2} s | | | | {:.2}× |",

@@ -28,9 +28,15 @@ pub async fn follow(backend: &Backend, run_id: &str, show_progress: bool) -> any
             bar.set_length(run.shards.total.max(1));
             bar.set_position(run.shards.done);
             let sent = run.successful_rows.total() + run.failed_rows.total() + run.rows_in_progress;
+            let status = match (run.status.as_str(), run.extract_tasks.total) {
+                ("querying", parts) if parts > 1 => {
+                    format!("querying ({}/{parts} extract tasks)", run.extract_tasks.done)
+                }
+                _ => run.status.clone(),
+            };
             bar.set_message(format!(
-                "{}  {} rows queried  {} rows answered",
-                run.status, run.query_size, sent
+                "{status}  {} rows queried  {} rows answered",
+                run.query_size, sent
             ));
         } else if run.status != last_status {
             eprintln!("run {}: {}", run.id, run.status);
@@ -70,11 +76,12 @@ pub fn summary(run: &RunView) -> String {
     ));
     let invalid = run.invalid_rows.null_key_count + run.invalid_rows.duplicate_key_count;
     out.push_str(&format!(
-        "  rows queried: {}   invalid: {} (null key {}, duplicate key {})   shards: {}\n",
+        "  rows queried: {}   invalid: {} (null key {}, duplicate key {})   extract tasks: {}   shards: {}\n",
         thousands(run.query_size),
         thousands(invalid),
         thousands(run.invalid_rows.null_key_count),
         thousands(run.invalid_rows.duplicate_key_count),
+        run.extract_tasks.total,
         run.shards.total
     ));
     out.push_str(&format!(

@@ -157,6 +157,15 @@ impl Storage {
             .boxed())
     }
 
+    /// An object's size in bytes.
+    pub async fn size(&self, key: &str) -> Result<u64, StorageError> {
+        self.store
+            .head(&ObjectPath::from(key))
+            .await
+            .map(|meta| meta.size)
+            .map_err(|e| classify(e, key))
+    }
+
     /// Bytes `range` of an object.
     pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, StorageError> {
         self.store

@@ -2,7 +2,8 @@
 //! PostgreSQL, RabbitMQ and an S3 server on loopback sync a 100k-row PostgreSQL
 //! model to the local HTTP destination and to a PostgreSQL table. Random inserts,
 //! updates and deletes between runs; after every run each destination equals the
-//! model and the run's counts equal the mutations. One run loses a worker to
+//! model and the run's counts equal the mutations. The model is read by three
+//! extract tasks, each a range of its key, on whichever workers take them. One run loses a worker to
 //! SIGKILL halfway: it still succeeds, nothing is lost, and the duplicates are
 //! bounded by what was in flight.
 
@@ -32,6 +33,7 @@ models:
     source: warehouse
     query: SELECT id, email, name, score, active FROM people
     primary_key: id
+    extract_tasks: 3
 destinations:
   api:
     type: http
@@ -87,6 +89,11 @@ async fn three_workers_sync_100k_rows_exactly_and_survive_a_killed_worker() {
             println!("round {round}, {sync}: {:.1}s", started.elapsed().as_secs_f64());
             expect_counts(&run, expected, &format!("round {round}, {sync}"));
             assert_eq!(run["querySize"].as_u64(), Some(model_emails(&pool).await.len() as u64));
+            assert_eq!(
+                run["extractTasks"],
+                serde_json::json!({"total": 3, "done": 3}),
+                "round {round}, {sync}: the model was read by three extract tasks"
+            );
         }
         let model = model_emails(&pool).await;
         assert_eq!(

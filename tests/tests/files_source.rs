@@ -1,7 +1,7 @@
-//! The `files` source: CSV and JSON-lines files of a directory or of an S3
+//! The `files` source: CSV, JSON-lines and Parquet files of a directory or of an S3
 //! prefix (a real S3 server on loopback), one file or every file a pattern
-//! matches; bad input named by file and line; a million JSON lines in bounded
-//! memory; a model of files synced exactly as they are rewritten.
+//! matches; bad input named by file and line; a million JSON lines, and a
+//! million Parquet rows from S3, in bounded memory; every Parquet kind typed; a model of files synced exactly as they are rewritten.
 
 use ebb_coordinator::run::{RunStatus, TriggerOptions};
 use ebb_coordinator::runtime::start_embedded;
@@ -251,4 +251,231 @@ async fn a_model_of_files_syncs_exactly_as_they_are_rewritten() {
         expected = [200, changed.len() as u64, removed.len() as u64];
     }
     runtime.shutdown(Duration::from_secs(10)).await;
+}
+
+/// A Parquet file of `ids` with a column of every kind Ebb types, written by
+/// the Arrow project's own writer with `compression`; row groups of 50,000.
+fn parquet_people(ids: std::ops::Range<i64>, compression: parquet::basic::Compression) -> Vec<u8> {
+    use arrow_array::builder::{ListBuilder, StringBuilder};
+    use arrow_array::{
+        ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+        StringArray, TimestampMicrosecondArray, TimestampMillisecondArray, UInt32Array,
+    };
+    let n = ids.clone().count();
+    let every = |f: &dyn Fn(i64) -> bool| ids.clone().map(f).collect::<Vec<bool>>();
+    let null_on_sevens = every(&|i| i % 7 != 0);
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    for i in ids.clone() {
+        tags.values().append_value(format!("t{}", i % 3));
+        tags.values().append_value("x");
+        tags.append(i % 5 != 0);
+    }
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("id", Arc::new(Int64Array::from_iter_values(ids.clone()))),
+        (
+            "email",
+            Arc::new(StringArray::from_iter(
+                ids.clone().map(|i| Some(format!("p{i}@example.com"))),
+            )),
+        ),
+        (
+            "score",
+            Arc::new(
+                Decimal128Array::from_iter(ids.clone().map(|i| (i % 7 != 0).then_some(i as i128 * 100 + 25)))
+                    .with_precision_and_scale(12, 2)
+                    .unwrap(),
+            ),
+        ),
+        (
+            "ratio",
+            Arc::new(Float64Array::from_iter_values(ids.clone().map(|i| i as f64 / 4.0))),
+        ),
+        ("active", Arc::new(BooleanArray::from(every(&|i| i % 2 == 0)))),
+        (
+            "born",
+            Arc::new(Date32Array::from_iter_values(
+                ids.clone().map(|i| 19_000 + i as i32 % 365),
+            )),
+        ),
+        (
+            "seen",
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(ids.clone().map(|i| 1_700_000_000_000_000 + i * 1_500_000))
+                    .with_timezone("UTC"),
+            ),
+        ),
+        (
+            "local",
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                ids.clone().map(|i| 1_700_000_000_000 + i),
+            )),
+        ),
+        (
+            "blob",
+            Arc::new(BinaryArray::from_iter(
+                ids.clone().map(|i| Some(vec![0u8, 255, i as u8])),
+            )),
+        ),
+        ("tags", Arc::new(tags.finish())),
+        (
+            "visits",
+            Arc::new(UInt32Array::from_iter(
+                ids.clone()
+                    .zip(null_on_sevens)
+                    .map(|(i, keep)| keep.then_some(i as u32)),
+            )),
+        ),
+    ];
+    assert_eq!(columns[0].1.len(), n);
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(50_000))
+        .build();
+    let mut out = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).unwrap();
+    for start in (0..n).step_by(10_000) {
+        writer.write(&batch.slice(start, 10_000.min(n - start))).unwrap();
+    }
+    writer.close().unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_files_read_every_kind_typed_by_its_arrow_type() {
+    use parquet::basic::{Compression, ZstdLevel};
+    let _turn = TURNS.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("people-1.parquet"),
+        parquet_people(0..1_000, Compression::SNAPPY),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("people-2.parquet"),
+        parquet_people(1_000..1_500, Compression::ZSTD(ZstdLevel::default())),
+    )
+    .unwrap();
+    let files = source(dir.path().to_str().unwrap());
+    let (columns, rows) = read_all(&files, &model("people-*.parquet")).await.unwrap();
+    assert_eq!(
+        columns,
+        ["id", "email", "score", "ratio", "active", "born", "seen", "local", "blob", "tags", "visits"]
+    );
+    assert_eq!(rows.len(), 1_500);
+    let ts = |text: &str| Value::Timestamp(text.into());
+    assert_eq!(
+        rows[1_002],
+        vec![
+            Value::Int(1_002),
+            Value::Text("p1002@example.com".into()),
+            Value::Decimal("1002.25".into()),
+            Value::Float(250.5),
+            Value::Bool(true),
+            ts("2022-10-07"),
+            ts("2023-11-14T22:38:23.000000Z"),
+            ts("2023-11-14T22:13:21.002"),
+            Value::Bytes(vec![0, 255, 234]),
+            Value::Json(serde_json::json!(["t0", "x"])),
+            Value::Int(1_002),
+        ]
+    );
+    // Nulls of every kind that has them.
+    assert_eq!(rows[14][2], Value::Null, "{:?}", rows[14]);
+    assert_eq!(rows[14][10], Value::Null);
+    assert_eq!(rows[15][9], Value::Null);
+    // The columns show their Arrow types.
+    let described = ebb_worker::sources::describe("files", &files, "people", &model("people-*.parquet"))
+        .await
+        .unwrap();
+    let types: Vec<&str> = described.iter().map(|c| c.source_type.as_str()).collect();
+    assert_eq!(types[2], "Decimal128(12, 2)");
+    assert!(
+        types[6].starts_with("Timestamp(µs") || types[6].starts_with("Timestamp(Microsecond"),
+        "{types:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parquet_files_are_named() {
+    let _turn = TURNS.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.parquet"),
+        parquet_people(0..10, parquet::basic::Compression::SNAPPY),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.parquet"), b"PAR1 but not really").unwrap();
+    let files = source(dir.path().to_str().unwrap());
+    let error = read_all(&files, &model("*.parquet"))
+        .await
+        .expect_err("b is no Parquet file");
+    let text = error.to_string();
+    assert!(text.contains("b.parquet: not a Parquet file Ebb can read"), "{text}");
+    // A file with other columns than the first is refused by name.
+    let other = {
+        use arrow_array::{Int64Array, RecordBatch};
+        let batch = RecordBatch::try_from_iter([("key", Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
+        let mut out = Vec::new();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        out
+    };
+    std::fs::write(dir.path().join("b.parquet"), other).unwrap();
+    let error = read_all(&files, &model("*.parquet"))
+        .await
+        .expect_err("b has other columns");
+    let text = error.to_string();
+    assert!(
+        text.contains("b.parquet has columns key where the first file has id, email"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_on_s3_streams_a_million_rows_in_bounded_memory() {
+    let _alone = TURNS.write().await;
+    let server = S3Server::start("ebb-parquet").await.unwrap();
+    std::env::set_var("AWS_ACCESS_KEY_ID", server.access_key());
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", server.secret_key());
+    let url = server.store_url("exports");
+    let upload = ebb_shared::storage::Storage::from_url(&url).unwrap();
+    for (part, ids) in [(1, 0..500_000), (2, 500_000..1_000_000)] {
+        upload
+            .create(
+                &format!("people/part-{part}.parquet"),
+                parquet_people(ids, parquet::basic::Compression::SNAPPY),
+            )
+            .await
+            .unwrap();
+    }
+    let files = source(&url);
+    let reading = std::time::Instant::now();
+    let ((count, sum), growth) = ebb_tests::memory::peak_growth(async {
+        let mut stream = ebb_worker::sources::open("files", &files, "big", &model("people/part-*.parquet"))
+            .await
+            .unwrap();
+        let (mut count, mut sum) = (0u64, 0u64);
+        while let Some(batch) = stream.next_batch().await {
+            for row in batch.unwrap() {
+                count += 1;
+                let Value::Int(id) = row[0] else { panic!("{row:?}") };
+                sum += id as u64;
+            }
+        }
+        (count, sum)
+    })
+    .await;
+    eprintln!(
+        "1000000 Parquet rows read from S3 in {:.1} s; the heap grew by at most {} KiB",
+        reading.elapsed().as_secs_f64(),
+        growth >> 10
+    );
+    assert_eq!((count, sum), (1_000_000, 499_999_500_000));
+    assert!(
+        growth < ebb_tests::source_contract::STREAMING_BUDGET,
+        "grew by {} MiB",
+        growth >> 20
+    );
 }

@@ -226,7 +226,7 @@ pub struct ModelConfig {
     /// file it matches, in name order.
     #[serde(default)]
     pub file: Option<String>,
-    /// With a `files` source: `csv` or `jsonl` (default: from the extension).
+    /// With a `files` source: `csv`, `jsonl` or `parquet` (default: from the extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// The column whose value identifies a row; unique and non-null.
@@ -681,10 +681,10 @@ fn check_model_definition(name: &str, model: &ModelConfig, source: &SourceConfig
                 at("format"),
                 format!("model {name:?}: `format` goes with a files source"),
             ));
-        } else if !matches!(format.as_str(), "csv" | "jsonl") {
+        } else if !matches!(format.as_str(), "csv" | "jsonl" | "parquet") {
             problems.push(problem(
                 at("format"),
-                format!("model {name:?}: format {format:?} is not one Ebb reads (csv, jsonl)"),
+                format!("model {name:?}: format {format:?} is not one Ebb reads (csv, jsonl, parquet)"),
             ));
         }
     }

@@ -1,4 +1,4 @@
-//! Files of a local directory or an S3 prefix: CSV and JSON lines. A model
+//! Files of a local directory or an S3 prefix: CSV, JSON lines and Parquet. A model
 //! names a file, or a pattern (`exports/customers-*.jsonl`, `*` and `?` within
 //! one path segment) whose every match is read in name order, as one result.
 //! Each file streams from the store through a blocking reader: nothing holds
@@ -12,6 +12,12 @@
 //!   column is never dropped silently). Values keep JSON's types: numbers
 //!   without a fraction integers, others floats, strings text, arrays and
 //!   objects JSON.
+//! - **Parquet** (`parquet.rs`): the first file's schema names the columns,
+//!   every file must have the same names; values are typed by their Arrow
+//!   type. Read a row group at a time by ranged reads.
+
+#[cfg(feature = "parquet")]
+mod parquet;
 
 use super::{Row, RowStream, BATCH_ROWS};
 use crate::error::TaskError;
@@ -25,6 +31,7 @@ use tokio::sync::mpsc;
 enum Format {
     Csv,
     JsonLines,
+    Parquet,
 }
 
 impl Format {
@@ -36,8 +43,9 @@ impl Format {
         match name.as_str() {
             "csv" => Ok(Format::Csv),
             "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
+            "parquet" | "pq" => Ok(Format::Parquet),
             other => Err(format!(
-                "cannot tell the format of {key} from {other:?}: set the model's `format` to csv or jsonl"
+                "cannot tell the format of {key} from {other:?}: set the model's `format` to csv, jsonl or parquet"
             )),
         }
     }
@@ -117,36 +125,119 @@ pub(super) async fn describe(
     model_name: &str,
     model: &ModelConfig,
 ) -> Result<Vec<Column>, TaskError> {
+    let (storage, keys, format) = files_of(source_name, config, model_name, model).await?;
+    if format == Format::Parquet {
+        return describe_parquet(source_name, &storage, &keys[0]).await;
+    }
     // The first file's header or first object only: no reading task.
-    let (_, _, format, names, _) = first_file(source_name, config, model_name, model).await?;
+    let (names, _) = first_file(source_name, &storage, &keys[0], format).await?;
     Ok(columns(&names, format))
 }
 
-/// The model's files and format, the column names, and the first file
-/// positioned where its rows start.
+/// A Parquet model's columns, from its first file's footer only.
+#[cfg(feature = "parquet")]
+async fn describe_parquet(source_name: &str, storage: &Storage, first_key: &str) -> Result<Vec<Column>, TaskError> {
+    let (_, schema) = first_parquet(source_name, storage, first_key).await?;
+    Ok(parquet::columns(&schema))
+}
+
+#[cfg(not(feature = "parquet"))]
+async fn describe_parquet(source_name: &str, _: &Storage, _: &str) -> Result<Vec<Column>, TaskError> {
+    Err(no_parquet(source_name))
+}
+
+#[cfg(not(feature = "parquet"))]
+async fn open_parquet(source_name: &str, _: Storage, _: Vec<String>) -> Result<RowStream, TaskError> {
+    Err(no_parquet(source_name))
+}
+
+/// What a build without the `parquet` feature says of a Parquet model.
+#[cfg(not(feature = "parquet"))]
+fn no_parquet(source_name: &str) -> TaskError {
+    TaskError::SourceRead {
+        source_name: source_name.to_string(),
+        reason: "this build of Ebb reads no Parquet files: build it with the `parquet` feature (on by default)".into(),
+    }
+}
+
+/// The first Parquet file of a model, and its schema.
+#[cfg(feature = "parquet")]
+async fn first_parquet(
+    source_name: &str,
+    storage: &Storage,
+    key: &str,
+) -> Result<(parquet::ParquetObject, arrow_schema::SchemaRef), TaskError> {
+    let (storage, key, runtime) = (storage.clone(), key.to_string(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || {
+        let object = parquet::ParquetObject::open(&storage, &key, &runtime)?;
+        let schema = object.schema()?;
+        Ok((object, schema))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|read| read)
+    .map_err(|reason: String| TaskError::SourceRead {
+        source_name: source_name.to_string(),
+        reason,
+    })
+}
+
+/// Streams the Parquet files of a model, one after another, from a blocking
+/// thread.
+#[cfg(feature = "parquet")]
+async fn open_parquet(source_name: &str, storage: Storage, keys: Vec<String>) -> Result<RowStream, TaskError> {
+    let (first, schema) = first_parquet(source_name, &storage, &keys[0]).await?;
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let (sender, stream) = RowStream::channel(parquet::columns(&schema));
+    let runtime = tokio::runtime::Handle::current();
+    let source_name = source_name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut pending = Some(first);
+        for key in &keys {
+            let object = match pending.take() {
+                Some(object) => Ok(object),
+                None => parquet::ParquetObject::open(&storage, key, &runtime),
+            };
+            let outcome = object.and_then(|object| parquet::read(&source_name, object, &names, BATCH_ROWS, &sender));
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(reason) => {
+                    let _ = sender.blocking_send(Err(TaskError::SourceRead {
+                        source_name: source_name.clone(),
+                        reason,
+                    }));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(stream)
+}
+
+/// The column names of a CSV or JSON-lines model, from its first file, and
+/// that file positioned where its rows start.
 async fn first_file(
     source_name: &str,
-    config: &FilesSourceConfig,
-    model_name: &str,
-    model: &ModelConfig,
-) -> Result<(Storage, Vec<String>, Format, Vec<String>, Box<dyn BufRead + Send>), TaskError> {
-    let (storage, keys, format) = files_of(source_name, config, model_name, model).await?;
-    let first = reader(&storage, &keys[0])
+    storage: &Storage,
+    first_key: &str,
+    format: Format,
+) -> Result<(Vec<String>, Box<dyn BufRead + Send>), TaskError> {
+    let first = reader(storage, first_key)
         .await
         .map_err(|reason| TaskError::SourceUnreachable {
             source_name: source_name.to_string(),
-            reason: format!("{}: {reason}", keys[0]),
+            reason: format!("{first_key}: {reason}"),
         })?;
-    let first_key = keys[0].clone();
-    let (names, first) = tokio::task::spawn_blocking(move || columns_of(first, format, &first_key))
+    let first_key = first_key.to_string();
+    tokio::task::spawn_blocking(move || columns_of(first, format, &first_key))
         .await
         .map_err(|e| e.to_string())
         .and_then(|read| read)
         .map_err(|reason| TaskError::SourceRead {
             source_name: source_name.to_string(),
             reason,
-        })?;
-    Ok((storage, keys, format, names, first))
+        })
 }
 
 fn columns(names: &[String], format: Format) -> Vec<Column> {
@@ -156,7 +247,7 @@ fn columns(names: &[String], format: Format) -> Vec<Column> {
             name: name.clone(),
             source_type: match format {
                 Format::Csv => "text".to_string(),
-                Format::JsonLines => "json".to_string(),
+                Format::JsonLines | Format::Parquet => "json".to_string(),
             },
         })
         .collect()
@@ -168,7 +259,11 @@ pub(super) async fn open(
     model_name: &str,
     model: &ModelConfig,
 ) -> Result<RowStream, TaskError> {
-    let (storage, keys, format, names, first) = first_file(source_name, config, model_name, model).await?;
+    let (storage, keys, format) = files_of(source_name, config, model_name, model).await?;
+    if format == Format::Parquet {
+        return open_parquet(source_name, storage, keys).await;
+    }
+    let (names, first) = first_file(source_name, &storage, &keys[0], format).await?;
     let read_failed = {
         let source_name = source_name.to_string();
         move |reason: String| TaskError::SourceRead {
@@ -194,6 +289,7 @@ pub(super) async fn open(
             let outcome = match format {
                 Format::Csv => read_csv(file, key, &names, &sender),
                 Format::JsonLines => read_json_lines(file, key, &names, &sender),
+                Format::Parquet => unreachable!("Parquet files are read by open_parquet"),
             };
             match outcome {
                 Ok(true) => {}
@@ -247,6 +343,7 @@ fn columns_of(
                 Box::new(std::io::Read::chain(std::io::Cursor::new(line.into_bytes()), file)),
             ))
         }
+        Format::Parquet => unreachable!("a Parquet file's columns come from its footer"),
     }
 }
 

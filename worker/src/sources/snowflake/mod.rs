@@ -7,7 +7,8 @@
 //! are read, and a column reads the same either way (`values.rs`).
 
 mod client;
-mod values;
+// Its Arrow and temporal helpers also type Parquet files (`files`).
+pub(super) mod values;
 
 use super::{Batch, Row, RowStream, BATCH_ROWS};
 use crate::error::TaskError;

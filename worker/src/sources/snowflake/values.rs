@@ -201,7 +201,7 @@ pub fn rows_of_batch(batch: &RecordBatch, columns: &[ColumnType]) -> Result<Vec<
         .collect()
 }
 
-fn integer(array: &ArrayRef, row: usize) -> Option<i64> {
+pub(crate) fn integer(array: &ArrayRef, row: usize) -> Option<i64> {
     Some(match array.data_type() {
         DataType::Int8 => array.as_primitive::<Int8Type>().value(row).into(),
         DataType::Int16 => array.as_primitive::<Int16Type>().value(row).into(),
@@ -221,7 +221,7 @@ fn child_integer(parts: &StructArray, name: &str, row: usize) -> Option<Option<i
     integer(child, row).map(Some)
 }
 
-fn string(array: &ArrayRef, row: usize) -> Option<&str> {
+pub(crate) fn string(array: &ArrayRef, row: usize) -> Option<&str> {
     match array.data_type() {
         DataType::Utf8 => Some(array.as_string::<i32>().value(row)),
         DataType::LargeUtf8 => Some(array.as_string::<i64>().value(row)),
@@ -251,7 +251,7 @@ fn fixed(text: &str, scale: u32) -> Value {
 }
 
 /// An integer holding `value × 10^scale` as `FIXED` text.
-fn scaled_integer(unscaled: i128, scale: u32) -> Value {
+pub(crate) fn scaled_integer(unscaled: i128, scale: u32) -> Value {
     if scale == 0 {
         return match i64::try_from(unscaled) {
             Ok(int) => Value::Int(int),
@@ -299,7 +299,7 @@ fn split_scaled(scaled: i64, scale: u32) -> Option<(i64, i64)> {
     Some((scaled.div_euclid(unit), scaled.rem_euclid(unit) * 10i64.pow(9 - scale)))
 }
 
-fn date(days: i64) -> Result<String, String> {
+pub(crate) fn date(days: i64) -> Result<String, String> {
     let day = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
         .and_then(|epoch| epoch.checked_add_signed(chrono::TimeDelta::days(days)))
         .ok_or_else(|| format!("date {days} days from 1970 is out of range"))?;
@@ -314,7 +314,7 @@ fn fraction(nanos: i64, scale: u32) -> String {
     format!(".{}", &digits[..scale as usize])
 }
 
-fn time_of_day(nanos: i64, scale: u32) -> String {
+pub(crate) fn time_of_day(nanos: i64, scale: u32) -> String {
     let seconds = nanos.div_euclid(1_000_000_000);
     format!(
         "{:02}:{:02}:{:02}{}",
@@ -327,7 +327,7 @@ fn time_of_day(nanos: i64, scale: u32) -> String {
 
 /// An instant as ISO-8601: wall time without zone (`None`), or at the offset
 /// in minutes (`Z` for UTC).
-fn timestamp(seconds: i64, nanos: i64, offset_minutes: Option<i64>, scale: u32) -> Result<String, String> {
+pub(crate) fn timestamp(seconds: i64, nanos: i64, offset_minutes: Option<i64>, scale: u32) -> Result<String, String> {
     let utc = chrono::DateTime::from_timestamp(seconds, nanos as u32)
         .ok_or_else(|| format!("timestamp {seconds}.{nanos:09} is out of range"))?;
     let Some(offset_minutes) = offset_minutes else {
