@@ -167,8 +167,21 @@ async fn a_million_json_lines_stream_in_bounded_memory() {
         }
     }
     let files = source(dir.path().to_str().unwrap());
-    let ((count, sum), growth) = ebb_tests::memory::peak_growth(async {
-        let mut stream = ebb_worker::sources::open("files", &files, "big", &model("big.jsonl"))
+    let ((count, sum), growth) = ids_read_and_heap_growth(&files, "big.jsonl").await;
+    eprintln!("1000000 JSON lines read; the heap grew by at most {} KiB", growth >> 10);
+    assert_eq!((count, sum), (1_000_000, 500_000_500_000));
+    assert!(
+        growth < ebb_tests::source_contract::STREAMING_BUDGET,
+        "grew by {} MiB",
+        growth >> 20
+    );
+}
+
+/// Reads every row of a model whose first column is an integer id: how many
+/// rows, the sum of their ids, and the heap's peak growth meanwhile.
+async fn ids_read_and_heap_growth(files: &SourceConfig, file: &str) -> ((u64, u64), usize) {
+    ebb_tests::memory::peak_growth(async {
+        let mut stream = ebb_worker::sources::open("files", files, "big", &model(file))
             .await
             .unwrap();
         let (mut count, mut sum) = (0u64, 0u64);
@@ -181,14 +194,7 @@ async fn a_million_json_lines_stream_in_bounded_memory() {
         }
         (count, sum)
     })
-    .await;
-    eprintln!("1000000 JSON lines read; the heap grew by at most {} KiB", growth >> 10);
-    assert_eq!((count, sum), (1_000_000, 500_000_500_000));
-    assert!(
-        growth < ebb_tests::source_contract::STREAMING_BUDGET,
-        "grew by {} MiB",
-        growth >> 20
-    );
+    .await
 }
 
 fn config(dir: &Path, sink_url: &str) -> Arc<Config> {
@@ -452,21 +458,7 @@ async fn parquet_on_s3_streams_a_million_rows_in_bounded_memory() {
     }
     let files = source(&url);
     let reading = std::time::Instant::now();
-    let ((count, sum), growth) = ebb_tests::memory::peak_growth(async {
-        let mut stream = ebb_worker::sources::open("files", &files, "big", &model("people/part-*.parquet"))
-            .await
-            .unwrap();
-        let (mut count, mut sum) = (0u64, 0u64);
-        while let Some(batch) = stream.next_batch().await {
-            for row in batch.unwrap() {
-                count += 1;
-                let Value::Int(id) = row[0] else { panic!("{row:?}") };
-                sum += id as u64;
-            }
-        }
-        (count, sum)
-    })
-    .await;
+    let ((count, sum), growth) = ids_read_and_heap_growth(&files, "people/part-*.parquet").await;
     eprintln!(
         "1000000 Parquet rows read from S3 in {:.1} s; the heap grew by at most {} KiB",
         reading.elapsed().as_secs_f64(),
