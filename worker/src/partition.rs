@@ -36,7 +36,7 @@ pub async fn plan(spec: &SyncSpec) -> Result<Option<PartitionPlan>, TaskError> {
     let asked = match model.extract_tasks {
         ExtractTasks::Count(count) if count <= 1 => return Ok(None),
         ExtractTasks::Count(count) => Some(count.min(ExtractTasks::MAX)),
-        ExtractTasks::Auto if model.table.is_none() => return Ok(None),
+        ExtractTasks::Auto if model.table.is_none() || !splits_by_default(&spec.source) => return Ok(None),
         ExtractTasks::Auto => None,
     };
     if !splits(&spec.source) {
@@ -113,6 +113,15 @@ pub fn part_model(model: &ModelConfig, range: &KeyRange, dialect: Dialect) -> Re
         ));
     }
     Ok(part)
+}
+
+/// Whether `auto` splits a source's table models: the databases that serve a
+/// key range from the key's index. Not the warehouses: each part is a query of
+/// its own, which BigQuery bills by the bytes it scans and Snowflake,
+/// Databricks and Redshift by the warehouse time it takes, so several parts
+/// may cost several times one read. They split when the model asks.
+fn splits_by_default(source: &SourceConfig) -> bool {
+    matches!(source, SourceConfig::Postgres(_) | SourceConfig::Mysql(_))
 }
 
 /// Whether a source can be read in key ranges: every database source but

@@ -232,10 +232,9 @@ pub struct ModelConfig {
     /// The column whose value identifies a row; unique and non-null.
     pub primary_key: String,
     /// How many extract tasks read the model at once, each a range of its
-    /// primary key: `auto` (the default: table models of database sources
-    /// with an integer key, one task per `ROWS_PER_EXTRACT_TASK` keys) or a
-    /// number (any database model with an integer or text key; 1 reads it in
-    /// one query).
+    /// primary key: `auto` (the default: PostgreSQL and MySQL table models
+    /// with an integer key, one task per two million keys) or a number (any
+    /// database model with an integer or text key; 1 reads it in one query).
     #[serde(default, skip_serializing_if = "ExtractTasks::is_auto")]
     pub extract_tasks: ExtractTasks,
 }
