@@ -1,15 +1,18 @@
 //! The object store: immutable chunk, snapshot and checkpoint objects.
 //!
 //! One URL picks the backend: a local directory for standalone (`./data`,
-//! `file:///var/lib/ebb`), or any S3-compatible service
+//! `file:///var/lib/ebb`), any S3-compatible service
 //! (`s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1`), with
-//! credentials from the usual `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+//! credentials from the usual `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`,
+//! and, for files sources only, Google Cloud Storage (`gs://bucket/prefix`,
+//! credentials as Google's clients find them).
 //! Objects are only ever created (`PutMode::Create`), never overwritten: which
 //! object is current is decided by pointer rows in the state DB.
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
@@ -48,12 +51,24 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
+    /// Ebb's own object store: a directory (created if missing) or S3.
     pub fn from_url(url: &str) -> Result<Storage, StorageError> {
+        if url.starts_with("gs://") {
+            // Ebb's objects are created only if absent (`PutMode::Create`);
+            // no local GCS emulator checks that precondition, so it is not
+            // offered untested.
+            return Err(StorageError::Config {
+                url: crate::redact::redact_url(url),
+                reason:
+                    "Ebb's own object store is a directory or s3://bucket/prefix; gs:// is read by files sources only"
+                        .into(),
+            });
+        }
         Storage::build(url, true)
     }
 
-    /// A store to read from: a local directory must exist already (nothing
-    /// is created for a source).
+    /// A store to read from (a files source): a local directory that exists
+    /// already (nothing is created for a source), S3 or Google Cloud Storage.
     pub fn open_existing(url: &str) -> Result<Storage, StorageError> {
         Storage::build(url, false)
     }
@@ -63,46 +78,33 @@ impl Storage {
             url: crate::redact::redact_url(url),
             reason,
         };
-        if let Some(rest) = url.strip_prefix("s3://") {
+        if url.starts_with("s3://") || url.starts_with("gs://") {
             let parsed = url::Url::parse(url).map_err(|e| config_error(e.to_string()))?;
+            let scheme = parsed.scheme();
             let bucket = parsed
                 .host_str()
                 .filter(|b| !b.is_empty())
-                .ok_or_else(|| config_error("name the bucket: s3://BUCKET/prefix".into()))?;
-            let mut builder = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(store_retries());
-            for (key, value) in parsed.query_pairs() {
-                builder = match key.as_ref() {
-                    "endpoint" => builder
-                        .with_endpoint(value.to_string())
-                        .with_allow_http(value.starts_with("http://"))
-                        .with_virtual_hosted_style_request(false),
-                    "region" => builder.with_region(value.to_string()),
-                    other => {
-                        return Err(config_error(format!(
-                            "unknown parameter {other:?} (known: endpoint, region)"
-                        )))
-                    }
-                };
-            }
-            let store = builder.build().map_err(|e| config_error(e.to_string()))?;
+                .ok_or_else(|| config_error(format!("name the bucket: {scheme}://BUCKET/prefix")))?;
+            let store: Arc<dyn ObjectStore> = if scheme == "s3" {
+                Arc::new(s3_store(bucket, &parsed).map_err(config_error)?)
+            } else {
+                Arc::new(gcs_store(bucket, &parsed).map_err(config_error)?)
+            };
             let prefix = parsed.path().trim_matches('/').to_string();
             let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                Arc::new(store)
+                store
             } else {
                 Arc::new(PrefixStore::new(store, prefix))
             };
-            let _ = rest;
             return Ok(Storage {
                 store,
-                description: format!("s3://{bucket}{}", parsed.path()),
+                description: format!("{scheme}://{bucket}{}", parsed.path()),
             });
         }
         let dir = url.strip_prefix("file://").unwrap_or(url);
         if dir.contains("://") {
             return Err(config_error(
-                "use a directory path, file:///dir or s3://bucket/prefix".into(),
+                "use a directory path, file:///dir, s3://bucket/prefix or gs://bucket/prefix".into(),
             ));
         }
         if create_local {
@@ -196,6 +198,64 @@ impl Storage {
     }
 }
 
+/// An S3 bucket, or an S3-compatible service's (`endpoint=`); credentials
+/// from the `AWS_*` variables or the instance's role.
+fn s3_store(bucket: &str, url: &url::Url) -> Result<object_store::aws::AmazonS3, String> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(store_retries());
+    for (key, value) in url.query_pairs() {
+        builder = match key.as_ref() {
+            "endpoint" => builder
+                .with_endpoint(value.to_string())
+                .with_allow_http(value.starts_with("http://"))
+                .with_virtual_hosted_style_request(false),
+            "region" => builder.with_region(value.to_string()),
+            other => return Err(format!("unknown parameter {other:?} (known: endpoint, region)")),
+        };
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// A Google Cloud Storage bucket. Credentials as Google's own clients find
+/// them: `GOOGLE_SERVICE_ACCOUNT` (a key file) or `GOOGLE_SERVICE_ACCOUNT_KEY`
+/// (its JSON), `GOOGLE_APPLICATION_CREDENTIALS`, else the metadata server
+/// (GKE Workload Identity). `endpoint=` points at an emulator instead, which
+/// is called unauthenticated, as Google's clients do with
+/// `STORAGE_EMULATOR_HOST`.
+fn gcs_store(bucket: &str, url: &url::Url) -> Result<object_store::gcp::GoogleCloudStorage, String> {
+    let mut endpoint = None;
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "endpoint" => endpoint = Some(url::Url::parse(&value).map_err(|e| format!("endpoint {value:?}: {e}"))?),
+            other => return Err(format!("unknown parameter {other:?} (known: endpoint)")),
+        }
+    }
+    let builder = match endpoint {
+        None => GoogleCloudStorageBuilder::from_env(),
+        Some(endpoint) => {
+            // The crate takes an emulator's address only inside a service
+            // account key, with OAuth turned off; no `GOOGLE_*` variable
+            // is read, so no real credential goes to an emulator.
+            let emulator = serde_json::json!({
+                "private_key": "",
+                "private_key_id": "",
+                "client_email": "",
+                "gcs_base_url": endpoint.as_str().trim_end_matches('/'),
+                "disable_oauth": true,
+            });
+            GoogleCloudStorageBuilder::new()
+                .with_service_account_key(emulator.to_string())
+                .with_client_options(object_store::ClientOptions::new().with_allow_http(endpoint.scheme() == "http"))
+        }
+    };
+    builder
+        .with_bucket_name(bucket)
+        .with_retry(store_retries())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// How one object-store call rides out an outage: refused connections, 5xx
 /// and timeouts are retried with backoff (100 ms doubling to 10 s) for up to
 /// three minutes. The defaults give up after ten quick retries, about two
@@ -246,7 +306,11 @@ mod tests {
     fn bad_urls_are_named() {
         let err = Storage::from_url("s3://bucket/p?endpoit=x").unwrap_err();
         assert!(err.to_string().contains("endpoit"), "{err}");
-        let err = Storage::from_url("gs://bucket").unwrap_err();
-        assert!(err.to_string().contains("s3://"), "{err}");
+        let err = Storage::open_existing("gs://bucket/p?region=x").unwrap_err();
+        assert!(err.to_string().contains("known: endpoint"), "{err}");
+        let err = Storage::from_url("gs://bucket/p").unwrap_err();
+        assert!(err.to_string().contains("files sources only"), "{err}");
+        let err = Storage::open_existing("azure://bucket").unwrap_err();
+        assert!(err.to_string().contains("gs://bucket/prefix"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 pub mod embedded;
 pub mod fakesnow;
 pub mod fleet;
+pub mod gcs;
 pub mod memory;
 pub mod model;
 pub mod process;
@@ -13,3 +14,4 @@ pub mod scenario;
 pub mod services;
 pub mod sink;
 pub mod source_contract;
+pub mod venv;

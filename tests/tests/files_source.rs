@@ -1,13 +1,16 @@
-//! The `files` source: CSV, JSON-lines and Parquet files of a directory or of an S3
-//! prefix (a real S3 server on loopback), one file or every file a pattern
-//! matches; bad input named by file and line; a million JSON lines, and a
-//! million Parquet rows from S3, in bounded memory; every Parquet kind typed; a model of files synced exactly as they are rewritten.
+//! The `files` source: CSV, JSON-lines and Parquet files of a directory, of an
+//! S3 prefix (a real S3 server on loopback) or of a GCS bucket (the
+//! fake-gcs-server emulator), one file or every file a pattern matches;
+//! gzipped files; bad input named by file and line; a million JSON lines, and
+//! a million Parquet rows from S3, in bounded memory; every Parquet kind
+//! typed; a model of files synced exactly as they are rewritten.
 
 use ebb_coordinator::run::{RunStatus, TriggerOptions};
 use ebb_coordinator::runtime::start_embedded;
 use ebb_shared::config::{Config, FilesSourceConfig, ModelConfig, SourceConfig};
 use ebb_shared::value::Value;
 use ebb_tests::embedded::run_to_end;
+use ebb_tests::gcs::FakeGcs;
 use ebb_tests::model::sink_emails;
 use ebb_tests::s3::S3Server;
 use ebb_tests::sink::Sink;
@@ -148,6 +151,105 @@ async fn files_of_an_s3_prefix_stream_from_the_server() {
     let (_, rows) = read_all(&source(&url), &model("people/part-*.jsonl")).await.unwrap();
     assert_eq!(rows.len(), 5_000);
     assert_eq!(rows[4_999][1], Value::Text("p4999@example.com".into()));
+}
+
+/// `text` gzipped, as one gzip member per piece of `pieces` bytes: exports
+/// written in parallel are often members written one after another.
+fn gzipped(text: &str, pieces: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    for piece in text.as_bytes().chunks(pieces) {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(piece).unwrap();
+        out.extend(encoder.finish().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzipped_files_stream_decompressed_whatever_their_name() {
+    let _turn = TURNS.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv: String = std::iter::once("id,email\n".to_string())
+        .chain((0..20_000).map(|i| format!("{i},p{i}@example.com\n")))
+        .collect();
+    std::fs::write(dir.path().join("people.csv.gz"), gzipped(&csv, 64 << 10)).unwrap();
+    // Gzipped under a plain name: the first bytes tell.
+    std::fs::write(dir.path().join("part-1.jsonl"), gzipped(&jsonl(0..1_000), 1 << 20)).unwrap();
+    std::fs::write(dir.path().join("part-2.jsonl"), jsonl(1_000..1_500)).unwrap();
+    let mut broken = gzipped(&jsonl(0..1_000), 1 << 20);
+    broken.truncate(broken.len() / 2);
+    std::fs::write(dir.path().join("broken.jsonl.gz"), broken).unwrap();
+    let files = source(dir.path().to_str().unwrap());
+
+    let (columns, rows) = read_all(&files, &model("people.csv.gz")).await.unwrap();
+    assert_eq!(columns, ["id", "email"], "the format is the name's before .gz");
+    assert_eq!(rows.len(), 20_000, "every gzip member is read");
+    assert_eq!(
+        rows[19_999],
+        vec![Value::Text("19999".into()), Value::Text("p19999@example.com".into())]
+    );
+    let (_, rows) = read_all(&files, &model("part-*.jsonl")).await.unwrap();
+    assert_eq!(rows.len(), 1_500, "a gzipped file and a plain one, in one model");
+    assert_eq!(rows[1_499][0], Value::Int(1_499));
+
+    let error = read_all(&files, &model("broken.jsonl.gz"))
+        .await
+        .expect_err("cut short");
+    assert!(
+        error.to_string().contains("broken.jsonl.gz"),
+        "the file is named: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_a_gcs_bucket_stream_from_the_emulator() {
+    let _turn = TURNS.read().await;
+    let server = FakeGcs::start("ebb-exports").await;
+    server
+        .put("daily/people/part-0001.jsonl", jsonl(0..3_000).into_bytes())
+        .await;
+    server
+        .put("daily/people/part-0002.jsonl", gzipped(&jsonl(3_000..5_000), 1 << 20))
+        .await;
+    server.put("daily/people/other.csv", b"id\n1\n".to_vec()).await;
+    server
+        .put("elsewhere/people/part-0003.jsonl", jsonl(9_000..9_001).into_bytes())
+        .await;
+    server
+        .put(
+            "daily/people.parquet",
+            parquet_people(0..10_000, parquet::basic::Compression::ZSTD(Default::default())),
+        )
+        .await;
+    let files = source(&server.source_url("daily"));
+
+    let (columns, rows) = read_all(&files, &model("people/part-*.jsonl")).await.unwrap();
+    assert_eq!(columns, ["id", "email", "score", "tags"]);
+    assert_eq!(
+        rows.len(),
+        5_000,
+        "both parts below the prefix, in name order, nothing else"
+    );
+    assert_eq!(rows[0][0], Value::Int(0));
+    assert_eq!(rows[4_999][1], Value::Text("p4999@example.com".into()));
+
+    // Parquet by ranged reads of the object.
+    let (_, rows) = read_all(&files, &model("people.parquet")).await.unwrap();
+    assert_eq!(rows.len(), 10_000);
+    assert_eq!(rows[9_999][0], Value::Int(9_999));
+
+    let error = read_all(&files, &model("people/missing-*.jsonl"))
+        .await
+        .expect_err("nothing matches");
+    assert!(error.to_string().contains("no file matches"), "{error}");
+    let error = read_all(&files, &model("people/absent.jsonl"))
+        .await
+        .expect_err("no such object");
+    assert!(
+        error.to_string().contains("absent.jsonl"),
+        "the object is named: {error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

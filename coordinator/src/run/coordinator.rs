@@ -195,7 +195,7 @@ impl Coordinator {
         self.metrics.runs_started.inc();
         self.metrics.runs_active.inc();
         tracing::info!(run = %run.id, sync, trigger = %run.trigger, "run queued");
-        let task = extract_task(&run, spec);
+        let task = run_task(&run, spec, TaskKind::Extract);
         // The run is querying before its task is out: a worker can finish the
         // extraction before this function goes on, and its result must find
         // the run ready for it (a result for a run still queued is dropped).
@@ -244,7 +244,7 @@ impl Coordinator {
                 Repair::Nothing => {}
                 Repair::StartQuerying => {
                     if let Ok(spec) = self.config.sync_spec(&run.sync) {
-                        let task = outboxed(&extract_task(&run, spec));
+                        let task = outboxed(&run_task(&run, spec, TaskKind::Extract));
                         if self.store.begin_querying(&run.id, &task).await? {
                             tracing::warn!(run = %run.id, "a queued run's extraction was never started; starting it");
                             if let Err(error) = self.publish(&task).await {
@@ -506,7 +506,7 @@ impl Coordinator {
         let count = plan.parts.len();
         if count == 0 || count > ExtractTasks::MAX as usize {
             let error = format!(
-                "a worker planned {count} extract parts for model {:?}; 1 to {} are possible (a worker of another                  version?)",
+                "a worker planned {count} extract parts for model {:?}; 1 to {} are possible (a worker of another version?)",
                 spec.model_name,
                 ExtractTasks::MAX
             );
@@ -517,18 +517,12 @@ impl Coordinator {
             .into_iter()
             .enumerate()
             .map(|(index, range)| {
-                outboxed(&TaskMessage {
-                    version: PROTOCOL_VERSION,
-                    task_id: format!("{run_id}/extract-{index}"),
-                    run_id: run_id.to_string(),
-                    sync: spec.clone(),
-                    kind: TaskKind::ExtractPart(ExtractPart {
-                        index: index as u32,
-                        count: count as u32,
-                        range,
-                    }),
-                    run_started_at_ms: run.created_at,
-                })
+                let part = ExtractPart {
+                    index: index as u32,
+                    count: count as u32,
+                    range,
+                };
+                outboxed(&run_task(&run, spec.clone(), TaskKind::ExtractPart(part)))
             })
             .collect();
         if !self.store.begin_extract_parts(run_id, &tasks).await? {
@@ -539,14 +533,7 @@ impl Coordinator {
             parts = count,
             "the model is read in parts; part tasks queued"
         );
-        for task in &tasks {
-            if let Err(error) = self.publish(task).await {
-                return self
-                    .fail_run(run_id, &format!("could not queue extract part tasks: {error}"))
-                    .await;
-            }
-        }
-        Ok(())
+        self.publish_all(run_id, &tasks, "extract part").await
     }
 
     /// One part of the model is in; once all are, the shards are planned from
@@ -582,7 +569,10 @@ impl Coordinator {
         };
         let reports: Result<Vec<ExtractReport>, _> = reports.iter().map(|bytes| protocol::decode(bytes)).collect();
         match reports {
-            Ok(reports) => self.plan_shards(run_id, ExtractReport::merge(reports)).await,
+            Ok(reports) => match self.store.run(run_id).await? {
+                Some(run) => self.plan_shards(run, ExtractReport::merge(reports)).await,
+                None => Ok(()),
+            },
             Err(error) => {
                 self.fail_run(run_id, &format!("a stored extract part cannot be read: {error}"))
                     .await
@@ -592,20 +582,19 @@ impl Coordinator {
 
     /// The model was read whole by one task.
     async fn on_extracted(&self, run_id: &str, report: ExtractReport) -> Result<(), StoreError> {
-        if let Some(run) = self.store.run(run_id).await? {
-            if run.extract_parts > 0 {
-                tracing::info!(run = run_id, "ignoring a whole extraction of a run read in parts");
-                return Ok(());
-            }
-        }
-        self.plan_shards(run_id, report).await
-    }
-
-    /// Extraction is done: plan the shards from what it reported and queue them.
-    async fn plan_shards(&self, run_id: &str, report: ExtractReport) -> Result<(), StoreError> {
         let Some(run) = self.store.run(run_id).await? else {
             return Ok(());
         };
+        if run.extract_parts > 0 {
+            tracing::info!(run = run_id, "ignoring a whole extraction of a run read in parts");
+            return Ok(());
+        }
+        self.plan_shards(run, report).await
+    }
+
+    /// Extraction is done: plan the shards from what it reported and queue them.
+    async fn plan_shards(&self, run: RunRecord, report: ExtractReport) -> Result<(), StoreError> {
+        let run_id = run.id.as_str();
         if run.status != RunStatus::Querying {
             tracing::info!(run = run_id, status = %run.status, "ignoring a late or repeated extraction result");
             return Ok(());
@@ -627,16 +616,7 @@ impl Coordinator {
             .collect();
         let messages: Vec<OutboxTask> = tasks
             .into_iter()
-            .map(|(shard, _)| {
-                outboxed(&TaskMessage {
-                    version: PROTOCOL_VERSION,
-                    task_id: format!("{run_id}/shard-{}", shard.index),
-                    run_id: run_id.to_string(),
-                    sync: spec.clone(),
-                    kind: TaskKind::Shard(shard),
-                    run_started_at_ms: run.created_at,
-                })
-            })
+            .map(|(shard, _)| outboxed(&run_task(&run, spec.clone(), TaskKind::Shard(shard))))
             .collect();
         if !self
             .store
@@ -659,13 +639,19 @@ impl Coordinator {
             shards = messages.len(),
             "extraction done; shards queued"
         );
-        for (published, task) in messages.iter().enumerate() {
+        self.publish_all(run_id, &messages, "shard").await
+    }
+
+    /// Publishes a run's tasks recorded in the outbox; a failure fails the run
+    /// (`what` names the tasks in its error).
+    async fn publish_all(&self, run_id: &str, tasks: &[OutboxTask], what: &str) -> Result<(), StoreError> {
+        for (published, task) in tasks.iter().enumerate() {
             if published == 1 {
-                crash_point("during-shard-publishes");
+                crash_point(&format!("during-{what}-publishes").replace(' ', "-"));
             }
             if let Err(error) = self.publish(task).await {
                 return self
-                    .fail_run(run_id, &format!("could not queue shard tasks: {error}"))
+                    .fail_run(run_id, &format!("could not queue {what} tasks: {error}"))
                     .await;
             }
         }
@@ -835,13 +821,20 @@ pub fn dead_letter(
     Some(DeadLetter { run_id, task_id, error })
 }
 
-fn extract_task(run: &RunRecord, spec: SyncSpec) -> TaskMessage {
+/// A task of `run`, with the id `TaskRef::parse` reads back: `RUN/extract`,
+/// `RUN/extract-N` for part N, `RUN/shard-N` for shard N.
+fn run_task(run: &RunRecord, spec: SyncSpec, kind: TaskKind) -> TaskMessage {
+    let task_id = match &kind {
+        TaskKind::Extract => format!("{}/extract", run.id),
+        TaskKind::ExtractPart(part) => format!("{}/extract-{}", run.id, part.index),
+        TaskKind::Shard(shard) => format!("{}/shard-{}", run.id, shard.index),
+    };
     TaskMessage {
         version: PROTOCOL_VERSION,
-        task_id: format!("{}/extract", run.id),
+        task_id,
         run_id: run.id.clone(),
         sync: spec,
-        kind: TaskKind::Extract,
+        kind,
         run_started_at_ms: run.created_at,
     }
 }

@@ -198,9 +198,10 @@ pub struct CsvSourceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSourceConfig {
-    /// A directory (relative to the config file), or
+    /// A directory (relative to the config file),
     /// `s3://bucket/prefix?region=…&endpoint=…` with credentials from the
-    /// usual `AWS_*` variables.
+    /// usual `AWS_*` variables, or `gs://bucket/prefix` with credentials as
+    /// Google's clients find them.
     pub url: String,
 }
 

@@ -15,6 +15,9 @@
 //! - **Parquet** (`parquet.rs`): the first file's schema names the columns,
 //!   every file must have the same names; values are typed by their Arrow
 //!   type. Read a row group at a time by ranged reads.
+//!
+//! A gzipped CSV or JSON-lines file (`.csv.gz`, or any name: its first bytes
+//! tell) streams decompressed.
 
 #[cfg(feature = "parquet")]
 mod parquet;
@@ -36,10 +39,11 @@ enum Format {
 
 impl Format {
     fn of(model: &ModelConfig, key: &str) -> Result<Format, String> {
-        let name = model
-            .format
-            .clone()
-            .unwrap_or_else(|| key.rsplit('.').next().unwrap_or_default().to_ascii_lowercase());
+        // `customers.csv.gz` is a CSV file, gzipped.
+        let name = model.format.clone().unwrap_or_else(|| {
+            let key = key.strip_suffix(".gz").unwrap_or(key);
+            key.rsplit('.').next().unwrap_or_default().to_ascii_lowercase()
+        });
         match name.as_str() {
             "csv" => Ok(Format::Csv),
             "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
@@ -107,17 +111,58 @@ fn matches_pattern(pattern: &str, key: &str) -> bool {
     matches(pattern.as_bytes(), key.as_bytes())
 }
 
-/// A file's bytes as a blocking reader, streamed from the store.
-async fn reader(storage: &Storage, key: &str) -> Result<Box<dyn BufRead + Send>, String> {
-    use futures::TryStreamExt;
-    let stream = storage
+/// A file's bytes as they stream from the store, and whether they are gzipped
+/// (told by the first bytes, whatever the file's name).
+struct FileBytes {
+    raw: std::io::BufReader<Box<dyn std::io::Read + Send>>,
+    gzipped: bool,
+}
+
+impl FileBytes {
+    /// The file's text as a blocking reader, decompressed if need be. Called
+    /// on the blocking thread that reads it: a gzip decoder reads the
+    /// member's header as it is made.
+    fn into_text(self) -> Box<dyn BufRead + Send> {
+        if self.gzipped {
+            // Multi-member: exports are often gzip members written one after another.
+            Box::new(std::io::BufReader::with_capacity(
+                256 << 10,
+                flate2::bufread::MultiGzDecoder::new(self.raw),
+            ))
+        } else {
+            Box::new(self.raw)
+        }
+    }
+}
+
+async fn reader(storage: &Storage, key: &str) -> Result<FileBytes, String> {
+    use futures::{StreamExt, TryStreamExt};
+    let mut stream = storage
         .get_stream(key)
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| std::io::Error::other(e.to_string()));
-    let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    Ok(Box::new(std::io::BufReader::with_capacity(256 << 10, bridge)))
+    let mut head = Vec::new();
+    while head.len() < GZIP_MAGIC.len() {
+        match stream.try_next().await.map_err(|e| e.to_string())? {
+            Some(piece) => head.extend_from_slice(&piece),
+            None => break,
+        }
+    }
+    let gzipped = head.starts_with(&GZIP_MAGIC);
+    let stream = futures::stream::iter([Ok(bytes::Bytes::from(head))]).chain(stream);
+    let bridge: Box<dyn std::io::Read + Send> = Box::new(tokio_util::io::SyncIoBridge::new(
+        tokio_util::io::StreamReader::new(stream),
+    ));
+    Ok(FileBytes {
+        raw: std::io::BufReader::with_capacity(256 << 10, bridge),
+        gzipped,
+    })
 }
+
+/// The first bytes of every gzip member (RFC 1952): never the start of a
+/// CSV or JSON text, as 0x8b begins no UTF-8 character.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 pub(super) async fn describe(
     source_name: &str,
@@ -230,7 +275,7 @@ async fn first_file(
             reason: format!("{first_key}: {reason}"),
         })?;
     let first_key = first_key.to_string();
-    tokio::task::spawn_blocking(move || columns_of(first, format, &first_key))
+    tokio::task::spawn_blocking(move || columns_of(first.into_text(), format, &first_key))
         .await
         .map_err(|e| e.to_string())
         .and_then(|read| read)
@@ -278,7 +323,7 @@ pub(super) async fn open(
         for key in &keys {
             let file = match pending.take() {
                 Some(file) => file,
-                None => match runtime.block_on(reader(&storage, key)) {
+                None => match runtime.block_on(reader(&storage, key)).map(FileBytes::into_text) {
                     Ok(file) => file,
                     Err(reason) => {
                         let _ = sender.blocking_send(Err(read_failed(format!("{key}: {reason}"))));

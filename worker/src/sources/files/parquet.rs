@@ -34,7 +34,7 @@ use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use bytes::{Buf, Bytes};
 use ebb_shared::storage::Storage;
 use ebb_shared::value::{Column, Value};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -55,6 +55,9 @@ pub(super) struct ParquetObject {
     row_groups: Arc<OnceLock<Vec<std::ops::Range<u64>>>>,
     /// The row group being read: where it starts, and its bytes.
     window: Arc<Mutex<Option<(u64, Bytes)>>>,
+    /// The footer, read once: describing the first file and then reading it
+    /// fetch it one time.
+    footer: Arc<OnceLock<ArrowReaderMetadata>>,
 }
 
 impl ParquetObject {
@@ -68,6 +71,7 @@ impl ParquetObject {
             runtime: runtime.clone(),
             row_groups: Arc::default(),
             window: Arc::default(),
+            footer: Arc::default(),
         })
     }
 
@@ -121,11 +125,20 @@ impl ParquetObject {
         let _ = self.row_groups.set(spans);
     }
 
+    /// The file's footer: its schema and where its row groups lie.
+    fn footer(&self) -> Result<ArrowReaderMetadata, String> {
+        if let Some(footer) = self.footer.get() {
+            return Ok(footer.clone());
+        }
+        let footer = ArrowReaderMetadata::load(self, ArrowReaderOptions::default())
+            .map_err(|e| format!("{}: not a Parquet file Ebb can read: {e}", self.key))?;
+        self.learn_row_groups(footer.metadata());
+        Ok(self.footer.get_or_init(|| footer).clone())
+    }
+
     /// The file's column names and Arrow types, from its footer.
     pub(super) fn schema(&self) -> Result<SchemaRef, String> {
-        ParquetRecordBatchReaderBuilder::try_new(self.clone())
-            .map(|builder| builder.schema().clone())
-            .map_err(|e| format!("{}: not a Parquet file Ebb can read: {e}", self.key))
+        self.footer().map(|footer| footer.schema().clone())
     }
 }
 
@@ -196,9 +209,7 @@ pub(super) fn read(
     sender: &mpsc::Sender<Result<Batch, TaskError>>,
 ) -> Result<bool, String> {
     let key = object.key.clone();
-    let builder = ParquetRecordBatchReaderBuilder::try_new(object.clone())
-        .map_err(|e| format!("{key}: not a Parquet file Ebb can read: {e}"))?;
-    object.learn_row_groups(builder.metadata());
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(object.clone(), object.footer()?);
     let found: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
     if found != names {
         return Err(format!(
