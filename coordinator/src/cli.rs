@@ -86,9 +86,11 @@ enum Command {
     Standalone {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Address of the REST API, /healthz and /metrics.
+        /// Address of the REST API, /healthz and /metrics. Off loopback, EBB_API_TOKEN must be set.
         #[arg(long, default_value = "127.0.0.1:8080", env = "EBB_LISTEN")]
         listen: String,
+        #[command(flatten)]
+        auth: AuthArgs,
         /// Workers to run inside this process.
         #[arg(long, default_value_t = 2, env = "EBB_WORKERS")]
         workers: usize,
@@ -104,9 +106,12 @@ enum Command {
         state_url: String,
         #[command(flatten)]
         queue: QueueArgs,
-        /// Address of the REST API, /healthz and /metrics.
+        /// Address of the REST API, /healthz and /metrics. Off loopback, EBB_API_TOKEN (for /api) and
+        /// EBB_INTERNAL_TOKEN (for workers, which are given the same) must be set.
         #[arg(long, default_value = "0.0.0.0:8080", env = "EBB_LISTEN")]
         listen: String,
+        #[command(flatten)]
+        auth: AuthArgs,
         /// The workers' object store (as they are given it), to serve every row's result
         /// (`ebb runs rows`); without it only samples of rejected and invalid rows are kept.
         #[arg(long, env = "EBB_STORE_URL")]
@@ -126,6 +131,7 @@ enum Command {
         #[arg(long, env = "EBB_STORE_URL")]
         store_url: String,
         /// The coordinator's API, for fleet-wide delivery leases: one URL (a Service), or every replica's, comma-separated.
+        /// Calls carry EBB_INTERNAL_TOKEN (the coordinator's) from the environment.
         #[arg(long, env = "EBB_COORDINATOR_URL")]
         coordinator_url: String,
         /// This worker's name in logs and leases (default: host name and process id).
@@ -606,16 +612,54 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Who may call a coordinator's API. The tokens themselves are read from the
+/// environment only, never from the command line (where `ps` shows them).
+#[derive(clap::Args, Debug, Clone)]
+struct AuthArgs {
+    /// Serve the API off loopback without tokens: only where a network policy lets nobody else reach it.
+    #[arg(long, env = "EBB_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+}
+
+/// Binds the API's address, refusing one off loopback unless the tokens that
+/// guard it are set (or the refusal is waived). Done before anything starts.
+async fn bind_api(listen: &str, auth: &AuthArgs, serves_workers: bool) -> anyhow::Result<Api> {
+    let tokens = crate::api::auth::Tokens::from_env();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (set --listen or EBB_LISTEN)"))?;
+    let address = listener.local_addr()?;
+    if let Some(refusal) = tokens.refusal(address, serves_workers) {
+        if !auth.allow_unauthenticated {
+            anyhow::bail!(refusal);
+        }
+        tracing::warn!(%address, "serving the API off loopback without tokens (--allow-unauthenticated)");
+    }
+    Ok(Api {
+        listener,
+        tokens,
+        serves_workers,
+    })
+}
+
+/// A bound API listener and who may call it.
+struct Api {
+    listener: tokio::net::TcpListener,
+    tokens: crate::api::auth::Tokens,
+    serves_workers: bool,
+}
+
 /// Runs a coordinator's scheduler and API until SIGTERM or Ctrl-C, then stops
 /// gracefully: tasks in flight finish, unfinished ones go back to the queue.
-async fn serve_until_signal(mut runtime: runtime::Runtime, listen: &str) -> anyhow::Result<ExitCode> {
+async fn serve_until_signal(mut runtime: runtime::Runtime, api: Api) -> anyhow::Result<ExitCode> {
     runtime.start_scheduler();
     let state = crate::api::ApiState {
         coordinator: runtime.coordinator.clone().expect("a coordinator runs here"),
         leases: runtime.leases.clone(),
-        token: std::env::var("EBB_API_TOKEN").ok().filter(|t| !t.is_empty()),
+        tokens: api.tokens,
+        serves_workers: api.serves_workers,
     };
-    let server = serve(listen, state).await?;
+    let server = serve(api.listener, state)?;
     let deposed = tokio::select! {
         _ = shutdown_signal() => None,
         reason = runtime.deposed() => Some(reason),
@@ -644,10 +688,10 @@ fn default_advertise_url(listen: &str) -> String {
     format!("http://{host}:{port}")
 }
 
-async fn serve(listen: &str, state: crate::api::ApiState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (set --listen or EBB_LISTEN)"))?;
+fn serve(
+    listener: tokio::net::TcpListener,
+    state: crate::api::ApiState,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     tracing::info!(address = %listener.local_addr()?, "API listening");
     let router = crate::api::router(state);
     Ok(tokio::spawn(async move {
@@ -673,24 +717,28 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Standalone {
             config,
             listen,
+            auth,
             workers,
             gc,
         } => {
             let loaded = config.load()?;
+            let api = bind_api(&listen, &auth, false).await?;
             let mut runtime = runtime::start_embedded(loaded, &config.data_dir(), workers.max(1), 2).await?;
             runtime.start_janitor(gc.settings())?;
-            serve_until_signal(runtime, &listen).await
+            serve_until_signal(runtime, api).await
         }
         Command::Coordinator {
             config,
             state_url,
             queue,
             listen,
+            auth,
             store_url,
             advertise_url,
             gc,
         } => {
             let loaded = config.load()?;
+            let api = bind_api(&listen, &auth, true).await?;
             let advertise_url = advertise_url.unwrap_or_else(|| default_advertise_url(&listen));
             let mut runtime = runtime::start_coordinator(
                 loaded,
@@ -701,7 +749,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             )
             .await?;
             runtime.start_janitor(gc.settings())?;
-            serve_until_signal(runtime, &listen).await
+            serve_until_signal(runtime, api).await
         }
         Command::Worker {
             queue,

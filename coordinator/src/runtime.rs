@@ -370,7 +370,10 @@ pub async fn start_worker(
 ) -> anyhow::Result<Runtime> {
     let queue: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(queue.amqp()).await?);
     let storage = Storage::from_url(store_url)?;
-    let leases: Arc<dyn LeaseProvider> = Arc::new(HttpLeaseProvider::new(coordinator_url));
+    // The coordinator's internal token, from the environment only.
+    let token = std::env::var("EBB_INTERNAL_TOKEN").ok().filter(|t| !t.is_empty());
+    let leases = HttpLeaseProvider::new(coordinator_url, token.as_deref()).map_err(anyhow::Error::msg)?;
+    let leases: Arc<dyn LeaseProvider> = Arc::new(leases);
     let mut runtime = Runtime::new();
     runtime.queues.push(queue.clone());
     runtime.start_workers(vec![worker_id.to_string()], concurrency, queue, storage, leases);

@@ -26,6 +26,9 @@ pub struct Fleet {
     pub api: String,
     pub dir: tempfile::TempDir,
     pub s3: S3Server,
+    /// The API's token (`EBB_API_TOKEN`): the fleet runs secured, as in
+    /// production, and `client()` sends it.
+    pub api_token: String,
     http: reqwest::Client,
     queue_url: String,
     /// The broker and store URLs the processes use: through the fault
@@ -38,11 +41,26 @@ pub struct Fleet {
     queue_prefix: String,
     /// Given to every process of the fleet, on top of its own settings.
     extra_env: Vec<(String, String)>,
+    /// What workers send the coordinator (`EBB_INTERNAL_TOKEN`).
+    internal_token: String,
     /// The coordinator's own settings, for restarting it.
     coordinator_env: Vec<(String, String)>,
     restarts: u32,
     /// The coordinator's state database, dropped with the fleet.
     state: TestDatabase,
+}
+
+/// A client sending `Authorization: Bearer <token>` on every request.
+pub fn authorized_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("a token is header-safe"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client builds")
 }
 
 fn free_port() -> u16 {
@@ -112,6 +130,10 @@ impl Fleet {
         } else {
             None
         };
+        // Two tokens, as a secured fleet has: the API's for the tests, the
+        // internal one for the workers (who never get the API's).
+        let api_token = format!("api-{:032x}", rand::random::<u128>());
+        let internal_token = format!("internal-{:032x}", rand::random::<u128>());
         // The coordinator reads the workers' row files to serve row-level results.
         let coordinator_env: Vec<(String, String)> = [
             ("EBB_STATE_URL", state_url),
@@ -122,6 +144,8 @@ impl Fleet {
             ("AWS_SECRET_ACCESS_KEY", s3.secret_key().to_string()),
             ("EBB_CONFIG", config_path.to_str().unwrap().to_string()),
             ("EBB_LISTEN", format!("127.0.0.1:{port}")),
+            ("EBB_API_TOKEN", api_token.clone()),
+            ("EBB_INTERNAL_TOKEN", internal_token.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -135,7 +159,9 @@ impl Fleet {
             api,
             dir,
             s3,
-            http: reqwest::Client::new(),
+            http: authorized_client(&api_token),
+            api_token,
+            internal_token,
             queue_url,
             process_queue_url,
             process_store_url,
@@ -206,6 +232,7 @@ impl Fleet {
             ),
             ("AWS_ACCESS_KEY_ID", self.s3.access_key().to_string()),
             ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key().to_string()),
+            ("EBB_INTERNAL_TOKEN", self.internal_token.clone()),
         ];
         env.extend(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let worker = EbbProcess::spawn(
@@ -225,6 +252,16 @@ impl Fleet {
             self.dir.path(),
         );
         self.workers.push(worker);
+    }
+
+    /// What the fleet's workers send the coordinator.
+    pub fn internal_token(&self) -> &str {
+        &self.internal_token
+    }
+
+    /// An HTTP client that sends the fleet's API token.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The fleet's queues, for a test to publish to directly.

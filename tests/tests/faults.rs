@@ -243,7 +243,8 @@ async fn a_coordinator_crash_in_any_window_leaves_no_run_behind() {
         );
         let mut fleet = Fleet::start_with_env(&config, 2, &[("EBB_FAULT_CRASH_AT", point.to_string())]).await;
         // The trigger itself may die with the coordinator (after-querying).
-        let _ = reqwest::Client::new()
+        let _ = fleet
+            .client()
             .post(format!("{}/api/v1/syncs/people-api/trigger", fleet.api))
             .json(&serde_json::json!({}))
             .send()
@@ -259,7 +260,10 @@ async fn a_coordinator_crash_in_any_window_leaves_no_run_behind() {
             "{point}:\n{crashed}"
         );
         fleet.restart_coordinator(&[]).await;
-        let runs: serde_json::Value = reqwest::get(format!("{}/api/v1/syncs/people-api/runs?limit=5", fleet.api))
+        let runs: serde_json::Value = fleet
+            .client()
+            .get(format!("{}/api/v1/syncs/people-api/runs?limit=5", fleet.api))
+            .send()
             .await
             .unwrap()
             .json()
@@ -318,7 +322,8 @@ async fn readiness_reflects_the_state_database_and_the_broker() {
     let app = router(ApiState {
         coordinator,
         leases: LocalLeases::default(),
-        token: None,
+        tokens: Default::default(),
+        serves_workers: true,
     });
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let readyz = || async move {
@@ -595,7 +600,8 @@ async fn a_panic_is_logged_as_a_structured_event_and_its_run_is_repaired() {
     ];
     let fleet = Fleet::start_with_env(&config, 1, &env).await;
     // The trigger's handler panics after recording the run: no answer.
-    let _ = reqwest::Client::new()
+    let _ = fleet
+        .client()
         .post(format!("{}/api/v1/syncs/people-api/trigger", fleet.api))
         .json(&serde_json::json!({}))
         .send()
@@ -627,7 +633,10 @@ async fn a_panic_is_logged_as_a_structured_event_and_its_run_is_repaired() {
         "{event}"
     );
 
-    let runs: serde_json::Value = reqwest::get(format!("{}/api/v1/syncs/people-api/runs?limit=5", fleet.api))
+    let runs: serde_json::Value = fleet
+        .client()
+        .get(format!("{}/api/v1/syncs/people-api/runs?limit=5", fleet.api))
+        .send()
         .await
         .unwrap()
         .json()

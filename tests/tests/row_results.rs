@@ -130,7 +130,7 @@ syncs:
     let run_id = fleet.trigger("people-api").await;
     let run = fleet.wait_run(&run_id, Duration::from_secs(120)).await;
     assert_eq!(run["status"], "warning", "{run}");
-    let http = reqwest::Client::new();
+    let http = fleet.client().clone();
     let get = |query: &'static str| {
         let url = format!("{}/api/v1/runs/{run_id}/rows?{query}", fleet.api);
         let http = http.clone();
@@ -160,6 +160,7 @@ syncs:
     // The CLI against the API: the same export.
     let output = ebb_async_command()
         .args(["runs", "rows", &run_id, "--format", "csv", "--api-url", &fleet.api])
+        .env("EBB_API_TOKEN", &fleet.api_token)
         .output()
         .await
         .unwrap();
@@ -167,6 +168,7 @@ syncs:
     assert_eq!(String::from_utf8_lossy(&output.stdout), csv);
     let output = ebb_async_command()
         .args(["runs", "rows", &run_id, "--failed", "--api-url", &fleet.api])
+        .env("EBB_API_TOKEN", &fleet.api_token)
         .output()
         .await
         .unwrap();

@@ -114,20 +114,30 @@ impl HttpLeaseProvider {
     /// `coordinator_url` names one coordinator API or several, comma-separated
     /// (the replicas of a fleet): calls go to the one that answers, and a
     /// standby's answer sends them to the leader it names.
-    pub fn new(coordinator_url: &str) -> Self {
+    /// `token`, the coordinator's `EBB_INTERNAL_TOKEN`, goes with every call
+    /// as `Authorization: Bearer`.
+    pub fn new(coordinator_url: &str, token: Option<&str>) -> Result<Self, String> {
         let base_urls: Vec<String> = coordinator_url
             .split(',')
             .map(|url| url.trim().trim_end_matches('/').to_string())
             .filter(|url| !url.is_empty())
             .collect();
-        HttpLeaseProvider {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| "EBB_INTERNAL_TOKEN holds a character no HTTP header may carry".to_string())?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(HttpLeaseProvider {
             current: std::sync::Mutex::new(base_urls.first().cloned().unwrap_or_default()),
             base_urls,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
+                .default_headers(headers)
                 .build()
                 .expect("http client builds"),
-        }
+        })
     }
 
     async fn post<B: Serialize, R: for<'de> Deserialize<'de>>(&self, path: &str, body: &B) -> Result<R, String> {
@@ -155,6 +165,12 @@ impl HttpLeaseProvider {
                 }
                 errors.push(format!("coordinator at {base} is a standby"));
                 continue;
+            }
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(format!(
+                    "coordinator at {base} refused this worker on {path}: give the worker EBB_INTERNAL_TOKEN, \
+                     the coordinator's"
+                ));
             }
             if !response.status().is_success() {
                 return Err(format!(

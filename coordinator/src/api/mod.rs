@@ -1,8 +1,9 @@
 //! The coordinator's HTTP API: the public REST API under `/api/v1` (Hightouch's
 //! shapes), the lease API workers use under `/internal/v1`, `/healthz` and
-//! `/metrics`. With `EBB_API_TOKEN` set, `/api` and `/internal` require
-//! `Authorization: Bearer <token>`.
+//! `/metrics`. Who may call which part: `auth.rs`. Every error answer is a
+//! JSON `{"error": …}`, the framework's own refusals too.
 
+pub mod auth;
 pub mod views;
 
 use crate::leases::LocalLeases;
@@ -24,11 +25,14 @@ use views::{ErrorBody, List, RunRowView, RunView, SyncView, TriggerAnswer, Trigg
 pub struct ApiState {
     pub coordinator: Arc<Coordinator>,
     pub leases: LocalLeases,
-    pub token: Option<String>,
+    pub tokens: auth::Tokens,
+    /// Whether workers of other processes call this API (`/internal`): a
+    /// fleet's coordinator; a standalone's workers are in its process.
+    pub serves_workers: bool,
 }
 
 pub fn router(state: ApiState) -> Router {
-    let protected = Router::new()
+    let api = Router::new()
         .route("/api/v1/syncs", get(list_syncs))
         .route("/api/v1/syncs/{id}/trigger", post(trigger))
         .route("/api/v1/syncs/{id}/runs", get(list_runs))
@@ -43,17 +47,76 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/destinations", get(list_destinations))
         .route("/api/v1/destinations/{id}/test", post(test_destination))
         .route("/api/v1/destinations/{id}/fields", get(destination_fields))
+        .layer(axum::middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_api_token,
+        ));
+    let internal = Router::new()
         .route("/internal/v1/leases", post(lease))
         .route("/internal/v1/leases/release", post(release))
         .route("/internal/v1/leases/rate-limited", post(rate_limited))
         .route("/internal/v1/runs/active", post(run_active))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+        .layer(axum::middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_internal_token,
+        ));
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(protected)
+        .merge(api);
+    if state.serves_workers {
+        router = router.merge(internal);
+    }
+    router
+        .fallback(|request: Request| async move {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {} {}", request.method(), request.uri().path()),
+            )
+        })
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Refuses a NUL byte anywhere in the path or query (no id holds one, and
+/// the state DB would refuse it with its own text), and turns every error
+/// answer that is not JSON — the framework's rejections of a malformed body,
+/// a wrong method — into `{"error": …}`, keeping its status and headers.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|query| query.contains("%00")) {
+        return ApiError(
+            StatusCode::BAD_REQUEST,
+            "the path or query holds a NUL byte (%00): no id or parameter contains one".into(),
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let error = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut answer = ApiError(status, error).into_response();
+    for (name, value) in parts.headers.iter() {
+        answer.headers_mut().entry(name).or_insert_with(|| value.clone());
+    }
+    answer
 }
 
 /// A worker's own listener: `/healthz` (the process runs), `/readyz` (its
@@ -119,24 +182,6 @@ impl From<crate::store::StoreError> for ApiError {
         tracing::error!(%error, "state store error");
         ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
     }
-}
-
-async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let presented = request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "send Authorization: Bearer <token> (the coordinator's EBB_API_TOKEN)".into(),
-            )
-            .into_response();
-        }
-    }
-    next.run(request).await
 }
 
 /// 200 when the state database and the queue answer, else 503 naming what does not.

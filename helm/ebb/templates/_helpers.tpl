@@ -42,3 +42,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: {{ . | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* An environment variable from a key of secretEnv's Secret: required
+     unless the release runs without tokens. Call with (list $ NAME KEY). */}}
+{{- define "ebb.tokenEnv" -}}
+{{- $root := index . 0 -}}
+- name: {{ index . 1 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ebb.secretName" $root }}
+      key: {{ index . 2 }}
+      optional: {{ $root.Values.auth.allowUnauthenticated }}
+{{- end -}}
