@@ -90,7 +90,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080", env = "EBB_LISTEN")]
         listen: String,
         #[command(flatten)]
-        auth: AuthArgs,
+        serving: ServeArgs,
         /// Workers to run inside this process.
         #[arg(long, default_value_t = 2, env = "EBB_WORKERS")]
         workers: usize,
@@ -111,7 +111,7 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080", env = "EBB_LISTEN")]
         listen: String,
         #[command(flatten)]
-        auth: AuthArgs,
+        serving: ServeArgs,
         /// The workers' object store (as they are given it), to serve every row's result
         /// (`ebb runs rows`); without it only samples of rejected and invalid rows are kept.
         #[arg(long, env = "EBB_STORE_URL")]
@@ -612,41 +612,58 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Who may call a coordinator's API. The tokens themselves are read from the
-/// environment only, never from the command line (where `ps` shows them).
+/// Who may call a coordinator's API, and where probes and scrapers go. The
+/// tokens themselves are read from the environment only, never from the
+/// command line (where `ps` shows them).
 #[derive(clap::Args, Debug, Clone)]
-struct AuthArgs {
+struct ServeArgs {
     /// Serve the API off loopback without tokens: only where a network policy lets nobody else reach it.
     #[arg(long, env = "EBB_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
+    /// Serve /metrics (and /healthz, /readyz) on this address of their own (e.g. 0.0.0.0:9090) instead of the API's.
+    #[arg(long, env = "EBB_METRICS_LISTEN", value_name = "ADDRESS")]
+    metrics_listen: Option<String>,
 }
 
 /// Binds the API's address, refusing one off loopback unless the tokens that
 /// guard it are set (or the refusal is waived). Done before anything starts.
-async fn bind_api(listen: &str, auth: &AuthArgs, serves_workers: bool) -> anyhow::Result<Api> {
+async fn bind_api(listen: &str, serving: &ServeArgs, serves_workers: bool) -> anyhow::Result<Api> {
     let tokens = crate::api::auth::Tokens::from_env();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (set --listen or EBB_LISTEN)"))?;
     let address = listener.local_addr()?;
     if let Some(refusal) = tokens.refusal(address, serves_workers) {
-        if !auth.allow_unauthenticated {
+        if !serving.allow_unauthenticated {
             anyhow::bail!(refusal);
         }
         tracing::warn!(%address, "serving the API off loopback without tokens (--allow-unauthenticated)");
     }
+    let probes = match &serving.metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (set --metrics-listen or EBB_METRICS_LISTEN)"))?,
+        ),
+        None => None,
+    };
     Ok(Api {
         listener,
+        probes,
         tokens,
         serves_workers,
+        on_loopback: address.ip().is_loopback(),
     })
 }
 
 /// A bound API listener and who may call it.
 struct Api {
     listener: tokio::net::TcpListener,
+    /// The probes' and scrapers' own listener, if they have one.
+    probes: Option<tokio::net::TcpListener>,
     tokens: crate::api::auth::Tokens,
     serves_workers: bool,
+    on_loopback: bool,
 }
 
 /// Runs a coordinator's scheduler and API until SIGTERM or Ctrl-C, then stops
@@ -658,6 +675,20 @@ async fn serve_until_signal(mut runtime: runtime::Runtime, api: Api) -> anyhow::
         leases: runtime.leases.clone(),
         tokens: api.tokens,
         serves_workers: api.serves_workers,
+        on_loopback: api.on_loopback,
+        metrics_here: api.probes.is_none(),
+    };
+    let probes = match api.probes {
+        Some(listener) => {
+            tracing::info!(address = %listener.local_addr()?, "health and metrics listening");
+            let router = crate::api::probe_router(state.clone());
+            Some(tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "health and metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
     };
     let server = serve(api.listener, state)?;
     let deposed = tokio::select! {
@@ -665,6 +696,9 @@ async fn serve_until_signal(mut runtime: runtime::Runtime, api: Api) -> anyhow::
         reason = runtime.deposed() => Some(reason),
     };
     server.abort();
+    if let Some(probes) = probes {
+        probes.abort();
+    }
     if let Some(reason) = deposed {
         // Nothing this process started as leader may go on: exit, and let the
         // restart rejoin as a standby.
@@ -717,12 +751,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Standalone {
             config,
             listen,
-            auth,
+            serving,
             workers,
             gc,
         } => {
             let loaded = config.load()?;
-            let api = bind_api(&listen, &auth, false).await?;
+            let api = bind_api(&listen, &serving, false).await?;
             let mut runtime = runtime::start_embedded(loaded, &config.data_dir(), workers.max(1), 2).await?;
             runtime.start_janitor(gc.settings())?;
             serve_until_signal(runtime, api).await
@@ -732,13 +766,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             state_url,
             queue,
             listen,
-            auth,
+            serving,
             store_url,
             advertise_url,
             gc,
         } => {
             let loaded = config.load()?;
-            let api = bind_api(&listen, &auth, true).await?;
+            let api = bind_api(&listen, &serving, true).await?;
             let advertise_url = advertise_url.unwrap_or_else(|| default_advertise_url(&listen));
             let mut runtime = runtime::start_coordinator(
                 loaded,

@@ -1,7 +1,9 @@
 //! Who may call the coordinator's API (`coordinator/src/api/auth.rs`): `/api`
 //! takes only `EBB_API_TOKEN`, `/internal` only `EBB_INTERNAL_TOKEN`, the
-//! scheme in any case; an API off loopback does not start without them; every
-//! error answer is JSON, a NUL byte in a path is a 400. The fleets of the
+//! scheme in any case; an API off loopback does not start without them; one
+//! on loopback refuses web pages (another origin, a rebinding host name);
+//! every error answer is JSON, a NUL byte in a path is a 400; `/metrics` can
+//! move to a listener of its own. The fleets of the
 //! other suites run with both tokens set, workers holding only theirs.
 
 use ebb_tests::fleet::{authorized_client, Fleet};
@@ -158,6 +160,75 @@ async fn an_api_off_loopback_does_not_start_without_its_tokens() {
         assert!(Instant::now() < deadline, "the waived standalone did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_api_refuses_web_pages_and_rebinding_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ebb.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let (_standalone, api) = EbbProcess::standalone(&config, &[("EBB_API_TOKEN", String::new())], dir.path()).await;
+    let http = reqwest::Client::new();
+    let port = api.rsplit(':').next().unwrap();
+
+    let (status, _) = answer(http.get(format!("{api}/api/v1/syncs"))).await;
+    assert_eq!(status, StatusCode::OK, "a program on this machine is served");
+    let same_origin = http
+        .get(format!("{api}/api/v1/syncs"))
+        .header("origin", format!("http://localhost:{port}"));
+    assert_eq!(answer(same_origin).await.0, StatusCode::OK, "Ebb's own origin");
+
+    let from_a_page = http
+        .post(format!("{api}/api/v1/syncs/any/trigger"))
+        .header("origin", "https://evil.example")
+        .json(&serde_json::json!({}));
+    let (status, body) = answer(from_a_page).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("local programs only"),
+        "{body}"
+    );
+    let rebinding = http
+        .get(format!("{api}/api/v1/syncs"))
+        .header("host", format!("evil.example:{port}"));
+    assert_eq!(
+        answer(rebinding).await.0,
+        StatusCode::FORBIDDEN,
+        "a rebinding host name"
+    );
+    let cross_site = http
+        .post(format!("{api}/api/v1/runs/x/cancel"))
+        .header("sec-fetch-site", "cross-site");
+    assert_eq!(answer(cross_site).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_move_to_a_listener_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ebb.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let probes = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (_standalone, api) =
+        EbbProcess::standalone(&config, &[("EBB_METRICS_LISTEN", probes.to_string())], dir.path()).await;
+    let status = |url: String| async move { reqwest::get(url).await.unwrap().status() };
+
+    assert_eq!(
+        status(format!("{api}/metrics")).await,
+        StatusCode::NOT_FOUND,
+        "API clients cannot read them"
+    );
+    assert_eq!(status(format!("{api}/healthz")).await, StatusCode::OK);
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(status(format!("http://{probes}{path}")).await, StatusCode::OK, "{path}");
+    }
+    assert_eq!(
+        status(format!("http://{probes}/api/v1/syncs")).await,
+        StatusCode::NOT_FOUND,
+        "no API on the probes' listener"
+    );
 }
 
 /// Waits (30 s at most) for `process` to exit; asserts it failed; its log.

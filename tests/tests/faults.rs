@@ -324,6 +324,8 @@ async fn readiness_reflects_the_state_database_and_the_broker() {
         leases: LocalLeases::default(),
         tokens: Default::default(),
         serves_workers: true,
+        on_loopback: true,
+        metrics_here: true,
     });
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let readyz = || async move {

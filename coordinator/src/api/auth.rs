@@ -126,6 +126,54 @@ async fn guard(expected: Option<&Token>, variable: &str, request: Request, next:
     refusal
 }
 
+/// On an API that listens on loopback (a standalone on a laptop, usually
+/// without a token), refuses what a web page open in a browser on the same
+/// machine could send: a request from another origin (its `Origin` header, or
+/// `Sec-Fetch-Site: cross-site`), and a request whose `Host` is not a
+/// loopback name — a DNS-rebinding page reaches 127.0.0.1 under its own host
+/// name. Programs (curl, `ebb`, orchestrators) send no `Origin` and pass.
+pub async fn local_callers_only(State(on_loopback): State<bool>, request: Request, next: Next) -> Response {
+    if !on_loopback {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let host_is_local = header("host").is_none_or(is_loopback_host);
+    let origin_is_local = header("origin").is_none_or(|origin| {
+        url::Url::parse(origin)
+            .ok()
+            .and_then(|url| url.host_str().map(is_loopback_host))
+            .unwrap_or(false)
+    });
+    let cross_site = header("sec-fetch-site") == Some("cross-site");
+    if host_is_local && origin_is_local && !cross_site {
+        return next.run(request).await;
+    }
+    ApiError(
+        StatusCode::FORBIDDEN,
+        "this API listens on loopback and answers local programs only: a request from a web page, or naming \
+         another host, is refused (call it from a terminal or a script, without an Origin header)"
+            .into(),
+    )
+    .into_response()
+}
+
+/// Whether `host` (`name`, `name:port`, `[v6]:port`) names this machine's
+/// loopback: `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback_host(host: &str) -> bool {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.parse::<u16>().is_ok())
+            .map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +188,31 @@ mod tests {
         for value in ["Basic abc", "Bearerabc", "abc"] {
             headers.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
             assert_eq!(bearer(&headers), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts_are_told_from_others() {
+        for local in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.8.9.1:1",
+            "[::1]:8080",
+            "::1",
+        ] {
+            assert!(is_loopback_host(local), "{local}");
+        }
+        for other in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "[2001:db8::1]:80",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!is_loopback_host(other), "{other}");
         }
     }
 

@@ -29,6 +29,13 @@ pub struct ApiState {
     /// Whether workers of other processes call this API (`/internal`): a
     /// fleet's coordinator; a standalone's workers are in its process.
     pub serves_workers: bool,
+    /// Whether the API listens on loopback only: then it answers only
+    /// requests that name a loopback host and come from no web page of
+    /// another origin (`auth::local_callers_only`).
+    pub on_loopback: bool,
+    /// Whether `/metrics` is served here; off when a listener of its own
+    /// serves it (`probe_router`), so API clients cannot read it.
+    pub metrics_here: bool,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -63,8 +70,10 @@ pub fn router(state: ApiState) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .merge(api);
+    if state.metrics_here {
+        router = router.route("/metrics", get(metrics));
+    }
     if state.serves_workers {
         router = router.merge(internal);
     }
@@ -75,6 +84,10 @@ pub fn router(state: ApiState) -> Router {
                 format!("no such endpoint: {} {}", request.method(), request.uri().path()),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.on_loopback,
+            auth::local_callers_only,
+        ))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
@@ -117,6 +130,16 @@ async fn json_errors(request: Request, next: Next) -> Response {
         answer.headers_mut().entry(name).or_insert_with(|| value.clone());
     }
     answer
+}
+
+/// A listener of its own for probes and scrapers (`--metrics-listen`):
+/// `/healthz`, `/readyz` and `/metrics`, nothing else.
+pub fn probe_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 /// A worker's own listener: `/healthz` (the process runs), `/readyz` (its
