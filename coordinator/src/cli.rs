@@ -411,6 +411,9 @@ struct QueueArgs {
     /// Prefix of Ebb's queue names, for installations sharing one broker.
     #[arg(long, default_value = "", env = "EBB_QUEUE_PREFIX")]
     queue_prefix: String,
+    /// Run without EBB_FLEET_KEY (the key every task and result is signed with): only if nobody else can publish to the broker.
+    #[arg(long, env = "EBB_ALLOW_UNSIGNED_TASKS")]
+    allow_unsigned_tasks: bool,
 }
 
 impl QueueArgs {
@@ -418,6 +421,7 @@ impl QueueArgs {
         runtime::QueueSettings {
             url: self.queue_url.clone(),
             prefix: self.queue_prefix.clone(),
+            allow_unsigned: self.allow_unsigned_tasks,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::run::Coordinator;
 use crate::store::StateStore;
 use anyhow::Context;
 use ebb_shared::config::Config;
-use ebb_shared::queue::{AmqpQueue, AmqpSettings, MemoryQueue, MessageQueue, QueueName};
+use ebb_shared::queue::{AmqpQueue, AmqpSettings, FleetKey, MemoryQueue, MessageQueue, QueueName, SignedQueue};
 use ebb_shared::storage::Storage;
 use ebb_worker::limits::{HttpLeaseProvider, LeaseProvider};
 use ebb_worker::{Worker, WorkerSettings};
@@ -29,11 +29,37 @@ pub struct QueueSettings {
     pub url: String,
     /// Prepended to queue names, so installations can share a broker.
     pub prefix: String,
+    /// Run without `EBB_FLEET_KEY`: tasks and results unsigned, so whoever
+    /// can publish to the broker can hand workers a task.
+    pub allow_unsigned: bool,
 }
 
 impl QueueSettings {
     fn amqp(&self) -> AmqpSettings {
         AmqpSettings::new(self.url.clone()).with_prefix(self.prefix.clone())
+    }
+
+    /// The fleet's broker, every message signed with `EBB_FLEET_KEY` and
+    /// checked against it (`SignedQueue`). Without the key, refused unless
+    /// unsigned messages were allowed. Checked before connecting.
+    async fn connect(&self) -> anyhow::Result<Arc<dyn MessageQueue>> {
+        let key = FleetKey::from_env().map_err(anyhow::Error::msg)?;
+        if key.is_none() && !self.allow_unsigned {
+            anyhow::bail!(
+                "EBB_FLEET_KEY is not set: without it, whoever can publish to the broker can hand workers a task \
+                 (read a source, fill in a ${{VAR}}, write to a destination). Give the coordinator and every worker \
+                 the same key (e.g. `openssl rand -hex 32`), or pass --allow-unsigned-tasks \
+                 (EBB_ALLOW_UNSIGNED_TASKS=true) if nobody else can reach the broker"
+            );
+        }
+        let broker: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(self.amqp()).await?);
+        Ok(match key {
+            Some(key) => Arc::new(SignedQueue::new(broker, key)),
+            None => {
+                tracing::warn!("EBB_FLEET_KEY is not set: tasks and results go unsigned (--allow-unsigned-tasks)");
+                broker
+            }
+        })
     }
 }
 
@@ -346,8 +372,8 @@ pub async fn start_coordinator(
     store_url: Option<&str>,
     advertise_url: &str,
 ) -> anyhow::Result<Runtime> {
+    let queue = queue.connect().await?;
     let store = StateStore::connect(state_url).await?;
-    let queue: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(queue.amqp()).await?);
     let storage = store_url.map(Storage::from_url).transpose()?;
     let leases = LocalLeases::for_config(&config).with_store(store.clone());
     leases.stand_by(None);
@@ -368,7 +394,7 @@ pub async fn start_worker(
     coordinator_url: &str,
     concurrency: usize,
 ) -> anyhow::Result<Runtime> {
-    let queue: Arc<dyn MessageQueue> = Arc::new(AmqpQueue::connect(queue.amqp()).await?);
+    let queue = queue.connect().await?;
     let storage = Storage::from_url(store_url)?;
     // The coordinator's internal token, from the environment only.
     let token = std::env::var("EBB_INTERNAL_TOKEN").ok().filter(|t| !t.is_empty());

@@ -27,6 +27,8 @@ if [ "$config" = "$here/ebb.yaml" ]; then
 fi
 
 export EBB_QUEUE_URL="${EBB_QUEUE_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+# The key the coordinator and the workers sign every task and result with.
+export EBB_FLEET_KEY="${EBB_FLEET_KEY:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 export EBB_LOG_FORMAT=text
 pids=()
 trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM

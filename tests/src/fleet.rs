@@ -43,6 +43,8 @@ pub struct Fleet {
     extra_env: Vec<(String, String)>,
     /// What workers send the coordinator (`EBB_INTERNAL_TOKEN`).
     internal_token: String,
+    /// What every task and result is signed with (`EBB_FLEET_KEY`).
+    fleet_key: String,
     /// The coordinator's own settings, for restarting it.
     coordinator_env: Vec<(String, String)>,
     restarts: u32,
@@ -134,6 +136,8 @@ impl Fleet {
         // internal one for the workers (who never get the API's).
         let api_token = format!("api-{:032x}", rand::random::<u128>());
         let internal_token = format!("internal-{:032x}", rand::random::<u128>());
+        // And the key every task and result is signed with.
+        let fleet_key = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
         // The coordinator reads the workers' row files to serve row-level results.
         let coordinator_env: Vec<(String, String)> = [
             ("EBB_STATE_URL", state_url),
@@ -146,6 +150,7 @@ impl Fleet {
             ("EBB_LISTEN", format!("127.0.0.1:{port}")),
             ("EBB_API_TOKEN", api_token.clone()),
             ("EBB_INTERNAL_TOKEN", internal_token.clone()),
+            ("EBB_FLEET_KEY", fleet_key.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -162,6 +167,7 @@ impl Fleet {
             http: authorized_client(&api_token),
             api_token,
             internal_token,
+            fleet_key,
             queue_url,
             process_queue_url,
             process_store_url,
@@ -233,6 +239,7 @@ impl Fleet {
             ("AWS_ACCESS_KEY_ID", self.s3.access_key().to_string()),
             ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key().to_string()),
             ("EBB_INTERNAL_TOKEN", self.internal_token.clone()),
+            ("EBB_FLEET_KEY", self.fleet_key.clone()),
         ];
         env.extend(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let worker = EbbProcess::spawn(
@@ -264,13 +271,23 @@ impl Fleet {
         &self.http
     }
 
-    /// The fleet's queues, for a test to publish to directly.
-    pub async fn queue(&self) -> ebb_shared::queue::AmqpQueue {
+    /// The fleet's queues as a member of the fleet sees them, for a test to
+    /// publish to directly: messages signed with the fleet's key.
+    pub async fn queue(&self) -> std::sync::Arc<dyn ebb_shared::queue::MessageQueue> {
+        let key = ebb_shared::queue::FleetKey::new(&self.fleet_key).expect("a long enough key");
+        std::sync::Arc::new(ebb_shared::queue::SignedQueue::new(self.broker().await, key))
+    }
+
+    /// The fleet's broker as anyone who can reach it sees it: what is
+    /// published here is signed by nobody.
+    pub async fn broker(&self) -> std::sync::Arc<dyn ebb_shared::queue::MessageQueue> {
         let settings =
             ebb_shared::queue::AmqpSettings::new(self.queue_url.clone()).with_prefix(self.queue_prefix.clone());
-        ebb_shared::queue::AmqpQueue::connect(settings)
-            .await
-            .expect("the fleet's broker")
+        std::sync::Arc::new(
+            ebb_shared::queue::AmqpQueue::connect(settings)
+                .await
+                .expect("the fleet's broker"),
+        )
     }
 
     /// Waits (at most a minute) until the coordinator at `api` leads.

@@ -543,7 +543,7 @@ async fn a_deposed_leader_is_fenced_off_the_state() {
 /// the result being dropped and the run waiting for it until its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_the_coordinator_cannot_read_fails_its_run_by_name() {
-    use ebb_shared::queue::{MessageQueue, OutgoingMessage, QueueName};
+    use ebb_shared::queue::{OutgoingMessage, QueueName};
     use ebb_tests::fleet::Fleet;
 
     let (database, pool, sink) = people_and_sink("dead_result", 2_000).await;

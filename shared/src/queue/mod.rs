@@ -6,12 +6,15 @@
 //! results the coordinator cannot read or record go to `DeadResults`, likewise. Two
 //! implementations behind one trait: RabbitMQ for a fleet, an in-process queue
 //! for `ebb standalone`. Nothing in the sync path knows which one it talks to.
+//! A fleet's messages are signed with its key (`signed.rs`).
 
 mod amqp;
 mod memory;
+mod signed;
 
 pub use amqp::{AmqpQueue, AmqpSettings};
 pub use memory::MemoryQueue;
+pub use signed::{FleetKey, SignedQueue, SIGNATURE_HEADER};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
